@@ -1,0 +1,419 @@
+//! Experiments (contract §3) and the assignment decision (§4.3).
+//!
+//! [`ExperimentConfig::parse`] validates a document into its normalised form
+//! (every default filled in), which is what is stored, versioned and served.
+//! [`Experiment`] pairs a config with its layout and answers the pure parts of
+//! a decision; the engine adds the flag lookup and sticky storage around them.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::flag::{optional_text, reject_unknown};
+use super::hash::bucket;
+use super::ids::Key;
+use super::layout::{Layout, Range, Weighted};
+use super::problem::{pointer, Problem};
+
+/// At most this many treatments per experiment.
+pub const MAX_TREATMENTS: usize = 100;
+
+/// Fields a client may send back from a GET answer; they are ignored on write.
+const READ_ONLY: &[&str] = &["key", "version", "created_at", "updated_at", "layout"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Paused,
+}
+
+/// What one unit is randomized by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashBy {
+    /// Every unit on its own: `bucket(salt, org_id, unit_id)`.
+    Unit,
+    /// Every unit of an org together: `bucket(salt, org_id)`.
+    Org,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Treatment {
+    pub name: Key,
+    pub weight: f64,
+    pub payload: Value,
+}
+
+/// An experiment document as stored and served.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExperimentConfig {
+    pub description: String,
+    pub status: Status,
+    pub eligibility_flag: Option<Key>,
+    pub salt: String,
+    pub coverage: f64,
+    pub sticky: bool,
+    pub hash_by: HashBy,
+    pub treatments: Vec<Treatment>,
+    // TODO(#3): cohorts, variables and routing are kept as sent (shape-checked
+    // only) until participant routing validates and uses them.
+    pub cohorts: Vec<Value>,
+    pub variables: Vec<Value>,
+    pub routing: Option<Value>,
+}
+
+/// Why an assignment answered as it did (§4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Assigned,
+    Sticky,
+    ExperimentPaused,
+    OrgNotEligible,
+    NoActiveTreatments,
+    NotInCoverage,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Assigned => "assigned",
+            Reason::Sticky => "sticky",
+            Reason::ExperimentPaused => "experiment_paused",
+            Reason::OrgNotEligible => "org_not_eligible",
+            Reason::NoActiveTreatments => "no_active_treatments",
+            Reason::NotInCoverage => "not_in_coverage",
+        }
+    }
+}
+
+impl ExperimentConfig {
+    /// Validates a document, collecting every problem. `key` supplies the
+    /// default salt.
+    pub fn parse(key: &Key, doc: &Value) -> Result<Self, Vec<Problem>> {
+        let Some(map) = doc.as_object() else {
+            return Err(vec![Problem::new("", "must be a JSON object")]);
+        };
+        let mut problems = Vec::new();
+        let known: Vec<&str> = [
+            "description", "status", "eligibility_flag", "salt", "coverage", "sticky", "hash_by",
+            "treatments", "cohorts", "variables", "routing",
+        ]
+        .into_iter()
+        .chain(READ_ONLY.iter().copied())
+        .collect();
+        reject_unknown(map, &known, &mut problems);
+
+        let description = optional_text(map, "description", &mut problems);
+        let status = match map.get("status").and_then(Value::as_str) {
+            None if matches!(map.get("status"), None | Some(Value::Null)) => Status::Running,
+            Some("running") => Status::Running,
+            Some("paused") => Status::Paused,
+            _ => {
+                problems.push(Problem::new("/status", "must be \"running\" or \"paused\""));
+                Status::Running
+            }
+        };
+        let eligibility_flag = match map.get("eligibility_flag") {
+            None | Some(Value::Null) => None,
+            Some(v) => match Key::from_json(v) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    problems.push(Problem::new("/eligibility_flag", e));
+                    None
+                }
+            },
+        };
+        let salt = match map.get("salt") {
+            None | Some(Value::Null) => key.as_str().to_owned(),
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
+            Some(_) => {
+                problems.push(Problem::new("/salt", "must be a string of 1 to 200 bytes"));
+                String::new()
+            }
+        };
+        let coverage = match map.get("coverage") {
+            None | Some(Value::Null) => 1.0,
+            Some(v) => match v.as_f64() {
+                Some(c) if (0.0..=1.0).contains(&c) => c,
+                _ => {
+                    problems.push(Problem::new("/coverage", "must be a number from 0 to 1"));
+                    1.0
+                }
+            },
+        };
+        let sticky = match map.get("sticky") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                problems.push(Problem::new("/sticky", "must be true or false"));
+                false
+            }
+        };
+        let hash_by = match map.get("hash_by").and_then(Value::as_str) {
+            None if matches!(map.get("hash_by"), None | Some(Value::Null)) => HashBy::Unit,
+            Some("unit") => HashBy::Unit,
+            Some("org") => HashBy::Org,
+            _ => {
+                problems.push(Problem::new("/hash_by", "must be \"unit\" or \"org\""));
+                HashBy::Unit
+            }
+        };
+        let treatments = parse_treatments(map.get("treatments"), &mut problems);
+        let cohorts = array_field(map, "cohorts", &mut problems);
+        let variables = array_field(map, "variables", &mut problems);
+        let routing = match map.get("routing") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => {
+                problems.push(Problem::new("/routing", "must be an object or null"));
+                None
+            }
+        };
+        if problems.is_empty() {
+            Ok(Self {
+                description,
+                status,
+                eligibility_flag,
+                salt,
+                coverage,
+                sticky,
+                hash_by,
+                treatments,
+                cohorts,
+                variables,
+                routing,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Do two configs need different layouts? Only treatments (names and
+    /// weights, in order) and coverage shape a layout.
+    pub fn same_layout_inputs(&self, other: &Self) -> bool {
+        self.coverage == other.coverage
+            && self.treatments.len() == other.treatments.len()
+            && self
+                .treatments
+                .iter()
+                .zip(&other.treatments)
+                .all(|(a, b)| a.name == b.name && a.weight == b.weight)
+    }
+
+    pub fn treatment_names(&self) -> Vec<&str> {
+        self.treatments.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// The layout of this config, grown from the previous version's ranges.
+    pub fn layout_from(&self, previous: &[Range]) -> Layout {
+        let weighted: Vec<Weighted<'_>> = self
+            .treatments
+            .iter()
+            .map(|t| Weighted { name: t.name.as_str(), weight: t.weight })
+            .collect();
+        Layout::rebalance(previous, &weighted, self.coverage)
+    }
+}
+
+fn array_field(map: &Map<String, Value>, field: &str, problems: &mut Vec<Problem>) -> Vec<Value> {
+    match map.get(field) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => {
+            problems.push(Problem::new(pointer("", field), "must be an array"));
+            Vec::new()
+        }
+    }
+}
+
+fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<Treatment> {
+    let items = match value {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            problems.push(Problem::new("/treatments", "must be an array of treatments"));
+            return Vec::new();
+        }
+    };
+    if items.len() > MAX_TREATMENTS {
+        problems.push(Problem::new("/treatments", format!("at most {MAX_TREATMENTS} treatments")));
+        return Vec::new();
+    }
+    let mut out: Vec<Treatment> = Vec::with_capacity(items.len());
+    let mut sum = 0.0f64;
+    for (i, item) in items.iter().enumerate() {
+        let at = pointer("/treatments", i);
+        let Some(t) = item.as_object() else {
+            problems.push(Problem::new(
+                at,
+                "must be an object like {\"name\": \"control\", \"weight\": 1}",
+            ));
+            continue;
+        };
+        super::flag::reject_unknown_at(t, &["name", "weight", "payload"], &at, problems);
+        let name = match t.get("name").map(Key::from_json) {
+            Some(Ok(name)) => {
+                if out.iter().any(|o| o.name == name) {
+                    problems.push(Problem::new(pointer(&at, "name"), format!("duplicate treatment name {name:?}")));
+                }
+                Some(name)
+            }
+            Some(Err(e)) => {
+                problems.push(Problem::new(pointer(&at, "name"), e));
+                None
+            }
+            None => {
+                problems.push(Problem::new(pointer(&at, "name"), "is required"));
+                None
+            }
+        };
+        let weight = match t.get("weight").and_then(Value::as_f64) {
+            Some(w) if w.is_finite() && w >= 0.0 => Some(w),
+            _ => {
+                problems.push(Problem::new(pointer(&at, "weight"), "must be a finite number >= 0"));
+                None
+            }
+        };
+        if let (Some(name), Some(weight)) = (name, weight) {
+            sum += weight;
+            out.push(Treatment {
+                name,
+                weight,
+                payload: t.get("payload").cloned().unwrap_or(Value::Null),
+            });
+        }
+    }
+    if !sum.is_finite() {
+        problems.push(Problem::new("/treatments", "the weights must add up to a finite number"));
+    }
+    out
+}
+
+/// A config ready to decide, with its layout.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub config: ExperimentConfig,
+    pub layout: Layout,
+    /// Whether any treatment has weight > 0.
+    has_active: bool,
+}
+
+/// The outcome of the steps of §4.3 that need no storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precheck {
+    /// Steps 1–3 decided: not in the experiment, for this reason.
+    Out(Reason),
+    /// Go on to the sticky lookup (if sticky) and the bucket.
+    Continue,
+}
+
+impl Experiment {
+    pub fn new(config: ExperimentConfig, layout: Layout) -> Self {
+        let has_active = config.treatments.iter().any(|t| t.weight > 0.0);
+        Self { config, layout, has_active }
+    }
+
+    /// Rebuilds an experiment from its stored layout ranges.
+    pub fn from_stored(config: ExperimentConfig, ranges: &[Range]) -> Result<Self, String> {
+        let layout = Layout::from_ranges(ranges, &config.treatment_names())?;
+        Ok(Self::new(config, layout))
+    }
+
+    pub fn ranges(&self) -> Vec<Range> {
+        self.layout.ranges(&self.config.treatment_names())
+    }
+
+    /// Steps 1–3 of §4.3. `eligible` is only called when the experiment is
+    /// gated by a flag.
+    pub fn precheck(&self, eligible: impl FnOnce(&Key) -> bool) -> Precheck {
+        if self.config.status == Status::Paused {
+            return Precheck::Out(Reason::ExperimentPaused);
+        }
+        if let Some(flag) = &self.config.eligibility_flag {
+            if !eligible(flag) {
+                return Precheck::Out(Reason::OrgNotEligible);
+            }
+        }
+        if !self.has_active {
+            return Precheck::Out(Reason::NoActiveTreatments);
+        }
+        Precheck::Continue
+    }
+
+    /// The index of an active treatment called `name` (step 4: a stored
+    /// sticky assignment counts only while its treatment has weight > 0).
+    pub fn active_treatment(&self, name: &str) -> Option<usize> {
+        self.config
+            .treatments
+            .iter()
+            .position(|t| t.name.as_str() == name && t.weight > 0.0)
+    }
+
+    /// The unit's bucket (§4.1).
+    #[inline]
+    pub fn bucket(&self, org_id: &str, unit_id: &str) -> u16 {
+        match self.config.hash_by {
+            HashBy::Unit => bucket(&[&self.config.salt, org_id, unit_id]),
+            HashBy::Org => bucket(&[&self.config.salt, org_id]),
+        }
+    }
+
+    /// Step 5: the treatment index the layout gives the bucket, if any.
+    #[inline]
+    pub fn treatment_at(&self, bucket: u16) -> Option<usize> {
+        self.layout.treatment_at(bucket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key() -> Key {
+        Key::parse("code-review").unwrap()
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = ExperimentConfig::parse(&key(), &json!({})).unwrap();
+        assert_eq!(c.salt, "code-review");
+        assert_eq!(c.coverage, 1.0);
+        assert_eq!(c.status, Status::Running);
+        assert_eq!(c.hash_by, HashBy::Unit);
+        assert!(!c.sticky && c.treatments.is_empty());
+    }
+
+    #[test]
+    fn list_shaped_treatments_are_refused_pointing_at_the_entry() {
+        for doc in [json!({"treatments": [["exp1"]]}), json!({"treatments": [["exp1", "not-a-number"]]})] {
+            let problems = ExperimentConfig::parse(&key(), &doc).unwrap_err();
+            assert_eq!(problems.len(), 1);
+            assert_eq!(problems[0].path, "/treatments/0");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let problems = ExperimentConfig::parse(
+            &key(),
+            &json!({"status": "on", "coverage": 2, "sticky": 1, "hash_by": "team", "salt": "",
+                    "eligibility_flag": "bad key", "wat": 1,
+                    "treatments": [{"name": "a", "weight": -1}, {"name": "a", "weight": 1}, {"name": "a", "weight": 1}]}),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["/wat", "/status", "/eligibility_flag", "/salt", "/coverage", "/sticky", "/hash_by",
+                 "/treatments/0/weight", "/treatments/2/name"]
+        );
+    }
+
+    #[test]
+    fn weights_that_overflow_their_sum_are_refused() {
+        let doc = json!({"treatments": [{"name": "a", "weight": 1e308}, {"name": "b", "weight": 1e308}]});
+        assert!(ExperimentConfig::parse(&key(), &doc).is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! Eligibility flags (contract §2): rules, rollout, overrides → decision + reason.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::condition::{self, Condition};
+use super::hash::bucket;
+use super::problem::{pointer, Problem};
+
+/// The longest rule name or description accepted.
+const MAX_TEXT: usize = 10_000;
+
+/// A flag document as stored and served (normalised: every default filled in).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagConfig {
+    pub description: String,
+    pub enabled: bool,
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleConfig {
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Value>,
+    pub rollout: f64,
+}
+
+/// Why a flag evaluated as it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagReason {
+    Override,
+    Rule,
+    Default,
+    FlagDisabled,
+}
+
+/// The outcome of evaluating a flag for one org.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagDecision<'a> {
+    pub enabled: bool,
+    pub reason: FlagReason,
+    pub rule: Option<&'a str>,
+}
+
+/// A flag ready to evaluate: conditions compiled, rollouts as bucket thresholds.
+#[derive(Debug, Clone)]
+pub struct CompiledFlag {
+    pub config: FlagConfig,
+    rules: Vec<CompiledRule>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    name: Option<String>,
+    condition: Condition,
+    /// `round(rollout × 100)`: the org is in when its bucket is below this.
+    threshold: u16,
+}
+
+impl FlagConfig {
+    /// Validates a request body (or a stored document) into a config,
+    /// collecting every problem.
+    pub fn parse(doc: &Value) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let Some(map) = doc.as_object() else {
+            return Err(vec![Problem::new("", "must be a JSON object")]);
+        };
+        reject_unknown(map, &["description", "enabled", "rules"], &mut problems);
+        let description = optional_text(map, "description", &mut problems);
+        let enabled = match map.get("enabled") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                problems.push(Problem::new("/enabled", "must be true or false"));
+                true
+            }
+        };
+        let mut rules = Vec::new();
+        match map.get("rules") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(rule) = parse_rule(item, &pointer("/rules", i), &mut problems) {
+                        rules.push(rule);
+                    }
+                }
+            }
+            Some(_) => problems.push(Problem::new("/rules", "must be an array of rules")),
+        }
+        if problems.is_empty() {
+            Ok(Self { description, enabled, rules })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn compile(self) -> CompiledFlag {
+        let rules = self
+            .rules
+            .iter()
+            .map(|r| CompiledRule {
+                name: r.name.clone(),
+                condition: r.condition.as_ref().map_or_else(Condition::always, Condition::compile),
+                threshold: (r.rollout * 100.0).round() as u16,
+            })
+            .collect();
+        CompiledFlag { config: self, rules }
+    }
+}
+
+fn parse_rule(item: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<RuleConfig> {
+    let Some(map) = item.as_object() else {
+        problems.push(Problem::new(at, "must be an object with an optional name and condition and a rollout"));
+        return None;
+    };
+    let before = problems.len();
+    reject_unknown_at(map, &["name", "condition", "rollout"], at, problems);
+    let name = match map.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s.clone()),
+        Some(_) => {
+            problems.push(Problem::new(pointer(at, "name"), "must be a string of 1 to 200 bytes"));
+            None
+        }
+    };
+    let condition = match map.get("condition") {
+        None | Some(Value::Null) => None,
+        Some(c) => {
+            problems.extend(condition::validate(c, &pointer(at, "condition")));
+            Some(c.clone())
+        }
+    };
+    let rollout = match map.get("rollout").and_then(Value::as_f64) {
+        Some(r) if (0.0..=100.0).contains(&r) && ((r * 100.0).round() - r * 100.0).abs() < 1e-6 => r,
+        _ => {
+            problems.push(Problem::new(
+                pointer(at, "rollout"),
+                "must be a percentage from 0 to 100 with at most two decimals",
+            ));
+            0.0
+        }
+    };
+    (problems.len() == before).then_some(RuleConfig { name, condition, rollout })
+}
+
+/// Adds a problem for every field of `map` not in `known`.
+pub(crate) fn reject_unknown(map: &Map<String, Value>, known: &[&str], problems: &mut Vec<Problem>) {
+    reject_unknown_at(map, known, "", problems);
+}
+
+pub(crate) fn reject_unknown_at(map: &Map<String, Value>, known: &[&str], at: &str, problems: &mut Vec<Problem>) {
+    for field in map.keys() {
+        if !known.contains(&field.as_str()) {
+            problems.push(Problem::new(pointer(at, field), "unknown field"));
+        }
+    }
+}
+
+/// A free-text field that defaults to "".
+pub(crate) fn optional_text(map: &Map<String, Value>, field: &str, problems: &mut Vec<Problem>) -> String {
+    match map.get(field) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) if s.len() <= MAX_TEXT => s.clone(),
+        Some(_) => {
+            problems.push(Problem::new(pointer("", field), format!("must be a string of at most {MAX_TEXT} bytes")));
+            String::new()
+        }
+    }
+}
+
+impl CompiledFlag {
+    /// Evaluates the flag for `org_id` (§2): disabled, then the org's
+    /// override, then the first matching rule's rollout, else off.
+    ///
+    /// `attributes` must already hold `org_id` as a string.
+    pub fn evaluate(&self, key: &str, org_id: &str, override_: Option<bool>, attributes: &Value) -> FlagDecision<'_> {
+        if !self.config.enabled {
+            return FlagDecision { enabled: false, reason: FlagReason::FlagDisabled, rule: None };
+        }
+        if let Some(enabled) = override_ {
+            return FlagDecision { enabled, reason: FlagReason::Override, rule: None };
+        }
+        for rule in &self.rules {
+            if rule.condition.matches(attributes) {
+                return FlagDecision {
+                    enabled: bucket(&[key, org_id]) < rule.threshold,
+                    reason: FlagReason::Rule,
+                    rule: rule.name.as_deref(),
+                };
+            }
+        }
+        FlagDecision { enabled: false, reason: FlagReason::Default, rule: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn flag(doc: Value) -> CompiledFlag {
+        FlagConfig::parse(&doc).unwrap().compile()
+    }
+
+    #[test]
+    fn evaluation_follows_the_documented_order() {
+        let f = flag(json!({"rules": [
+            {"name": "biz", "condition": {"plan": "business"}, "rollout": 100},
+            {"name": "none", "rollout": 0}]}));
+        let attrs = json!({"plan": "business", "org_id": "1"});
+        assert_eq!(f.evaluate("k", "1", None, &attrs), FlagDecision { enabled: true, reason: FlagReason::Rule, rule: Some("biz") });
+        assert_eq!(f.evaluate("k", "1", Some(false), &attrs).reason, FlagReason::Override);
+        let other = json!({"plan": "free", "org_id": "1"});
+        assert_eq!(f.evaluate("k", "1", None, &other), FlagDecision { enabled: false, reason: FlagReason::Rule, rule: Some("none") });
+        let off = flag(json!({"enabled": false, "rules": [{"rollout": 100}]}));
+        assert_eq!(off.evaluate("k", "1", Some(true), &attrs).reason, FlagReason::FlagDisabled);
+        assert_eq!(flag(json!({})).evaluate("k", "1", None, &attrs).reason, FlagReason::Default);
+    }
+
+    #[test]
+    fn rollout_compares_the_org_bucket_with_hundredths_of_a_percent() {
+        let f = flag(json!({"rules": [{"rollout": 12.34}]}));
+        for org in 0..500 {
+            let org = org.to_string();
+            let attrs = json!({"org_id": org});
+            assert_eq!(f.evaluate("k", &org, None, &attrs).enabled, bucket(&["k", &org]) < 1234);
+        }
+    }
+
+    #[test]
+    fn bad_rules_are_reported_each_with_its_pointer() {
+        let problems = FlagConfig::parse(&json!({"enabled": "yes", "rules": [
+            {"rollout": 100.001}, {"rollout": -1}, {"condition": "x", "rollout": 5}, 7, {"rollout": 5, "extra": 1}]}))
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, vec!["/enabled", "/rules/0/rollout", "/rules/1/rollout", "/rules/2/condition", "/rules/3", "/rules/4/extra"]);
+    }
+}

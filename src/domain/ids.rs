@@ -1,0 +1,135 @@
+//! Keys and ids as validated newtypes ("parse, don't validate").
+//!
+//! A [`Key`] names flags, experiments, treatments, cohorts and variables; an
+//! [`Id`] names an organization, a unit of work or a participant. Once a value
+//! has one of these types it is known to satisfy the contract's §1 rules.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Longest key accepted (characters; keys are ASCII so also bytes).
+pub const MAX_KEY_LEN: usize = 200;
+/// Longest org, unit or participant id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// 1–200 characters of `A–Z a–z 0–9 . _ : -`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Key(String);
+
+impl Key {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > MAX_KEY_LEN {
+            return Err(format!("must be 1 to {MAX_KEY_LEN} characters long"));
+        }
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+        {
+            return Err(format!(
+                "must contain only A-Z a-z 0-9 . _ : - (found {bad:?})"
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Parses a key held in a JSON document.
+    pub fn from_json(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::String(s) => Self::parse(s),
+            _ => Err("must be a string key".to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Key {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An org, unit or participant id: a string of 1–256 bytes, or a
+/// non-negative integer which stands for its decimal string (`42` ≡ `"42"`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Id(String);
+
+impl Id {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > MAX_ID_BYTES {
+            return Err(format!("must be 1 to {MAX_ID_BYTES} bytes long"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn from_json(value: &Value) -> Result<Self, String> {
+        const WANT: &str = "must be a string of 1 to 256 bytes or a non-negative integer";
+        match value {
+            Value::String(s) => Self::parse(s).map_err(|_| WANT.to_owned()),
+            Value::Number(n) => match n.as_u64() {
+                Some(n) => Ok(Self(n.to_string())),
+                None => Err(WANT.to_owned()),
+            },
+            _ => Err(WANT.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_accept_the_documented_alphabet() {
+        assert!(Key::parse("organizations:code-review-experiments-enabled").is_ok());
+        assert!(Key::parse("a.B_9:-").is_ok());
+        assert!(Key::parse(&"k".repeat(200)).is_ok());
+    }
+
+    #[test]
+    fn keys_refuse_everything_else() {
+        for bad in ["", "has space", "slash/", "é", "emoji🙂", &"k".repeat(201)] {
+            assert!(Key::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn integer_ids_mean_their_decimal_string() {
+        assert_eq!(Id::from_json(&json!(42)).unwrap(), Id::from_json(&json!("42")).unwrap());
+    }
+
+    #[test]
+    fn ids_refuse_other_types_and_sizes() {
+        for bad in [json!(-1), json!(1.5), json!(null), json!(true), json!([]), json!(""), json!("x".repeat(257))] {
+            assert!(Id::from_json(&bad).is_err(), "{bad} should be refused");
+        }
+        assert!(Id::from_json(&json!("x".repeat(256))).is_ok());
+    }
+}

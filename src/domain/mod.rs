@@ -1,0 +1,13 @@
+//! Pure rules of the contract: no I/O, no HTTP, no database.
+//!
+//! Everything here is a function of plain data so that it can be unit- and
+//! property-tested in isolation, and so that the engine can call it on the
+//! hot path without awaiting anything.
+
+pub mod condition;
+pub mod experiment;
+pub mod flag;
+pub mod hash;
+pub mod ids;
+pub mod layout;
+pub mod problem;

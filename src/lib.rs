@@ -1,0 +1,2 @@
+//! allot: deterministic experiment assignment over HTTP.
+pub mod domain;
