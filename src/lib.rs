@@ -1,2 +1,3 @@
 //! allot: deterministic experiment assignment over HTTP.
 pub mod domain;
+pub mod store;

@@ -1,0 +1,207 @@
+//! Persistence: one [`Store`] trait, a PostgreSQL and an SQLite implementation.
+//!
+//! The store only persists and locks; it does not interpret configs. Every
+//! configuration write runs in one transaction whose first statement bumps the
+//! single-row `config_revision` counter: that row lock serialises configuration
+//! writers across replicas on PostgreSQL, takes SQLite's write lock up front
+//! (no deferred-transaction upgrade deadlocks), and tells every replica's
+//! snapshot poller that something changed.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// The row changed since it was read (optimistic concurrency lost a race).
+    #[error("concurrent change")]
+    Stale,
+    /// A referenced row does not exist (e.g. an unknown eligibility flag).
+    #[error("missing reference")]
+    MissingReference,
+    /// The change would break a reference (e.g. deleting a flag in use).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or answered too late.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::error::ErrorKind;
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(db) => match db.kind() {
+                ErrorKind::ForeignKeyViolation => StoreError::MissingReference,
+                ErrorKind::UniqueViolation => StoreError::Stale,
+                _ if is_busy(db.code().as_deref()) => StoreError::Unavailable(e.to_string()),
+                _ => StoreError::Other(e.to_string()),
+            },
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+/// SQLite's "database is locked" past the busy timeout, PostgreSQL's
+/// "cannot connect now" and friends: transient, not the client's fault.
+fn is_busy(code: Option<&str>) -> bool {
+    matches!(code, Some("5" | "6" | "517" | "57P03" | "53300"))
+}
+
+#[derive(Debug, Clone)]
+pub struct FlagRecord {
+    pub key: String,
+    pub version: i64,
+    /// The stored JSON text, parsed by the engine (a hand-edited row may not parse).
+    pub config: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct OverrideRecord {
+    pub flag_key: String,
+    pub org_id: String,
+    pub enabled: bool,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExperimentRecord {
+    /// Generated per incarnation of a key: a deleted and re-created
+    /// experiment starts afresh while the old rows stay for analysis.
+    pub id: String,
+    pub key: String,
+    pub version: i64,
+    /// The stored JSON text of the current version's config.
+    pub config: String,
+    /// The stored JSON text of the current version's layout ranges.
+    pub layout: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    pub version: i64,
+    pub created_at: OffsetDateTime,
+    pub actor: Option<String>,
+    pub config: String,
+    pub layout: String,
+}
+
+/// Everything the in-memory snapshot is built from, read consistently.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub revision: i64,
+    pub flags: Vec<FlagRecord>,
+    pub overrides: Vec<OverrideRecord>,
+    pub experiments: Vec<ExperimentRecord>,
+}
+
+/// What a flag upsert did.
+#[derive(Debug, Clone)]
+pub enum FlagWritten {
+    Created(FlagRecord, i64),
+    Updated(FlagRecord, i64),
+    /// The document equals the stored one: nothing written, no new version.
+    Unchanged(FlagRecord),
+}
+
+/// A new experiment version to store.
+#[derive(Debug, Clone)]
+pub struct ExperimentWrite {
+    /// `None` creates a new experiment under `key`; `Some` updates that
+    /// incarnation if its version is still `expected_version`.
+    pub id: Option<String>,
+    pub key: String,
+    pub expected_version: i64,
+    pub config: Value,
+    pub layout: Value,
+    pub eligibility_flag: Option<String>,
+    pub actor: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// "postgres" or "sqlite", for logs and probes.
+    fn backend(&self) -> &'static str;
+    async fn migrate(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// The configuration revision: bumped by every configuration write.
+    async fn revision(&self) -> Result<i64, StoreError>;
+    async fn load(&self) -> Result<Loaded, StoreError>;
+
+    /// Creates or updates a flag. `expected_version` (If-Match) must equal the
+    /// stored version, else [`StoreError::Stale`]; a document equal to the
+    /// stored one changes nothing.
+    async fn put_flag(&self, key: &str, config: &Value, expected_version: Option<i64>) -> Result<FlagWritten, StoreError>;
+    /// Deletes a flag and its overrides; [`StoreError::Conflict`] while a live
+    /// experiment names it. Returns the new revision.
+    async fn delete_flag(&self, key: &str) -> Result<i64, StoreError>;
+    /// Sets an org override; returns (created, revision).
+    async fn set_override(&self, flag_key: &str, org_id: &str, enabled: bool) -> Result<(OverrideRecord, bool, i64), StoreError>;
+    async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError>;
+    async fn list_overrides(&self, flag_key: &str, limit: i64, after: Option<&str>) -> Result<Vec<OverrideRecord>, StoreError>;
+
+    async fn experiment(&self, key: &str) -> Result<Option<ExperimentRecord>, StoreError>;
+    /// Stores a new version; [`StoreError::Stale`] if another write got there first.
+    async fn write_experiment(&self, write: &ExperimentWrite) -> Result<(ExperimentRecord, i64), StoreError>;
+    async fn delete_experiment(&self, key: &str) -> Result<i64, StoreError>;
+    async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError>;
+
+    /// The stored sticky treatment of a unit, if any.
+    async fn sticky_get(&self, experiment_id: &str, org_id: &str, unit_id: &str) -> Result<Option<String>, StoreError>;
+    /// First write wins: stores `treatment` unless a row exists, or, with
+    /// `replace = Some(old)`, replaces the row only while it still holds
+    /// `old`. Returns what is stored afterwards.
+    async fn sticky_claim(
+        &self,
+        experiment_id: &str,
+        org_id: &str,
+        unit_id: &str,
+        treatment: &str,
+        version: i64,
+        replace: Option<&str>,
+    ) -> Result<String, StoreError>;
+}
+
+/// Pool and timeout settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+}
+
+/// Opens the store a URL names: `postgres://` or `postgresql://` selects
+/// PostgreSQL, `sqlite:` an SQLite file.
+pub async fn open(url: &str, pool: &PoolOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, pool).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, pool).await?))
+    } else {
+        Err(StoreError::Other(format!(
+            "unsupported database URL scheme in {:?}: use postgres:// or sqlite:",
+            url.split(':').next().unwrap_or_default()
+        )))
+    }
+}
