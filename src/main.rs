@@ -1,1 +1,87 @@
-fn main() {}
+//! The `allot` binary: `allot serve` (the default) or `allot migrate`.
+
+use std::process::ExitCode;
+
+use allot::app::{self, Application};
+use allot::config::Settings;
+use allot::telemetry;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "allot", version, about = "Deterministic experiment assignment and participant routing over HTTP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP (the default).
+    Serve,
+    /// Run the store's schema migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("allot: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init(settings.log_format, &settings.log_level);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => migrate(settings).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("allot: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(store = %settings.redacted_database_url(), "starting");
+    let app = Application::build(settings).await?;
+    app.run_until(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn migrate(mut settings: Settings) -> anyhow::Result<()> {
+    settings.run_migrations = true;
+    let store = app::open_store(&settings).await?;
+    tracing::info!(store = store.backend(), "migrations are up to date");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,98 @@
+//! Building and running the service: settings → store → engine → router →
+//! bound listener. [`Application::build`] binds (port 0 works, for tests);
+//! [`Application::run_until`] serves until a shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::http::{self, AppState};
+use crate::store::{self, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store at {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error("cannot load the configuration from the store: {0}")]
+    Load(StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// Opens the configured store and, if configured, runs its migrations.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    let url = settings.database_url();
+    let fail = |source| StartError::Store { url: settings.redacted_database_url(), source };
+    let store = store::open(&url, &settings.pool_options()).await.map_err(fail)?;
+    if settings.run_migrations {
+        store.migrate().await.map_err(fail)?;
+    }
+    Ok(store)
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let store = open_store(&settings).await?;
+        let engine = Engine::load(store).await.map_err(StartError::Load)?;
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
+        let state = AppState { engine: Arc::new(engine), shutting_down: Arc::new(AtomicBool::new(false)) };
+        Ok(Self { listener, state, settings })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.state.engine)
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, marks the
+    /// service not ready and gives in-flight requests `shutdown_timeout_secs`.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Self { listener, state, settings } = self;
+        let refresher = state.engine.spawn_refresher(Duration::from_millis(settings.refresh_interval_ms));
+        let router = http::router(state.clone(), settings.body_limit_bytes);
+        let flag = Arc::clone(&state.shutting_down);
+        let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            flag.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = began_tx.send(());
+        };
+        tracing::info!(addr = %listener.local_addr()?, store = state.engine.store().backend(), "allot is serving");
+        let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let grace = Duration::from_secs(settings.shutdown_timeout_secs);
+        let deadline = async move {
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            r = serve => r,
+            () = deadline => {
+                tracing::warn!(?grace, "in-flight requests did not finish in time; exiting anyway");
+                Ok(())
+            }
+        };
+        refresher.abort();
+        result
+    }
+}

@@ -1,0 +1,225 @@
+//! Deciding a unit's treatment (contract §4.3), single and batch.
+//!
+//! The decision is taken from the snapshot without awaiting anything; only a
+//! sticky experiment goes on to read (through a per-version cache) and write
+//! its stored assignment.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::flags::{attributes, body_id};
+use super::snapshot::{ExperimentEntry, Snapshot};
+use super::{Engine, EngineError};
+use crate::domain::experiment::{Precheck, Reason};
+use crate::domain::ids::{Id, Key};
+use crate::domain::problem::pointer;
+
+/// At most this many items in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// The answer for one unit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assignment {
+    pub experiment: String,
+    pub version: i64,
+    pub org_id: String,
+    pub unit_id: String,
+    /// `null` means not in the experiment; `reason` says why.
+    pub treatment: Option<String>,
+    pub payload: Value,
+    /// `null` when the decision did not need the bucket.
+    pub bucket: Option<u16>,
+    pub reason: Reason,
+}
+
+/// A parsed assignment request.
+#[derive(Debug)]
+pub struct AssignRequest {
+    pub org_id: Id,
+    pub unit_id: Id,
+    pub attributes: Map<String, Value>,
+}
+
+impl AssignRequest {
+    /// Parses `{"org_id", "unit_id", "attributes"}` found at `at` in the body.
+    pub fn parse(body: &Value, at: &str) -> Result<Self, EngineError> {
+        let map = body
+            .as_object()
+            .ok_or_else(|| EngineError::validation(at, "must be an object with org_id, unit_id and attributes"))?;
+        let mut problems = Vec::new();
+        let mut take = |r: Result<Id, EngineError>| match r {
+            Ok(id) => Some(id),
+            Err(EngineError::Validation(p)) => {
+                problems.extend(p);
+                None
+            }
+            Err(_) => None,
+        };
+        let org_id = take(body_id(map, "org_id", at));
+        let unit_id = take(body_id(map, "unit_id", at));
+        let attributes = match attributes(map, at) {
+            Ok(a) => a,
+            Err(EngineError::Validation(p)) => {
+                problems.extend(p);
+                Map::new()
+            }
+            Err(e) => return Err(e),
+        };
+        match (org_id, unit_id) {
+            (Some(org_id), Some(unit_id)) if problems.is_empty() => Ok(Self { org_id, unit_id, attributes }),
+            _ => Err(EngineError::Validation(problems)),
+        }
+    }
+}
+
+/// What is left to do after the in-memory part of a sticky decision.
+struct StickyPending {
+    entry: Arc<ExperimentEntry>,
+    org_id: Id,
+    unit_id: Id,
+    bucket: u16,
+}
+
+enum Step {
+    Done(Assignment),
+    Sticky(StickyPending),
+}
+
+fn answer(entry: &ExperimentEntry, org_id: Id, unit_id: Id, treatment: Option<usize>, bucket: Option<u16>, reason: Reason) -> Assignment {
+    let chosen = treatment.and_then(|i| {
+        entry.experiment.as_ref().ok().and_then(|e| e.config.treatments.get(i))
+    });
+    Assignment {
+        experiment: entry.key.clone(),
+        version: entry.version,
+        org_id: org_id.into_string(),
+        unit_id: unit_id.into_string(),
+        treatment: chosen.map(|t| t.name.as_str().to_owned()),
+        payload: chosen.map_or(Value::Null, |t| t.payload.clone()),
+        bucket,
+        reason,
+    }
+}
+
+/// Steps 1–3 and, for non-sticky experiments, step 5 of §4.3: pure reads of
+/// the snapshot.
+fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step, EngineError> {
+    let entry = snapshot
+        .experiments
+        .get(key)
+        .ok_or_else(|| EngineError::NotFound(format!("no experiment {key:?}")))?;
+    let experiment = entry.experiment.as_ref().map_err(|e| EngineError::Unavailable(e.clone()))?;
+    let AssignRequest { org_id, unit_id, attributes } = request;
+
+    let mut broken_gate = None;
+    let precheck = experiment.precheck(|flag_key: &Key| {
+        let Some(flag_entry) = snapshot.flags.get(flag_key.as_str()) else {
+            return false;
+        };
+        match &flag_entry.flag {
+            Err(e) => {
+                broken_gate = Some(e.clone());
+                false
+            }
+            Ok(flag) => {
+                let mut attributes = attributes;
+                attributes.insert("org_id".into(), Value::String(org_id.as_str().to_owned()));
+                let attributes = Value::Object(attributes);
+                let override_ = flag_entry.overrides.get(org_id.as_str()).copied();
+                flag.evaluate(flag_key.as_str(), org_id.as_str(), override_, &attributes).enabled
+            }
+        }
+    });
+    if let Some(e) = broken_gate {
+        return Err(EngineError::Unavailable(format!(
+            "the eligibility flag of experiment {key:?} cannot be evaluated: {e}"
+        )));
+    }
+    if let Precheck::Out(reason) = precheck {
+        return Ok(Step::Done(answer(entry, org_id, unit_id, None, None, reason)));
+    }
+    let bucket = experiment.bucket(org_id.as_str(), unit_id.as_str());
+    if experiment.config.sticky {
+        return Ok(Step::Sticky(StickyPending { entry: Arc::clone(entry), org_id, unit_id, bucket }));
+    }
+    let treatment = experiment.treatment_at(bucket);
+    let reason = if treatment.is_some() { Reason::Assigned } else { Reason::NotInCoverage };
+    Ok(Step::Done(answer(entry, org_id, unit_id, treatment, Some(bucket), reason)))
+}
+
+impl Engine {
+    /// `POST /v1/experiments/{key}/assign`.
+    pub async fn assign(&self, key: &str, request: AssignRequest) -> Result<Assignment, EngineError> {
+        let step = decide(&self.snapshot.load(), key, request)?;
+        match step {
+            Step::Done(assignment) => Ok(assignment),
+            Step::Sticky(pending) => self.assign_sticky(pending).await,
+        }
+    }
+
+    /// Steps 4 and 5 for a sticky experiment: a stored assignment whose
+    /// treatment is still active wins; otherwise the bucket's treatment is
+    /// stored first (first write wins) and answered.
+    async fn assign_sticky(&self, p: StickyPending) -> Result<Assignment, EngineError> {
+        let entry = &p.entry;
+        let experiment = entry.experiment.as_ref().map_err(|e| EngineError::Unavailable(e.clone()))?;
+        let (org, unit) = (p.org_id.as_str(), p.unit_id.as_str());
+        let mut stored = match entry.sticky.get(org, unit) {
+            Some(t) => Some(t),
+            None => self.store.sticky_get(&entry.id, org, unit).await?,
+        };
+        // Each round either answers or learns of a newer stored row; only a
+        // race with a concurrent writer can take more than two.
+        for _ in 0..4 {
+            if let Some(name) = &stored {
+                if let Some(index) = experiment.active_treatment(name) {
+                    entry.sticky.put(org, unit, name);
+                    return Ok(answer(entry, p.org_id, p.unit_id, Some(index), None, Reason::Sticky));
+                }
+            }
+            let Some(index) = experiment.treatment_at(p.bucket) else {
+                return Ok(answer(entry, p.org_id, p.unit_id, None, Some(p.bucket), Reason::NotInCoverage));
+            };
+            let name = experiment.config.treatments[index].name.as_str();
+            let winner = self
+                .store
+                .sticky_claim(&entry.id, org, unit, name, entry.version, stored.as_deref())
+                .await?;
+            if winner == name {
+                entry.sticky.put(org, unit, name);
+                return Ok(answer(entry, p.org_id, p.unit_id, Some(index), Some(p.bucket), Reason::Assigned));
+            }
+            stored = Some(winner);
+        }
+        Err(EngineError::Unavailable("the sticky assignment kept changing under concurrent writers; try again".into()))
+    }
+
+    /// `POST /v1/assign`: every item answered in order; an item's error does
+    /// not fail the others.
+    pub async fn assign_batch(&self, body: &Value) -> Result<Vec<Result<Assignment, EngineError>>, EngineError> {
+        let items = body
+            .as_object()
+            .and_then(|m| m.get("items"))
+            .and_then(Value::as_array)
+            .ok_or_else(|| EngineError::validation("/items", "must be an array of assignment requests"))?;
+        if items.len() > MAX_BATCH {
+            return Err(EngineError::validation("/items", format!("at most {MAX_BATCH} items per batch")));
+        }
+        let mut results = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let at = pointer("/items", i);
+            let key = match item.get("experiment") {
+                Some(Value::String(k)) => Ok(k.as_str()),
+                _ => Err(EngineError::validation(pointer(&at, "experiment"), "must be an experiment key")),
+            };
+            let result = match key.and_then(|k| AssignRequest::parse(item, &at).map(|r| (k, r))) {
+                Ok((key, request)) => self.assign(key, request).await,
+                Err(e) => Err(e),
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+}

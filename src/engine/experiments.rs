@@ -1,0 +1,205 @@
+//! Experiment operations: validated upsert with layouts, delete, history (contract §3).
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use super::flags::{path_key, Outcome};
+use super::snapshot::ExperimentEntry;
+use super::{Engine, EngineError};
+use crate::domain::experiment::ExperimentConfig;
+use crate::domain::layout::Range;
+use crate::store::{ExperimentRecord, ExperimentWrite, StoreError};
+
+/// How often a write is retried when another replica wrote the same
+/// experiment between our read and our write.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// An experiment as served: its config, identity and current layout.
+#[derive(Debug, Serialize)]
+pub struct ExperimentView {
+    pub key: String,
+    #[serde(flatten)]
+    pub config: ExperimentConfig,
+    pub version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub layout: Vec<Range>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VersionView {
+    pub version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub actor: Option<String>,
+    pub config: Value,
+    pub layout: Value,
+}
+
+fn not_found(key: &str) -> EngineError {
+    EngineError::NotFound(format!("no experiment {key:?}"))
+}
+
+fn view(entry: &ExperimentEntry) -> Result<ExperimentView, EngineError> {
+    let experiment = entry.experiment.as_ref().map_err(|e| EngineError::Unavailable(e.clone()))?;
+    Ok(ExperimentView {
+        key: entry.key.clone(),
+        config: experiment.config.clone(),
+        version: entry.version,
+        created_at: entry.created_at,
+        updated_at: entry.updated_at,
+        layout: experiment.ranges(),
+    })
+}
+
+/// Parses stored JSON text for the history answer; text that is not JSON
+/// (a hand-edited row) is shown as the string it is.
+fn stored_json(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+impl Engine {
+    pub(crate) fn experiment_entry(&self, key: &str) -> Result<Arc<ExperimentEntry>, EngineError> {
+        self.snapshot().experiments.get(key).cloned().ok_or_else(|| not_found(key))
+    }
+
+    /// Every experiment, by key. One whose stored config cannot be used is
+    /// listed with an `unavailable` message instead of its config.
+    pub fn list_experiments(&self) -> Vec<Value> {
+        let snapshot = self.snapshot();
+        let mut keys: Vec<&String> = snapshot.experiments.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let entry = &snapshot.experiments[k];
+                match view(entry) {
+                    Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
+                    Err(e) => json!({"key": entry.key, "version": entry.version, "unavailable": e.to_string()}),
+                }
+            })
+            .collect()
+    }
+
+    pub fn get_experiment(&self, key: &str) -> Result<ExperimentView, EngineError> {
+        view(&*self.experiment_entry(key)?)
+    }
+
+    /// Validates and stores a new version (or nothing, for an identical
+    /// document), computing its layout from the previous version's.
+    pub async fn put_experiment(
+        &self,
+        key: &str,
+        doc: &Value,
+        if_match: Option<i64>,
+        actor: Option<String>,
+    ) -> Result<(ExperimentView, Outcome), EngineError> {
+        let key = path_key(key, "experiment")?;
+        let config = ExperimentConfig::parse(&key, doc).map_err(EngineError::Validation)?;
+        let document = serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let _guard = self.writes.lock().await;
+        for _ in 0..WRITE_ATTEMPTS {
+            let current = self.store.experiment(key.as_str()).await?;
+            if let Some(expected) = if_match {
+                if current.as_ref().map(|c| c.version) != Some(expected) {
+                    return Err(EngineError::VersionMismatch { expected, current: current.map(|c| c.version) });
+                }
+            }
+            let previous: Vec<Range> = match &current {
+                Some(c) => {
+                    if serde_json::from_str::<Value>(&c.config).ok().as_ref() == Some(&document) {
+                        return Ok((self.record_view(c.clone(), config)?, Outcome::Unchanged));
+                    }
+                    serde_json::from_str(&c.layout).unwrap_or_else(|e| {
+                        tracing::warn!(experiment = %key, error = %e, "stored layout is malformed; the new layout starts empty");
+                        Vec::new()
+                    })
+                }
+                None => Vec::new(),
+            };
+            let layout = config.layout_from(&previous);
+            let ranges = layout.ranges(&config.treatment_names());
+            let write = ExperimentWrite {
+                id: current.as_ref().map(|c| c.id.clone()),
+                key: key.as_str().to_owned(),
+                expected_version: current.as_ref().map_or(0, |c| c.version),
+                config: document.clone(),
+                layout: serde_json::to_value(&ranges).map_err(|e| EngineError::Internal(e.to_string()))?,
+                eligibility_flag: config.eligibility_flag.as_ref().map(|k| k.as_str().to_owned()),
+                actor: actor.clone(),
+            };
+            match self.store.write_experiment(&write).await {
+                Ok((record, revision)) => {
+                    let outcome = if current.is_none() { Outcome::Created } else { Outcome::Updated };
+                    let patch = record.clone();
+                    self.install(revision, move |s| s.with_experiment(revision, patch)).await?;
+                    return Ok((self.record_view(record, config)?, outcome));
+                }
+                Err(StoreError::Stale) => {
+                    if let Some(expected) = if_match {
+                        let now = self.store.experiment(key.as_str()).await?;
+                        return Err(EngineError::VersionMismatch { expected, current: now.map(|c| c.version) });
+                    }
+                }
+                Err(StoreError::MissingReference) => {
+                    let flag = config.eligibility_flag.as_ref().map(|k| k.as_str()).unwrap_or_default();
+                    return Err(EngineError::validation("/eligibility_flag", format!("no flag {flag:?}")));
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "experiment {key:?} kept changing under concurrent writes; try again"
+        )))
+    }
+
+    fn record_view(&self, record: ExperimentRecord, config: ExperimentConfig) -> Result<ExperimentView, EngineError> {
+        let layout = serde_json::from_str(&record.layout).map_err(|e| EngineError::Unavailable(format!(
+            "stored layout of experiment {:?} is malformed: {e}",
+            record.key
+        )))?;
+        Ok(ExperimentView {
+            key: record.key,
+            config,
+            version: record.version,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            layout,
+        })
+    }
+
+    pub async fn delete_experiment(&self, key: &str) -> Result<(), EngineError> {
+        let _guard = self.writes.lock().await;
+        let revision = self.store.delete_experiment(key).await.map_err(|e| match e {
+            StoreError::NotFound => not_found(key),
+            other => other.into(),
+        })?;
+        self.install(revision, |s| {
+            let mut next = s.next(revision);
+            next.experiments.remove(key);
+            next
+        })
+        .await
+    }
+
+    pub async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionView>, EngineError> {
+        let records = self.store.experiment_versions(key).await.map_err(|e| match e {
+            StoreError::NotFound => not_found(key),
+            other => other.into(),
+        })?;
+        Ok(records
+            .into_iter()
+            .map(|r| VersionView {
+                version: r.version,
+                created_at: r.created_at,
+                actor: r.actor,
+                config: stored_json(r.config),
+                layout: stored_json(r.layout),
+            })
+            .collect())
+    }
+}

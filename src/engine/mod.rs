@@ -1,0 +1,145 @@
+//! The engine composes the pure rules with the store.
+//!
+//! It owns the in-memory [`Snapshot`](snapshot::Snapshot) of the
+//! configuration, applies writes (validate → store → patch the snapshot),
+//! answers assignments from the snapshot, and keeps the snapshot in step with
+//! writes made by other replicas.
+
+pub mod assign;
+pub mod experiments;
+pub mod flags;
+pub mod snapshot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+
+use crate::domain::problem::Problem;
+use crate::store::{Store, StoreError};
+use snapshot::Snapshot;
+
+/// Why an engine operation did not succeed; the HTTP layer maps each to the
+/// contract's status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request breaks {} rule(s)", .0.len())]
+    Validation(Vec<Problem>),
+    #[error("If-Match names version {expected}, but the current version is {}", current.map_or("none".to_owned(), |v| v.to_string()))]
+    VersionMismatch { expected: i64, current: Option<i64> },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    pub fn validation(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![Problem::new(path, message)])
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => EngineError::NotFound("not found".into()),
+            StoreError::Conflict(m) => EngineError::Conflict(m),
+            StoreError::Unavailable(m) => EngineError::Unavailable(format!("the store is unavailable: {m}")),
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    snapshot: ArcSwap<Snapshot>,
+    /// Serialises this process's writers so that patching the snapshot after
+    /// a store write never races another patch.
+    writes: Mutex<()>,
+}
+
+impl Engine {
+    /// Loads the configuration from the store and builds the first snapshot.
+    pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let loaded = store.load().await?;
+        Ok(Self {
+            store,
+            snapshot: ArcSwap::from_pointee(Snapshot::from_loaded(loaded)),
+            writes: Mutex::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The current snapshot (a cheap reference-counted handle).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Installs the result of a store write that produced `revision`.
+    /// If the snapshot is exactly one revision behind, `patch` builds the next
+    /// one from it; otherwise another replica wrote in between and the whole
+    /// configuration is reloaded.
+    async fn install(&self, revision: i64, patch: impl FnOnce(&Snapshot) -> Snapshot) -> Result<(), EngineError> {
+        let current = self.snapshot.load_full();
+        if current.revision + 1 == revision {
+            self.snapshot.store(Arc::new(patch(&current)));
+            Ok(())
+        } else if current.revision < revision {
+            self.reload_locked().await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn reload_locked(&self) -> Result<(), EngineError> {
+        let loaded = self.store.load().await?;
+        if loaded.revision != self.snapshot.load().revision {
+            self.snapshot.store(Arc::new(Snapshot::from_loaded(loaded)));
+        }
+        Ok(())
+    }
+
+    /// Reloads the snapshot if the store's revision moved (a write by another
+    /// replica, or by hand). Returns whether it reloaded.
+    pub async fn refresh(&self) -> Result<bool, EngineError> {
+        let revision = self.store.revision().await?;
+        if revision == self.snapshot.load().revision {
+            return Ok(false);
+        }
+        let _guard = self.writes.lock().await;
+        self.reload_locked().await?;
+        Ok(true)
+    }
+
+    /// Polls the store's revision every `every` until the task is dropped.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(e) = engine.refresh().await {
+                    tracing::warn!(error = %e, "configuration refresh failed; serving the previous snapshot");
+                }
+            }
+        })
+    }
+
+    /// Readiness: the store answers within `timeout`.
+    pub async fn check_store(&self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("store {}: {e}", self.store.backend())),
+            Err(_) => Err(format!("store {} did not answer within {timeout:?}", self.store.backend())),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The HTTP surface: the router and its middleware stack.
+
+pub mod error;
+pub mod extract;
+pub mod routes;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::engine::Engine;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// Set when shutdown begins, so `/readyz` turns 503 at once.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// The whole application router.
+pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
+    let request_id = HeaderName::from_static(error::REQUEST_ID);
+    Router::new()
+        .merge(routes::health::router())
+        .merge(routes::flags::router())
+        .merge(routes::experiments::router())
+        .merge(routes::assign::router())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // Bodies over the limit are refused by the JSON extractor with a 413.
+        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .with_state(state)
+        .layer(
+            // Outermost first.
+            ServiceBuilder::new()
+                // Keep the client's x-request-id, or make one.
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                // Echo it on every response.
+                .layer(PropagateRequestIdLayer::new(request_id))
+                // One span per request, carrying the request id.
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req.headers().get(error::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                }))
+                // Turn every ApiError into the contract's body, with the id.
+                .layer(axum::middleware::from_fn(error::render_errors))
+                // A panic becomes a 500 in the same shape instead of a dropped connection.
+                .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+                    axum::response::IntoResponse::into_response(ApiError::internal("handler panicked"))
+                })),
+        )
+}

@@ -1,0 +1,30 @@
+//! One file per resource; handlers only translate between HTTP and the engine.
+
+pub mod assign;
+pub mod experiments;
+pub mod flags;
+pub mod health;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::engine::flags::Outcome;
+
+/// A JSON answer carrying `ETag: "<version>"`.
+pub(crate) fn versioned(status: StatusCode, version: i64, body: impl Serialize) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// 201 for a creation, 200 otherwise.
+pub(crate) fn write_status(outcome: Outcome) -> StatusCode {
+    match outcome {
+        Outcome::Created => StatusCode::CREATED,
+        Outcome::Updated | Outcome::Unchanged => StatusCode::OK,
+    }
+}
