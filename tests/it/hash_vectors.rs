@@ -1,0 +1,64 @@
+//! Golden bucket vectors computed outside Rust (Python's hashlib), and the
+//! README's Python snippet checked against them.
+
+use allot::domain::hash::bucket;
+use serde_json::Value;
+
+fn vectors() -> Vec<(Vec<String>, u16)> {
+    let text = include_str!("../fixtures/hash_vectors.json");
+    let doc: Value = serde_json::from_str(text).expect("hash_vectors.json parses");
+    doc["vectors"]
+        .as_array()
+        .expect("vectors")
+        .iter()
+        .map(|v| {
+            let parts = v["parts"].as_array().expect("parts").iter().map(|p| p.as_str().expect("str").to_owned()).collect();
+            (parts, v["bucket"].as_u64().expect("bucket") as u16)
+        })
+        .collect()
+}
+
+#[test]
+fn buckets_match_the_golden_vectors() {
+    let vectors = vectors();
+    assert!(vectors.len() >= 30);
+    for (parts, want) in vectors {
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        assert_eq!(bucket(&refs), want, "parts {parts:?}");
+    }
+}
+
+/// The README shows analysts a Python function; it must compute the same
+/// buckets. Runs when python3 is on the PATH (it is in CI).
+#[test]
+fn the_readme_python_snippet_reproduces_the_golden_vectors() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("```python\n").expect("README has a python snippet") + "```python\n".len();
+    let end = start + readme[start..].find("```").expect("snippet ends");
+    let snippet = &readme[start..end];
+    let mut program = String::from(snippet);
+    program.push_str("\nimport json, sys\nfor parts, want in json.load(sys.stdin):\n    got = bucket(*parts)\n    assert got == want, (parts, got, want)\nprint('ok')\n");
+    let input: Vec<(Vec<String>, u16)> = vectors();
+    let mut child = match std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&program)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(_) => {
+            eprintln!("skipped: python3 is not installed");
+            return;
+        }
+    };
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(serde_json::to_string(&input).expect("json").as_bytes()).expect("write");
+    }
+    let out = child.wait_with_output().expect("python3 ran");
+    assert!(out.status.success(), "README snippet failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
