@@ -22,14 +22,22 @@ pub enum StartError {
     #[error("cannot load the configuration from the store: {0}")]
     Load(StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// Opens the configured store and, if configured, runs its migrations.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
     let url = settings.database_url();
-    let fail = |source| StartError::Store { url: settings.redacted_database_url(), source };
-    let store = store::open(&url, &settings.pool_options()).await.map_err(fail)?;
+    let fail = |source| StartError::Store {
+        url: settings.redacted_database_url(),
+        source,
+    };
+    let store = store::open(&url, &settings.pool_options())
+        .await
+        .map_err(fail)?;
     if settings.run_migrations {
         store.migrate().await.map_err(fail)?;
     }
@@ -48,9 +56,19 @@ impl Application {
         let engine = Engine::load(store).await.map_err(StartError::Load)?;
         let listener = TcpListener::bind(&settings.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: settings.listen.clone(), source })?;
-        let state = AppState { engine: Arc::new(engine), shutting_down: Arc::new(AtomicBool::new(false)) };
-        Ok(Self { listener, state, settings })
+            .map_err(|source| StartError::Bind {
+                addr: settings.listen.clone(),
+                source,
+            })?;
+        let state = AppState {
+            engine: Arc::new(engine),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Self {
+            listener,
+            state,
+            settings,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -63,9 +81,18 @@ impl Application {
 
     /// Serves until `shutdown` completes; then stops accepting, marks the
     /// service not ready and gives in-flight requests `shutdown_timeout_secs`.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Self { listener, state, settings } = self;
-        let refresher = state.engine.spawn_refresher(Duration::from_millis(settings.refresh_interval_ms));
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            listener,
+            state,
+            settings,
+        } = self;
+        let refresher = state
+            .engine
+            .spawn_refresher(Duration::from_millis(settings.refresh_interval_ms));
         let router = http::router(state.clone(), settings.body_limit_bytes);
         let flag = Arc::clone(&state.shutting_down);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();

@@ -66,12 +66,18 @@ impl Settings {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Self = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let settings: Self = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if settings.db_max_connections == 0 {
-            return Err(ConfigError::Invalid("db_max_connections must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "db_max_connections must be at least 1".into(),
+            ));
         }
         if settings.refresh_interval_ms == 0 {
-            return Err(ConfigError::Invalid("refresh_interval_ms must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "refresh_interval_ms must be at least 1".into(),
+            ));
         }
         Ok(settings)
     }
@@ -123,6 +129,9 @@ mod tests {
     fn passwords_are_redacted() {
         let mut s = Settings::defaults().unwrap();
         s.database_url = "postgres://allot:s3cret@db:5432/allot".into();
-        assert_eq!(s.redacted_database_url(), "postgres://allot:***@db:5432/allot");
+        assert_eq!(
+            s.redacted_database_url(),
+            "postgres://allot:***@db:5432/allot"
+        );
     }
 }

@@ -8,7 +8,11 @@ use allot::telemetry;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "allot", version, about = "Deterministic experiment assignment and participant routing over HTTP")]
+#[command(
+    name = "allot",
+    version,
+    about = "Deterministic experiment assignment and participant routing over HTTP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -36,7 +36,10 @@ enum Clause {
     Not(Box<Condition>),
     /// A malformed logical operator argument: never holds.
     Never,
-    Field { path: Vec<String>, test: Test },
+    Field {
+        path: Vec<String>,
+        test: Test,
+    },
 }
 
 /// A test applied to one attribute value (`evalConditionValue`).
@@ -66,11 +69,18 @@ enum Op {
     Ne(Value),
     Compare(Cmp, Value),
     Exists(bool),
-    In { list: Vec<Value>, insensitive: bool, negate: bool },
+    In {
+        list: Vec<Value>,
+        insensitive: bool,
+        negate: bool,
+    },
     Not(Box<Test>),
     Size(Box<Test>),
     ElemMatch(ElemMatch),
-    All { tests: Vec<Test>, insensitive: bool },
+    All {
+        tests: Vec<Test>,
+        insensitive: bool,
+    },
     Regex(Regex),
     Type(String),
     /// Unknown operator, invalid pattern or wrong argument type: false.
@@ -95,11 +105,41 @@ enum ElemMatch {
 
 /// Operators allowed inside an operator object.
 const OPERATORS: &[&str] = &[
-    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$ini", "$nini", "$all", "$alli",
-    "$exists", "$type", "$regex", "$regexi", "$elemMatch", "$size", "$not", "$veq", "$vne", "$vgt",
-    "$vgte", "$vlt", "$vlte",
+    "$eq",
+    "$ne",
+    "$gt",
+    "$gte",
+    "$lt",
+    "$lte",
+    "$in",
+    "$nin",
+    "$ini",
+    "$nini",
+    "$all",
+    "$alli",
+    "$exists",
+    "$type",
+    "$regex",
+    "$regexi",
+    "$elemMatch",
+    "$size",
+    "$not",
+    "$veq",
+    "$vne",
+    "$vgt",
+    "$vgte",
+    "$vlt",
+    "$vlte",
 ];
-const TYPES: &[&str] = &["string", "number", "boolean", "object", "array", "null", "undefined"];
+const TYPES: &[&str] = &[
+    "string",
+    "number",
+    "boolean",
+    "object",
+    "array",
+    "null",
+    "undefined",
+];
 
 fn is_operator_object(map: &Map<String, Value>) -> bool {
     !map.is_empty() && map.keys().all(|k| k.starts_with('$'))
@@ -131,7 +171,10 @@ fn validate_condition(map: &Map<String, Value>, path: &str, out: &mut Vec<Proble
                         }
                     }
                 }
-                _ => out.push(Problem::new(here, format!("{key} takes an array of conditions"))),
+                _ => out.push(Problem::new(
+                    here,
+                    format!("{key} takes an array of conditions"),
+                )),
             },
             "$not" => match value {
                 Value::Object(m) => validate_condition(m, &here, out),
@@ -166,14 +209,20 @@ fn validate_value(value: &Value, path: &str, out: &mut Vec<Problem>) {
             "$regex" | "$regexi" => match arg {
                 Value::String(pattern) => {
                     if let Err(e) = build_regex(pattern, op == "$regexi") {
-                        out.push(Problem::new(here, format!("invalid regular expression: {e}")));
+                        out.push(Problem::new(
+                            here,
+                            format!("invalid regular expression: {e}"),
+                        ));
                     }
                 }
                 _ => out.push(Problem::new(here, format!("{op} takes a pattern string"))),
             },
             "$type" => {
                 if !arg.as_str().is_some_and(|t| TYPES.contains(&t)) {
-                    out.push(Problem::new(here, format!("$type takes one of {}", TYPES.join(", "))));
+                    out.push(Problem::new(
+                        here,
+                        format!("$type takes one of {}", TYPES.join(", ")),
+                    ));
                 }
             }
             "$elemMatch" => match arg {
@@ -205,7 +254,9 @@ fn build_regex(pattern: &str, insensitive: bool) -> Result<Regex, regex::Error> 
 impl Condition {
     /// A condition that matches everything (`{}`).
     pub fn always() -> Self {
-        Self { clauses: Vec::new() }
+        Self {
+            clauses: Vec::new(),
+        }
     }
 
     /// Compiles any JSON value; never fails (see the module docs).
@@ -214,7 +265,9 @@ impl Condition {
             Value::Object(map) => compile_condition(map),
             // GrowthBook iterates the entries of whatever it is given; a
             // non-object has none that can hold, so treat it as never.
-            _ => Self { clauses: vec![Clause::Never] },
+            _ => Self {
+                clauses: vec![Clause::Never],
+            },
         }
     }
 
@@ -226,7 +279,8 @@ impl Condition {
 
 fn compile_condition(map: &Map<String, Value>) -> Condition {
     let list = |v: &Value| -> Option<Vec<Condition>> {
-        v.as_array().map(|items| items.iter().map(Condition::compile).collect())
+        v.as_array()
+            .map(|items| items.iter().map(Condition::compile).collect())
     };
     let clauses = map
         .iter()
@@ -336,7 +390,15 @@ fn get_path<'a>(obj: &'a Value, path: &[String]) -> &'a Value {
                 None => return &NULL,
             },
             Value::Array(items) => match step.parse::<usize>().ok().and_then(|i| items.get(i)) {
-                Some(v) if step == &step.parse::<usize>().map(|i| i.to_string()).unwrap_or_default() => v,
+                Some(v)
+                    if step
+                        == &step
+                            .parse::<usize>()
+                            .map(|i| i.to_string())
+                            .unwrap_or_default() =>
+                {
+                    v
+                }
                 _ => return &NULL,
             },
             _ => return &NULL,
@@ -388,7 +450,11 @@ impl Op {
                 Cmp::Gte => js::less_than(actual, expected) == Some(false),
             },
             Op::Exists(expected) => *expected != actual.is_null(),
-            Op::In { list, insensitive, negate } => is_in(actual, list, *insensitive) != *negate,
+            Op::In {
+                list,
+                insensitive,
+                negate,
+            } => is_in(actual, list, *insensitive) != *negate,
             Op::Not(test) => !test.holds(actual, false),
             Op::Size(test) => match actual {
                 Value::Array(items) => test.holds(&Value::from(items.len()), false),
@@ -500,7 +566,13 @@ mod js {
             Value::String(s) => s.clone(),
             Value::Array(items) => items
                 .iter()
-                .map(|i| if i.is_null() { String::new() } else { to_string(i) })
+                .map(|i| {
+                    if i.is_null() {
+                        String::new()
+                    } else {
+                        to_string(i)
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             Value::Object(_) => "[object Object]".to_owned(),
@@ -544,7 +616,14 @@ mod js {
         if t.is_empty() {
             return 0.0;
         }
-        for (prefix, radix) in [("0x", 16), ("0X", 16), ("0o", 8), ("0O", 8), ("0b", 2), ("0B", 2)] {
+        for (prefix, radix) in [
+            ("0x", 16),
+            ("0X", 16),
+            ("0o", 8),
+            ("0O", 8),
+            ("0b", 2),
+            ("0B", 2),
+        ] {
             if let Some(digits) = t.strip_prefix(prefix) {
                 return u64::from_str_radix(digits, radix).map_or(f64::NAN, |n| n as f64);
             }
@@ -557,7 +636,8 @@ mod js {
         // Rust also accepts "inf", "nan" and friends, which JavaScript does not.
         let body = t.trim_start_matches(['+', '-']);
         if body.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-            && t.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+            && t.bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
         {
             t.parse().unwrap_or(f64::NAN)
         } else {
@@ -614,7 +694,9 @@ mod js {
             }
             (Value::Object(x), Value::Object(y)) => {
                 x.len() == y.len()
-                    && x.iter().zip(y).all(|((kx, vx), (ky, vy))| kx == ky && stringify_eq(vx, vy))
+                    && x.iter()
+                        .zip(y)
+                        .all(|((kx, vx), (ky, vy))| kx == ky && stringify_eq(vx, vy))
             }
             _ => strict_eq(a, b),
         }
@@ -633,7 +715,10 @@ mod tests {
 
     #[test]
     fn nested_paths_reach_into_objects_and_arrays() {
-        assert!(check(json!({"survey.q1": "yes"}), json!({"survey": {"q1": "yes"}})));
+        assert!(check(
+            json!({"survey.q1": "yes"}),
+            json!({"survey": {"q1": "yes"}})
+        ));
         assert!(check(json!({"list.1": 5}), json!({"list": [4, 5]})));
         assert!(!check(json!({"list.01": 5}), json!({"list": [4, 5]})));
     }

@@ -96,8 +96,17 @@ impl ExperimentConfig {
         };
         let mut problems = Vec::new();
         let known: Vec<&str> = [
-            "description", "status", "eligibility_flag", "salt", "coverage", "sticky", "hash_by",
-            "treatments", "cohorts", "variables", "routing",
+            "description",
+            "status",
+            "eligibility_flag",
+            "salt",
+            "coverage",
+            "sticky",
+            "hash_by",
+            "treatments",
+            "cohorts",
+            "variables",
+            "routing",
         ]
         .into_iter()
         .chain(READ_ONLY.iter().copied())
@@ -210,7 +219,10 @@ impl ExperimentConfig {
         let weighted: Vec<Weighted<'_>> = self
             .treatments
             .iter()
-            .map(|t| Weighted { name: t.name.as_str(), weight: t.weight })
+            .map(|t| Weighted {
+                name: t.name.as_str(),
+                weight: t.weight,
+            })
             .collect();
         Layout::rebalance(previous, &weighted, self.coverage)
     }
@@ -232,12 +244,18 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
         None | Some(Value::Null) => return Vec::new(),
         Some(Value::Array(items)) => items,
         Some(_) => {
-            problems.push(Problem::new("/treatments", "must be an array of treatments"));
+            problems.push(Problem::new(
+                "/treatments",
+                "must be an array of treatments",
+            ));
             return Vec::new();
         }
     };
     if items.len() > MAX_TREATMENTS {
-        problems.push(Problem::new("/treatments", format!("at most {MAX_TREATMENTS} treatments")));
+        problems.push(Problem::new(
+            "/treatments",
+            format!("at most {MAX_TREATMENTS} treatments"),
+        ));
         return Vec::new();
     }
     let mut out: Vec<Treatment> = Vec::with_capacity(items.len());
@@ -255,7 +273,10 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
         let name = match t.get("name").map(Key::from_json) {
             Some(Ok(name)) => {
                 if out.iter().any(|o| o.name == name) {
-                    problems.push(Problem::new(pointer(&at, "name"), format!("duplicate treatment name {name:?}")));
+                    problems.push(Problem::new(
+                        pointer(&at, "name"),
+                        format!("duplicate treatment name {name:?}"),
+                    ));
                 }
                 Some(name)
             }
@@ -271,7 +292,10 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
         let weight = match t.get("weight").and_then(Value::as_f64) {
             Some(w) if w.is_finite() && w >= 0.0 => Some(w),
             _ => {
-                problems.push(Problem::new(pointer(&at, "weight"), "must be a finite number >= 0"));
+                problems.push(Problem::new(
+                    pointer(&at, "weight"),
+                    "must be a finite number >= 0",
+                ));
                 None
             }
         };
@@ -285,7 +309,10 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
         }
     }
     if !sum.is_finite() {
-        problems.push(Problem::new("/treatments", "the weights must add up to a finite number"));
+        problems.push(Problem::new(
+            "/treatments",
+            "the weights must add up to a finite number",
+        ));
     }
     out
 }
@@ -311,7 +338,11 @@ pub enum Precheck {
 impl Experiment {
     pub fn new(config: ExperimentConfig, layout: Layout) -> Self {
         let has_active = config.treatments.iter().any(|t| t.weight > 0.0);
-        Self { config, layout, has_active }
+        Self {
+            config,
+            layout,
+            has_active,
+        }
     }
 
     /// Rebuilds an experiment from its stored layout ranges.
@@ -387,7 +418,10 @@ mod tests {
 
     #[test]
     fn list_shaped_treatments_are_refused_pointing_at_the_entry() {
-        for doc in [json!({"treatments": [["exp1"]]}), json!({"treatments": [["exp1", "not-a-number"]]})] {
+        for doc in [
+            json!({"treatments": [["exp1"]]}),
+            json!({"treatments": [["exp1", "not-a-number"]]}),
+        ] {
             let problems = ExperimentConfig::parse(&key(), &doc).unwrap_err();
             assert_eq!(problems.len(), 1);
             assert_eq!(problems[0].path, "/treatments/0");
@@ -406,14 +440,24 @@ mod tests {
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            vec!["/wat", "/status", "/eligibility_flag", "/salt", "/coverage", "/sticky", "/hash_by",
-                 "/treatments/0/weight", "/treatments/2/name"]
+            vec![
+                "/wat",
+                "/status",
+                "/eligibility_flag",
+                "/salt",
+                "/coverage",
+                "/sticky",
+                "/hash_by",
+                "/treatments/0/weight",
+                "/treatments/2/name"
+            ]
         );
     }
 
     #[test]
     fn weights_that_overflow_their_sum_are_refused() {
-        let doc = json!({"treatments": [{"name": "a", "weight": 1e308}, {"name": "b", "weight": 1e308}]});
+        let doc =
+            json!({"treatments": [{"name": "a", "weight": 1e308}, {"name": "b", "weight": 1e308}]});
         assert!(ExperimentConfig::parse(&key(), &doc).is_err());
     }
 }

@@ -90,7 +90,11 @@ impl FlagConfig {
             Some(_) => problems.push(Problem::new("/rules", "must be an array of rules")),
         }
         if problems.is_empty() {
-            Ok(Self { description, enabled, rules })
+            Ok(Self {
+                description,
+                enabled,
+                rules,
+            })
         } else {
             Err(problems)
         }
@@ -102,17 +106,26 @@ impl FlagConfig {
             .iter()
             .map(|r| CompiledRule {
                 name: r.name.clone(),
-                condition: r.condition.as_ref().map_or_else(Condition::always, Condition::compile),
+                condition: r
+                    .condition
+                    .as_ref()
+                    .map_or_else(Condition::always, Condition::compile),
                 threshold: (r.rollout * 100.0).round() as u16,
             })
             .collect();
-        CompiledFlag { config: self, rules }
+        CompiledFlag {
+            config: self,
+            rules,
+        }
     }
 }
 
 fn parse_rule(item: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<RuleConfig> {
     let Some(map) = item.as_object() else {
-        problems.push(Problem::new(at, "must be an object with an optional name and condition and a rollout"));
+        problems.push(Problem::new(
+            at,
+            "must be an object with an optional name and condition and a rollout",
+        ));
         return None;
     };
     let before = problems.len();
@@ -121,7 +134,10 @@ fn parse_rule(item: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<Rul
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s.clone()),
         Some(_) => {
-            problems.push(Problem::new(pointer(at, "name"), "must be a string of 1 to 200 bytes"));
+            problems.push(Problem::new(
+                pointer(at, "name"),
+                "must be a string of 1 to 200 bytes",
+            ));
             None
         }
     };
@@ -133,7 +149,9 @@ fn parse_rule(item: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<Rul
         }
     };
     let rollout = match map.get("rollout").and_then(Value::as_f64) {
-        Some(r) if (0.0..=100.0).contains(&r) && ((r * 100.0).round() - r * 100.0).abs() < 1e-6 => r,
+        Some(r) if (0.0..=100.0).contains(&r) && ((r * 100.0).round() - r * 100.0).abs() < 1e-6 => {
+            r
+        }
         _ => {
             problems.push(Problem::new(
                 pointer(at, "rollout"),
@@ -142,15 +160,28 @@ fn parse_rule(item: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<Rul
             0.0
         }
     };
-    (problems.len() == before).then_some(RuleConfig { name, condition, rollout })
+    (problems.len() == before).then_some(RuleConfig {
+        name,
+        condition,
+        rollout,
+    })
 }
 
 /// Adds a problem for every field of `map` not in `known`.
-pub(crate) fn reject_unknown(map: &Map<String, Value>, known: &[&str], problems: &mut Vec<Problem>) {
+pub(crate) fn reject_unknown(
+    map: &Map<String, Value>,
+    known: &[&str],
+    problems: &mut Vec<Problem>,
+) {
     reject_unknown_at(map, known, "", problems);
 }
 
-pub(crate) fn reject_unknown_at(map: &Map<String, Value>, known: &[&str], at: &str, problems: &mut Vec<Problem>) {
+pub(crate) fn reject_unknown_at(
+    map: &Map<String, Value>,
+    known: &[&str],
+    at: &str,
+    problems: &mut Vec<Problem>,
+) {
     for field in map.keys() {
         if !known.contains(&field.as_str()) {
             problems.push(Problem::new(pointer(at, field), "unknown field"));
@@ -159,12 +190,19 @@ pub(crate) fn reject_unknown_at(map: &Map<String, Value>, known: &[&str], at: &s
 }
 
 /// A free-text field that defaults to "".
-pub(crate) fn optional_text(map: &Map<String, Value>, field: &str, problems: &mut Vec<Problem>) -> String {
+pub(crate) fn optional_text(
+    map: &Map<String, Value>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> String {
     match map.get(field) {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) if s.len() <= MAX_TEXT => s.clone(),
         Some(_) => {
-            problems.push(Problem::new(pointer("", field), format!("must be a string of at most {MAX_TEXT} bytes")));
+            problems.push(Problem::new(
+                pointer("", field),
+                format!("must be a string of at most {MAX_TEXT} bytes"),
+            ));
             String::new()
         }
     }
@@ -175,12 +213,26 @@ impl CompiledFlag {
     /// override, then the first matching rule's rollout, else off.
     ///
     /// `attributes` must already hold `org_id` as a string.
-    pub fn evaluate(&self, key: &str, org_id: &str, override_: Option<bool>, attributes: &Value) -> FlagDecision<'_> {
+    pub fn evaluate(
+        &self,
+        key: &str,
+        org_id: &str,
+        override_: Option<bool>,
+        attributes: &Value,
+    ) -> FlagDecision<'_> {
         if !self.config.enabled {
-            return FlagDecision { enabled: false, reason: FlagReason::FlagDisabled, rule: None };
+            return FlagDecision {
+                enabled: false,
+                reason: FlagReason::FlagDisabled,
+                rule: None,
+            };
         }
         if let Some(enabled) = override_ {
-            return FlagDecision { enabled, reason: FlagReason::Override, rule: None };
+            return FlagDecision {
+                enabled,
+                reason: FlagReason::Override,
+                rule: None,
+            };
         }
         for rule in &self.rules {
             if rule.condition.matches(attributes) {
@@ -191,7 +243,11 @@ impl CompiledFlag {
                 };
             }
         }
-        FlagDecision { enabled: false, reason: FlagReason::Default, rule: None }
+        FlagDecision {
+            enabled: false,
+            reason: FlagReason::Default,
+            rule: None,
+        }
     }
 }
 
@@ -210,13 +266,36 @@ mod tests {
             {"name": "biz", "condition": {"plan": "business"}, "rollout": 100},
             {"name": "none", "rollout": 0}]}));
         let attrs = json!({"plan": "business", "org_id": "1"});
-        assert_eq!(f.evaluate("k", "1", None, &attrs), FlagDecision { enabled: true, reason: FlagReason::Rule, rule: Some("biz") });
-        assert_eq!(f.evaluate("k", "1", Some(false), &attrs).reason, FlagReason::Override);
+        assert_eq!(
+            f.evaluate("k", "1", None, &attrs),
+            FlagDecision {
+                enabled: true,
+                reason: FlagReason::Rule,
+                rule: Some("biz")
+            }
+        );
+        assert_eq!(
+            f.evaluate("k", "1", Some(false), &attrs).reason,
+            FlagReason::Override
+        );
         let other = json!({"plan": "free", "org_id": "1"});
-        assert_eq!(f.evaluate("k", "1", None, &other), FlagDecision { enabled: false, reason: FlagReason::Rule, rule: Some("none") });
+        assert_eq!(
+            f.evaluate("k", "1", None, &other),
+            FlagDecision {
+                enabled: false,
+                reason: FlagReason::Rule,
+                rule: Some("none")
+            }
+        );
         let off = flag(json!({"enabled": false, "rules": [{"rollout": 100}]}));
-        assert_eq!(off.evaluate("k", "1", Some(true), &attrs).reason, FlagReason::FlagDisabled);
-        assert_eq!(flag(json!({})).evaluate("k", "1", None, &attrs).reason, FlagReason::Default);
+        assert_eq!(
+            off.evaluate("k", "1", Some(true), &attrs).reason,
+            FlagReason::FlagDisabled
+        );
+        assert_eq!(
+            flag(json!({})).evaluate("k", "1", None, &attrs).reason,
+            FlagReason::Default
+        );
     }
 
     #[test]
@@ -225,7 +304,10 @@ mod tests {
         for org in 0..500 {
             let org = org.to_string();
             let attrs = json!({"org_id": org});
-            assert_eq!(f.evaluate("k", &org, None, &attrs).enabled, bucket(&["k", &org]) < 1234);
+            assert_eq!(
+                f.evaluate("k", &org, None, &attrs).enabled,
+                bucket(&["k", &org]) < 1234
+            );
         }
     }
 
@@ -235,6 +317,16 @@ mod tests {
             {"rollout": 100.001}, {"rollout": -1}, {"condition": "x", "rollout": 5}, 7, {"rollout": 5, "extra": 1}]}))
         .unwrap_err();
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, vec!["/enabled", "/rules/0/rollout", "/rules/1/rollout", "/rules/2/condition", "/rules/3", "/rules/4/extra"]);
+        assert_eq!(
+            paths,
+            vec![
+                "/enabled",
+                "/rules/0/rollout",
+                "/rules/1/rollout",
+                "/rules/2/condition",
+                "/rules/3",
+                "/rules/4/extra"
+            ]
+        );
     }
 }

@@ -122,12 +122,23 @@ mod tests {
 
     #[test]
     fn integer_ids_mean_their_decimal_string() {
-        assert_eq!(Id::from_json(&json!(42)).unwrap(), Id::from_json(&json!("42")).unwrap());
+        assert_eq!(
+            Id::from_json(&json!(42)).unwrap(),
+            Id::from_json(&json!("42")).unwrap()
+        );
     }
 
     #[test]
     fn ids_refuse_other_types_and_sizes() {
-        for bad in [json!(-1), json!(1.5), json!(null), json!(true), json!([]), json!(""), json!("x".repeat(257))] {
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!(null),
+            json!(true),
+            json!([]),
+            json!(""),
+            json!("x".repeat(257)),
+        ] {
             assert!(Id::from_json(&bad).is_err(), "{bad} should be refused");
         }
         assert!(Id::from_json(&json!("x".repeat(256))).is_ok());

@@ -37,7 +37,9 @@ pub struct Layout {
 
 impl std::fmt::Debug for Layout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Layout").field("counts", &self.counts_by_index()).finish()
+        f.debug_struct("Layout")
+            .field("counts", &self.counts_by_index())
+            .finish()
     }
 }
 
@@ -47,7 +49,9 @@ impl std::fmt::Debug for Layout {
 /// gets `floor(total × w / W)`, and the remainder goes one each to the
 /// largest fractional parts, ties to the earlier treatment.
 pub fn targets(weights: &[f64], coverage: f64) -> Vec<u32> {
-    let total = (coverage * f64::from(BUCKETS) + 0.5).floor().clamp(0.0, f64::from(BUCKETS)) as u32;
+    let total = (coverage * f64::from(BUCKETS) + 0.5)
+        .floor()
+        .clamp(0.0, f64::from(BUCKETS)) as u32;
     let sum: f64 = weights.iter().filter(|w| **w > 0.0).sum();
     let mut out = vec![0u32; weights.len()];
     if sum <= 0.0 || !sum.is_finite() || total == 0 {
@@ -191,11 +195,18 @@ impl Layout {
             }
             let bucket = bucket as u16;
             match out.last_mut() {
-                Some(last) if last.end == bucket && names.get(usize::from(slot)) == Some(&last.treatment.as_str()) => {
+                Some(last)
+                    if last.end == bucket
+                        && names.get(usize::from(slot)) == Some(&last.treatment.as_str()) =>
+                {
                     last.end = bucket + 1;
                 }
                 _ => out.push(Range {
-                    treatment: names.get(usize::from(slot)).copied().unwrap_or_default().to_owned(),
+                    treatment: names
+                        .get(usize::from(slot))
+                        .copied()
+                        .unwrap_or_default()
+                        .to_owned(),
                     start: bucket,
                     end: bucket + 1,
                 }),
@@ -230,11 +241,17 @@ mod tests {
     }
 
     fn weighted<'a>(names: &'a [String], weights: &[f64]) -> Vec<Weighted<'a>> {
-        names.iter().zip(weights).map(|(n, &w)| Weighted { name: n, weight: w }).collect()
+        names
+            .iter()
+            .zip(weights)
+            .map(|(n, &w)| Weighted { name: n, weight: w })
+            .collect()
     }
 
     fn owner_of(layout: &Layout, names: &[String]) -> Vec<Option<String>> {
-        (0..BUCKETS).map(|b| layout.treatment_at(b).map(|i| names[i].clone())).collect()
+        (0..BUCKETS)
+            .map(|b| layout.treatment_at(b).map(|i| names[i].clone()))
+            .collect()
     }
 
     #[test]
@@ -252,7 +269,11 @@ mod tests {
         let first = Layout::rebalance(&[], &weighted(&two, &[1.0, 1.0]), 1.0);
         let three = named(&[1.0, 1.0, 1.0]);
         let names: Vec<&str> = two.iter().map(String::as_str).collect();
-        let second = Layout::rebalance(&first.ranges(&names), &weighted(&three, &[1.0, 1.0, 1.0]), 1.0);
+        let second = Layout::rebalance(
+            &first.ranges(&names),
+            &weighted(&three, &[1.0, 1.0, 1.0]),
+            1.0,
+        );
         let moved = owner_of(&first, &two)
             .iter()
             .zip(owner_of(&second, &three))
@@ -273,7 +294,11 @@ mod tests {
 
     #[test]
     fn stored_ranges_that_overlap_or_name_strangers_are_refused() {
-        let r = |t: &str, s, e| Range { treatment: t.into(), start: s, end: e };
+        let r = |t: &str, s, e| Range {
+            treatment: t.into(),
+            start: s,
+            end: e,
+        };
         assert!(Layout::from_ranges(&[r("a", 0, 10), r("a", 5, 12)], &["a"]).is_err());
         assert!(Layout::from_ranges(&[r("b", 0, 10)], &["a"]).is_err());
         assert!(Layout::from_ranges(&[r("a", 10, 10)], &["a"]).is_err());
@@ -293,7 +318,13 @@ mod tests {
     /// (`None` = not listed) and a coverage.
     fn step() -> impl Strategy<Value = (Vec<Option<f64>>, f64)> {
         (
-            prop::collection::vec(prop::option::weighted(0.8, prop_oneof![Just(0.0), 0.0f64..10.0, (1u32..5u32).prop_map(f64::from)]), 5),
+            prop::collection::vec(
+                prop::option::weighted(
+                    0.8,
+                    prop_oneof![Just(0.0), 0.0f64..10.0, (1u32..5u32).prop_map(f64::from)],
+                ),
+                5,
+            ),
             prop_oneof![Just(1.0), Just(0.0), 0.0f64..=1.0],
         )
     }

@@ -45,9 +45,9 @@ pub struct AssignRequest {
 impl AssignRequest {
     /// Parses `{"org_id", "unit_id", "attributes"}` found at `at` in the body.
     pub fn parse(body: &Value, at: &str) -> Result<Self, EngineError> {
-        let map = body
-            .as_object()
-            .ok_or_else(|| EngineError::validation(at, "must be an object with org_id, unit_id and attributes"))?;
+        let map = body.as_object().ok_or_else(|| {
+            EngineError::validation(at, "must be an object with org_id, unit_id and attributes")
+        })?;
         let mut problems = Vec::new();
         let mut take = |r: Result<Id, EngineError>| match r {
             Ok(id) => Some(id),
@@ -68,7 +68,11 @@ impl AssignRequest {
             Err(e) => return Err(e),
         };
         match (org_id, unit_id) {
-            (Some(org_id), Some(unit_id)) if problems.is_empty() => Ok(Self { org_id, unit_id, attributes }),
+            (Some(org_id), Some(unit_id)) if problems.is_empty() => Ok(Self {
+                org_id,
+                unit_id,
+                attributes,
+            }),
             _ => Err(EngineError::Validation(problems)),
         }
     }
@@ -87,9 +91,20 @@ enum Step {
     Sticky(StickyPending),
 }
 
-fn answer(entry: &ExperimentEntry, org_id: Id, unit_id: Id, treatment: Option<usize>, bucket: Option<u16>, reason: Reason) -> Assignment {
+fn answer(
+    entry: &ExperimentEntry,
+    org_id: Id,
+    unit_id: Id,
+    treatment: Option<usize>,
+    bucket: Option<u16>,
+    reason: Reason,
+) -> Assignment {
     let chosen = treatment.and_then(|i| {
-        entry.experiment.as_ref().ok().and_then(|e| e.config.treatments.get(i))
+        entry
+            .experiment
+            .as_ref()
+            .ok()
+            .and_then(|e| e.config.treatments.get(i))
     });
     Assignment {
         experiment: entry.key.clone(),
@@ -110,8 +125,15 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
         .experiments
         .get(key)
         .ok_or_else(|| EngineError::NotFound(format!("no experiment {key:?}")))?;
-    let experiment = entry.experiment.as_ref().map_err(|e| EngineError::Unavailable(e.clone()))?;
-    let AssignRequest { org_id, unit_id, attributes } = request;
+    let experiment = entry
+        .experiment
+        .as_ref()
+        .map_err(|e| EngineError::Unavailable(e.clone()))?;
+    let AssignRequest {
+        org_id,
+        unit_id,
+        attributes,
+    } = request;
 
     let mut broken_gate = None;
     let precheck = experiment.precheck(|flag_key: &Key| {
@@ -128,7 +150,8 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
                 attributes.insert("org_id".into(), Value::String(org_id.as_str().to_owned()));
                 let attributes = Value::Object(attributes);
                 let override_ = flag_entry.overrides.get(org_id.as_str()).copied();
-                flag.evaluate(flag_key.as_str(), org_id.as_str(), override_, &attributes).enabled
+                flag.evaluate(flag_key.as_str(), org_id.as_str(), override_, &attributes)
+                    .enabled
             }
         }
     });
@@ -138,20 +161,42 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
         )));
     }
     if let Precheck::Out(reason) = precheck {
-        return Ok(Step::Done(answer(entry, org_id, unit_id, None, None, reason)));
+        return Ok(Step::Done(answer(
+            entry, org_id, unit_id, None, None, reason,
+        )));
     }
     let bucket = experiment.bucket(org_id.as_str(), unit_id.as_str());
     if experiment.config.sticky {
-        return Ok(Step::Sticky(StickyPending { entry: Arc::clone(entry), org_id, unit_id, bucket }));
+        return Ok(Step::Sticky(StickyPending {
+            entry: Arc::clone(entry),
+            org_id,
+            unit_id,
+            bucket,
+        }));
     }
     let treatment = experiment.treatment_at(bucket);
-    let reason = if treatment.is_some() { Reason::Assigned } else { Reason::NotInCoverage };
-    Ok(Step::Done(answer(entry, org_id, unit_id, treatment, Some(bucket), reason)))
+    let reason = if treatment.is_some() {
+        Reason::Assigned
+    } else {
+        Reason::NotInCoverage
+    };
+    Ok(Step::Done(answer(
+        entry,
+        org_id,
+        unit_id,
+        treatment,
+        Some(bucket),
+        reason,
+    )))
 }
 
 impl Engine {
     /// `POST /v1/experiments/{key}/assign`.
-    pub async fn assign(&self, key: &str, request: AssignRequest) -> Result<Assignment, EngineError> {
+    pub async fn assign(
+        &self,
+        key: &str,
+        request: AssignRequest,
+    ) -> Result<Assignment, EngineError> {
         let step = decide(&self.snapshot.load(), key, request)?;
         match step {
             Step::Done(assignment) => Ok(assignment),
@@ -164,7 +209,10 @@ impl Engine {
     /// stored first (first write wins) and answered.
     async fn assign_sticky(&self, p: StickyPending) -> Result<Assignment, EngineError> {
         let entry = &p.entry;
-        let experiment = entry.experiment.as_ref().map_err(|e| EngineError::Unavailable(e.clone()))?;
+        let experiment = entry
+            .experiment
+            .as_ref()
+            .map_err(|e| EngineError::Unavailable(e.clone()))?;
         let (org, unit) = (p.org_id.as_str(), p.unit_id.as_str());
         let mut stored = match entry.sticky.get(org, unit) {
             Some(t) => Some(t),
@@ -176,11 +224,25 @@ impl Engine {
             if let Some(name) = &stored {
                 if let Some(index) = experiment.active_treatment(name) {
                     entry.sticky.put(org, unit, name);
-                    return Ok(answer(entry, p.org_id, p.unit_id, Some(index), None, Reason::Sticky));
+                    return Ok(answer(
+                        entry,
+                        p.org_id,
+                        p.unit_id,
+                        Some(index),
+                        None,
+                        Reason::Sticky,
+                    ));
                 }
             }
             let Some(index) = experiment.treatment_at(p.bucket) else {
-                return Ok(answer(entry, p.org_id, p.unit_id, None, Some(p.bucket), Reason::NotInCoverage));
+                return Ok(answer(
+                    entry,
+                    p.org_id,
+                    p.unit_id,
+                    None,
+                    Some(p.bucket),
+                    Reason::NotInCoverage,
+                ));
             };
             let name = experiment.config.treatments[index].name.as_str();
             let winner = self
@@ -189,30 +251,50 @@ impl Engine {
                 .await?;
             if winner == name {
                 entry.sticky.put(org, unit, name);
-                return Ok(answer(entry, p.org_id, p.unit_id, Some(index), Some(p.bucket), Reason::Assigned));
+                return Ok(answer(
+                    entry,
+                    p.org_id,
+                    p.unit_id,
+                    Some(index),
+                    Some(p.bucket),
+                    Reason::Assigned,
+                ));
             }
             stored = Some(winner);
         }
-        Err(EngineError::Unavailable("the sticky assignment kept changing under concurrent writers; try again".into()))
+        Err(EngineError::Unavailable(
+            "the sticky assignment kept changing under concurrent writers; try again".into(),
+        ))
     }
 
     /// `POST /v1/assign`: every item answered in order; an item's error does
     /// not fail the others.
-    pub async fn assign_batch(&self, body: &Value) -> Result<Vec<Result<Assignment, EngineError>>, EngineError> {
+    pub async fn assign_batch(
+        &self,
+        body: &Value,
+    ) -> Result<Vec<Result<Assignment, EngineError>>, EngineError> {
         let items = body
             .as_object()
             .and_then(|m| m.get("items"))
             .and_then(Value::as_array)
-            .ok_or_else(|| EngineError::validation("/items", "must be an array of assignment requests"))?;
+            .ok_or_else(|| {
+                EngineError::validation("/items", "must be an array of assignment requests")
+            })?;
         if items.len() > MAX_BATCH {
-            return Err(EngineError::validation("/items", format!("at most {MAX_BATCH} items per batch")));
+            return Err(EngineError::validation(
+                "/items",
+                format!("at most {MAX_BATCH} items per batch"),
+            ));
         }
         let mut results = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let at = pointer("/items", i);
             let key = match item.get("experiment") {
                 Some(Value::String(k)) => Ok(k.as_str()),
-                _ => Err(EngineError::validation(pointer(&at, "experiment"), "must be an experiment key")),
+                _ => Err(EngineError::validation(
+                    pointer(&at, "experiment"),
+                    "must be an experiment key",
+                )),
             };
             let result = match key.and_then(|k| AssignRequest::parse(item, &at).map(|r| (k, r))) {
                 Ok((key, request)) => self.assign(key, request).await,

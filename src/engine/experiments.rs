@@ -46,7 +46,10 @@ fn not_found(key: &str) -> EngineError {
 }
 
 fn view(entry: &ExperimentEntry) -> Result<ExperimentView, EngineError> {
-    let experiment = entry.experiment.as_ref().map_err(|e| EngineError::Unavailable(e.clone()))?;
+    let experiment = entry
+        .experiment
+        .as_ref()
+        .map_err(|e| EngineError::Unavailable(e.clone()))?;
     Ok(ExperimentView {
         key: entry.key.clone(),
         config: experiment.config.clone(),
@@ -65,7 +68,11 @@ fn stored_json(text: String) -> Value {
 
 impl Engine {
     pub(crate) fn experiment_entry(&self, key: &str) -> Result<Arc<ExperimentEntry>, EngineError> {
-        self.snapshot().experiments.get(key).cloned().ok_or_else(|| not_found(key))
+        self.snapshot()
+            .experiments
+            .get(key)
+            .cloned()
+            .ok_or_else(|| not_found(key))
     }
 
     /// Every experiment, by key. One whose stored config cannot be used is
@@ -100,13 +107,17 @@ impl Engine {
     ) -> Result<(ExperimentView, Outcome), EngineError> {
         let key = path_key(key, "experiment")?;
         let config = ExperimentConfig::parse(&key, doc).map_err(EngineError::Validation)?;
-        let document = serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let document =
+            serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
         let _guard = self.writes.lock().await;
         for _ in 0..WRITE_ATTEMPTS {
             let current = self.store.experiment(key.as_str()).await?;
             if let Some(expected) = if_match {
                 if current.as_ref().map(|c| c.version) != Some(expected) {
-                    return Err(EngineError::VersionMismatch { expected, current: current.map(|c| c.version) });
+                    return Err(EngineError::VersionMismatch {
+                        expected,
+                        current: current.map(|c| c.version),
+                    });
                 }
             }
             let previous: Vec<Range> = match &current {
@@ -128,26 +139,45 @@ impl Engine {
                 key: key.as_str().to_owned(),
                 expected_version: current.as_ref().map_or(0, |c| c.version),
                 config: document.clone(),
-                layout: serde_json::to_value(&ranges).map_err(|e| EngineError::Internal(e.to_string()))?,
-                eligibility_flag: config.eligibility_flag.as_ref().map(|k| k.as_str().to_owned()),
+                layout: serde_json::to_value(&ranges)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?,
+                eligibility_flag: config
+                    .eligibility_flag
+                    .as_ref()
+                    .map(|k| k.as_str().to_owned()),
                 actor: actor.clone(),
             };
             match self.store.write_experiment(&write).await {
                 Ok((record, revision)) => {
-                    let outcome = if current.is_none() { Outcome::Created } else { Outcome::Updated };
+                    let outcome = if current.is_none() {
+                        Outcome::Created
+                    } else {
+                        Outcome::Updated
+                    };
                     let patch = record.clone();
-                    self.install(revision, move |s| s.with_experiment(revision, patch)).await?;
+                    self.install(revision, move |s| s.with_experiment(revision, patch))
+                        .await?;
                     return Ok((self.record_view(record, config)?, outcome));
                 }
                 Err(StoreError::Stale) => {
                     if let Some(expected) = if_match {
                         let now = self.store.experiment(key.as_str()).await?;
-                        return Err(EngineError::VersionMismatch { expected, current: now.map(|c| c.version) });
+                        return Err(EngineError::VersionMismatch {
+                            expected,
+                            current: now.map(|c| c.version),
+                        });
                     }
                 }
                 Err(StoreError::MissingReference) => {
-                    let flag = config.eligibility_flag.as_ref().map(|k| k.as_str()).unwrap_or_default();
-                    return Err(EngineError::validation("/eligibility_flag", format!("no flag {flag:?}")));
+                    let flag = config
+                        .eligibility_flag
+                        .as_ref()
+                        .map(|k| k.as_str())
+                        .unwrap_or_default();
+                    return Err(EngineError::validation(
+                        "/eligibility_flag",
+                        format!("no flag {flag:?}"),
+                    ));
                 }
                 Err(other) => return Err(other.into()),
             }
@@ -157,11 +187,17 @@ impl Engine {
         )))
     }
 
-    fn record_view(&self, record: ExperimentRecord, config: ExperimentConfig) -> Result<ExperimentView, EngineError> {
-        let layout = serde_json::from_str(&record.layout).map_err(|e| EngineError::Unavailable(format!(
-            "stored layout of experiment {:?} is malformed: {e}",
-            record.key
-        )))?;
+    fn record_view(
+        &self,
+        record: ExperimentRecord,
+        config: ExperimentConfig,
+    ) -> Result<ExperimentView, EngineError> {
+        let layout = serde_json::from_str(&record.layout).map_err(|e| {
+            EngineError::Unavailable(format!(
+                "stored layout of experiment {:?} is malformed: {e}",
+                record.key
+            ))
+        })?;
         Ok(ExperimentView {
             key: record.key,
             config,
@@ -174,10 +210,14 @@ impl Engine {
 
     pub async fn delete_experiment(&self, key: &str) -> Result<(), EngineError> {
         let _guard = self.writes.lock().await;
-        let revision = self.store.delete_experiment(key).await.map_err(|e| match e {
-            StoreError::NotFound => not_found(key),
-            other => other.into(),
-        })?;
+        let revision = self
+            .store
+            .delete_experiment(key)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => not_found(key),
+                other => other.into(),
+            })?;
         self.install(revision, |s| {
             let mut next = s.next(revision);
             next.experiments.remove(key);
@@ -187,10 +227,14 @@ impl Engine {
     }
 
     pub async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionView>, EngineError> {
-        let records = self.store.experiment_versions(key).await.map_err(|e| match e {
-            StoreError::NotFound => not_found(key),
-            other => other.into(),
-        })?;
+        let records = self
+            .store
+            .experiment_versions(key)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => not_found(key),
+                other => other.into(),
+            })?;
         Ok(records
             .into_iter()
             .map(|r| VersionView {

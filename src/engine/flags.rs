@@ -61,7 +61,8 @@ pub enum Outcome {
 
 /// Parses a key taken from the URL.
 pub fn path_key(raw: &str, what: &str) -> Result<Key, EngineError> {
-    Key::parse(raw).map_err(|e| EngineError::validation("", format!("the {what} key in the URL {e}")))
+    Key::parse(raw)
+        .map_err(|e| EngineError::validation("", format!("the {what} key in the URL {e}")))
 }
 
 /// Parses an org id taken from the URL.
@@ -74,20 +75,31 @@ pub fn attributes(body: &Map<String, Value>, at: &str) -> Result<Map<String, Val
     match body.get("attributes") {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m.clone()),
-        Some(_) => Err(EngineError::validation(format!("{at}/attributes"), "must be an object")),
+        Some(_) => Err(EngineError::validation(
+            format!("{at}/attributes"),
+            "must be an object",
+        )),
     }
 }
 
 /// Parses a required id field of a request body at `at`.
 pub fn body_id(body: &Map<String, Value>, field: &str, at: &str) -> Result<Id, EngineError> {
     match body.get(field) {
-        None => Err(EngineError::validation(format!("{at}/{field}"), "is required")),
-        Some(v) => Id::from_json(v).map_err(|e| EngineError::validation(format!("{at}/{field}"), e)),
+        None => Err(EngineError::validation(
+            format!("{at}/{field}"),
+            "is required",
+        )),
+        Some(v) => {
+            Id::from_json(v).map_err(|e| EngineError::validation(format!("{at}/{field}"), e))
+        }
     }
 }
 
 fn view(entry: &FlagEntry) -> Result<FlagView, EngineError> {
-    let flag = entry.flag.as_ref().map_err(|e| EngineError::Unavailable(e.clone()))?;
+    let flag = entry
+        .flag
+        .as_ref()
+        .map_err(|e| EngineError::Unavailable(e.clone()))?;
     Ok(FlagView {
         key: entry.key.clone(),
         config: flag.config.clone(),
@@ -103,7 +115,11 @@ fn not_found(key: &str) -> EngineError {
 
 impl Engine {
     fn flag_entry(&self, key: &str) -> Result<Arc<FlagEntry>, EngineError> {
-        self.snapshot().flags.get(key).cloned().ok_or_else(|| not_found(key))
+        self.snapshot()
+            .flags
+            .get(key)
+            .cloned()
+            .ok_or_else(|| not_found(key))
     }
 
     /// Every flag, by key. One whose stored document cannot be used is
@@ -127,10 +143,16 @@ impl Engine {
         view(&*self.flag_entry(key)?)
     }
 
-    pub async fn put_flag(&self, key: &str, doc: &Value, if_match: Option<i64>) -> Result<(FlagView, Outcome), EngineError> {
+    pub async fn put_flag(
+        &self,
+        key: &str,
+        doc: &Value,
+        if_match: Option<i64>,
+    ) -> Result<(FlagView, Outcome), EngineError> {
         let key = path_key(key, "flag")?;
         let config = FlagConfig::parse(doc).map_err(EngineError::Validation)?;
-        let document = serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let document =
+            serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
         let _guard = self.writes.lock().await;
         let written = match self.store.put_flag(key.as_str(), &document, if_match).await {
             Err(StoreError::Stale) => {
@@ -143,9 +165,14 @@ impl Engine {
         };
         let (record, outcome) = match written {
             FlagWritten::Created(record, revision) | FlagWritten::Updated(record, revision) => {
-                let outcome = if record.version == 1 { Outcome::Created } else { Outcome::Updated };
+                let outcome = if record.version == 1 {
+                    Outcome::Created
+                } else {
+                    Outcome::Updated
+                };
                 let patch = record.clone();
-                self.install(revision, move |s| s.with_flag(revision, patch)).await?;
+                self.install(revision, move |s| s.with_flag(revision, patch))
+                    .await?;
                 (record, outcome)
             }
             FlagWritten::Unchanged(record) => (record, Outcome::Unchanged),
@@ -176,13 +203,26 @@ impl Engine {
         .await
     }
 
-    pub async fn set_override(&self, key: &str, org_id: &str, doc: &Value) -> Result<(OverrideView, Outcome), EngineError> {
+    pub async fn set_override(
+        &self,
+        key: &str,
+        org_id: &str,
+        doc: &Value,
+    ) -> Result<(OverrideView, Outcome), EngineError> {
         let org = path_id(org_id, "org id")?;
         let enabled = match doc.as_object() {
-            None => return Err(EngineError::validation("", "must be an object like {\"enabled\": true}")),
+            None => {
+                return Err(EngineError::validation(
+                    "",
+                    "must be an object like {\"enabled\": true}",
+                ))
+            }
             Some(map) => {
                 if let Some(extra) = map.keys().find(|k| k.as_str() != "enabled") {
-                    return Err(EngineError::validation(format!("/{extra}"), "unknown field"));
+                    return Err(EngineError::validation(
+                        format!("/{extra}"),
+                        "unknown field",
+                    ));
                 }
                 map.get("enabled")
                     .and_then(Value::as_bool)
@@ -190,30 +230,59 @@ impl Engine {
             }
         };
         let _guard = self.writes.lock().await;
-        let (record, created, revision) =
-            self.store.set_override(key, org.as_str(), enabled).await.map_err(|e| match e {
+        let (record, created, revision) = self
+            .store
+            .set_override(key, org.as_str(), enabled)
+            .await
+            .map_err(|e| match e {
                 StoreError::NotFound => not_found(key),
                 other => other.into(),
             })?;
-        self.install(revision, |s| s.with_override(revision, key, org.as_str(), Some(enabled))).await?;
-        Ok((override_view(record), if created { Outcome::Created } else { Outcome::Updated }))
+        self.install(revision, |s| {
+            s.with_override(revision, key, org.as_str(), Some(enabled))
+        })
+        .await?;
+        Ok((
+            override_view(record),
+            if created {
+                Outcome::Created
+            } else {
+                Outcome::Updated
+            },
+        ))
     }
 
     pub async fn delete_override(&self, key: &str, org_id: &str) -> Result<(), EngineError> {
         let _guard = self.writes.lock().await;
-        let revision = self.store.delete_override(key, org_id).await.map_err(|e| match e {
-            StoreError::NotFound => EngineError::NotFound(format!("flag {key:?} has no override for org {org_id:?}")),
-            other => other.into(),
-        })?;
-        self.install(revision, |s| s.with_override(revision, key, org_id, None)).await
+        let revision = self
+            .store
+            .delete_override(key, org_id)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => EngineError::NotFound(format!(
+                    "flag {key:?} has no override for org {org_id:?}"
+                )),
+                other => other.into(),
+            })?;
+        self.install(revision, |s| s.with_override(revision, key, org_id, None))
+            .await
     }
 
-    pub async fn list_overrides(&self, key: &str, limit: i64, after: Option<&str>) -> Result<OverridePage, EngineError> {
+    pub async fn list_overrides(
+        &self,
+        key: &str,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<OverridePage, EngineError> {
         self.flag_entry(key)?;
         let mut records = self.store.list_overrides(key, limit + 1, after).await?;
         let more = records.len() as i64 > limit;
         records.truncate(limit.max(0) as usize);
-        let next = if more { records.last().map(|r| r.org_id.clone()) } else { None };
+        let next = if more {
+            records.last().map(|r| r.org_id.clone())
+        } else {
+            None
+        };
         Ok(OverridePage {
             overrides: records.into_iter().map(override_view).collect(),
             next,
@@ -222,16 +291,24 @@ impl Engine {
 
     /// `POST /v1/flags/{key}/evaluate`: answered from the snapshot, no I/O.
     pub fn evaluate_flag(&self, key: &str, body: &Value) -> Result<FlagEvaluation, EngineError> {
-        let body = body
-            .as_object()
-            .ok_or_else(|| EngineError::validation("", "must be an object with org_id and attributes"))?;
+        let body = body.as_object().ok_or_else(|| {
+            EngineError::validation("", "must be an object with org_id and attributes")
+        })?;
         let org = body_id(body, "org_id", "")?;
         let mut attrs = attributes(body, "")?;
         let entry = self.flag_entry(key)?;
-        let flag = entry.flag.as_ref().map_err(|e| EngineError::Unavailable(e.clone()))?;
+        let flag = entry
+            .flag
+            .as_ref()
+            .map_err(|e| EngineError::Unavailable(e.clone()))?;
         attrs.insert("org_id".into(), Value::String(org.as_str().to_owned()));
         let attrs = Value::Object(attrs);
-        let decision = flag.evaluate(key, org.as_str(), entry.overrides.get(org.as_str()).copied(), &attrs);
+        let decision = flag.evaluate(
+            key,
+            org.as_str(),
+            entry.overrides.get(org.as_str()).copied(),
+            &attrs,
+        );
         Ok(FlagEvaluation {
             flag: entry.key.clone(),
             enabled: decision.enabled,

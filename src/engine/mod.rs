@@ -49,7 +49,9 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NotFound => EngineError::NotFound("not found".into()),
             StoreError::Conflict(m) => EngineError::Conflict(m),
-            StoreError::Unavailable(m) => EngineError::Unavailable(format!("the store is unavailable: {m}")),
+            StoreError::Unavailable(m) => {
+                EngineError::Unavailable(format!("the store is unavailable: {m}"))
+            }
             other => EngineError::Internal(other.to_string()),
         }
     }
@@ -87,7 +89,11 @@ impl Engine {
     /// If the snapshot is exactly one revision behind, `patch` builds the next
     /// one from it; otherwise another replica wrote in between and the whole
     /// configuration is reloaded.
-    async fn install(&self, revision: i64, patch: impl FnOnce(&Snapshot) -> Snapshot) -> Result<(), EngineError> {
+    async fn install(
+        &self,
+        revision: i64,
+        patch: impl FnOnce(&Snapshot) -> Snapshot,
+    ) -> Result<(), EngineError> {
         let current = self.snapshot.load_full();
         if current.revision + 1 == revision {
             self.snapshot.store(Arc::new(patch(&current)));
@@ -139,7 +145,10 @@ impl Engine {
         match tokio::time::timeout(timeout, self.store.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("store {}: {e}", self.store.backend())),
-            Err(_) => Err(format!("store {} did not answer within {timeout:?}", self.store.backend())),
+            Err(_) => Err(format!(
+                "store {} did not answer within {timeout:?}",
+                self.store.backend()
+            )),
         }
     }
 }

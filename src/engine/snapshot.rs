@@ -66,12 +66,18 @@ impl StickyCache {
     }
 
     pub fn get(&self, org_id: &str, unit_id: &str) -> Option<String> {
-        let map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.get(&Self::key(org_id, unit_id)).cloned()
     }
 
     pub fn put(&self, org_id: &str, unit_id: &str, treatment: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if map.len() >= STICKY_CACHE_CAPACITY {
             map.clear();
         }
@@ -82,7 +88,13 @@ impl StickyCache {
 fn describe(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("{} {}", if p.path.is_empty() { "/" } else { &p.path }, p.message))
+        .map(|p| {
+            format!(
+                "{} {}",
+                if p.path.is_empty() { "/" } else { &p.path },
+                p.message
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -92,8 +104,9 @@ impl FlagEntry {
         let flag = serde_json::from_str::<Value>(&record.config)
             .map_err(|e| format!("stored flag {:?} is not valid JSON: {e}", record.key))
             .and_then(|doc| {
-                FlagConfig::parse(&doc)
-                    .map_err(|p| format!("stored flag {:?} is invalid: {}", record.key, describe(&p)))
+                FlagConfig::parse(&doc).map_err(|p| {
+                    format!("stored flag {:?} is invalid: {}", record.key, describe(&p))
+                })
             })
             .map(FlagConfig::compile);
         Self {
@@ -127,18 +140,26 @@ fn parse_experiment(record: &ExperimentRecord) -> Result<Experiment, String> {
     let key = Key::parse(name).map_err(|e| format!("stored experiment key {name:?} {e}"))?;
     let doc: Value = serde_json::from_str(&record.config)
         .map_err(|e| format!("stored config of experiment {name:?} is not valid JSON: {e}"))?;
-    let config = ExperimentConfig::parse(&key, &doc)
-        .map_err(|p| format!("stored config of experiment {name:?} is invalid: {}", describe(&p)))?;
+    let config = ExperimentConfig::parse(&key, &doc).map_err(|p| {
+        format!(
+            "stored config of experiment {name:?} is invalid: {}",
+            describe(&p)
+        )
+    })?;
     let ranges: Vec<Range> = serde_json::from_str(&record.layout)
         .map_err(|e| format!("stored layout of experiment {name:?} is malformed: {e}"))?;
-    Experiment::from_stored(config, &ranges).map_err(|e| format!("stored layout of experiment {name:?}: {e}"))
+    Experiment::from_stored(config, &ranges)
+        .map_err(|e| format!("stored layout of experiment {name:?}: {e}"))
 }
 
 impl Snapshot {
     pub fn from_loaded(loaded: Loaded) -> Self {
         let mut overrides: HashMap<String, HashMap<String, bool>> = HashMap::new();
         for o in loaded.overrides {
-            overrides.entry(o.flag_key).or_default().insert(o.org_id, o.enabled);
+            overrides
+                .entry(o.flag_key)
+                .or_default()
+                .insert(o.org_id, o.enabled);
         }
         let flags = loaded
             .flags
@@ -173,13 +194,26 @@ impl Snapshot {
     /// keeping the flag's overrides.
     pub fn with_flag(&self, revision: i64, record: FlagRecord) -> Self {
         let mut next = self.next(revision);
-        let overrides = self.flags.get(&record.key).map(|f| f.overrides.clone()).unwrap_or_default();
-        next.flags.insert(record.key.clone(), Arc::new(FlagEntry::from_record(record, overrides)));
+        let overrides = self
+            .flags
+            .get(&record.key)
+            .map(|f| f.overrides.clone())
+            .unwrap_or_default();
+        next.flags.insert(
+            record.key.clone(),
+            Arc::new(FlagEntry::from_record(record, overrides)),
+        );
         next
     }
 
     /// A new snapshot with one override set (`Some`) or removed (`None`).
-    pub fn with_override(&self, revision: i64, flag_key: &str, org_id: &str, enabled: Option<bool>) -> Self {
+    pub fn with_override(
+        &self,
+        revision: i64,
+        flag_key: &str,
+        org_id: &str,
+        enabled: Option<bool>,
+    ) -> Self {
         let mut next = self.next(revision);
         if let Some(entry) = self.flags.get(flag_key) {
             let mut overrides = entry.overrides.clone();
@@ -202,7 +236,10 @@ impl Snapshot {
 
     pub fn with_experiment(&self, revision: i64, record: ExperimentRecord) -> Self {
         let mut next = self.next(revision);
-        next.experiments.insert(record.key.clone(), Arc::new(ExperimentEntry::from_record(record)));
+        next.experiments.insert(
+            record.key.clone(),
+            Arc::new(ExperimentEntry::from_record(record)),
+        );
         next
     }
 }

@@ -27,7 +27,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: Vec::new() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -39,7 +44,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path does not answer that method")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path does not answer that method",
+        )
     }
 
     pub fn payload_too_large(message: impl Into<String>) -> Self {
@@ -67,16 +76,33 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
             EngineError::Validation(details) => {
                 let message = match details.as_slice() {
-                    [one] => format!("{} {}", if one.path.is_empty() { "the request" } else { &one.path }, one.message),
+                    [one] => format!(
+                        "{} {}",
+                        if one.path.is_empty() {
+                            "the request"
+                        } else {
+                            &one.path
+                        },
+                        one.message
+                    ),
                     _ => format!("the request breaks {} rules; see details", details.len()),
                 };
-                Self { status: StatusCode::UNPROCESSABLE_ENTITY, code: "validation_failed", message, details }
+                Self {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    code: "validation_failed",
+                    message,
+                    details,
+                }
             }
-            e @ EngineError::VersionMismatch { .. } => {
-                Self::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", e.to_string())
-            }
+            e @ EngineError::VersionMismatch { .. } => Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                "version_mismatch",
+                e.to_string(),
+            ),
             EngineError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            EngineError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            EngineError::Unavailable(m) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
             EngineError::Internal(m) => Self::internal(m),
         }
     }
@@ -105,7 +131,11 @@ pub async fn render_errors(request: Request, next: Next) -> Response {
     if error.status.is_server_error() {
         tracing::error!(status = error.status.as_u16(), cause = %error.message, "request failed");
     }
-    let mut rendered = (error.status, Json(json!({"error": error.object(&request_id)}))).into_response();
+    let mut rendered = (
+        error.status,
+        Json(json!({"error": error.object(&request_id)})),
+    )
+        .into_response();
     // Keep headers a handler set (e.g. ETag on 412), but not a stale length.
     for (name, value) in response.headers() {
         if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {

@@ -32,7 +32,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::payload_too_large("the body is larger than the configured limit")
         }
-        other => ApiError::bad_request(format!("the body is not valid JSON: {}", other.body_text())),
+        other => {
+            ApiError::bad_request(format!("the body is not valid JSON: {}", other.body_text()))
+        }
     }
 }
 
@@ -68,7 +70,9 @@ where
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
-            .map_err(|e: QueryRejection| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+            .map_err(|e: QueryRejection| {
+                ApiError::bad_request(format!("bad query string: {}", e.body_text()))
+            })
     }
 }
 

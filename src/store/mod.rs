@@ -46,9 +46,10 @@ impl From<sqlx::Error> for StoreError {
         use sqlx::error::ErrorKind;
         match &e {
             sqlx::Error::RowNotFound => StoreError::NotFound,
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                StoreError::Unavailable(e.to_string())
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Database(db) => match db.kind() {
                 ErrorKind::ForeignKeyViolation => StoreError::MissingReference,
                 ErrorKind::UniqueViolation => StoreError::Stale,
@@ -153,23 +154,46 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or updates a flag. `expected_version` (If-Match) must equal the
     /// stored version, else [`StoreError::Stale`]; a document equal to the
     /// stored one changes nothing.
-    async fn put_flag(&self, key: &str, config: &Value, expected_version: Option<i64>) -> Result<FlagWritten, StoreError>;
+    async fn put_flag(
+        &self,
+        key: &str,
+        config: &Value,
+        expected_version: Option<i64>,
+    ) -> Result<FlagWritten, StoreError>;
     /// Deletes a flag and its overrides; [`StoreError::Conflict`] while a live
     /// experiment names it. Returns the new revision.
     async fn delete_flag(&self, key: &str) -> Result<i64, StoreError>;
     /// Sets an org override; returns (created, revision).
-    async fn set_override(&self, flag_key: &str, org_id: &str, enabled: bool) -> Result<(OverrideRecord, bool, i64), StoreError>;
+    async fn set_override(
+        &self,
+        flag_key: &str,
+        org_id: &str,
+        enabled: bool,
+    ) -> Result<(OverrideRecord, bool, i64), StoreError>;
     async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError>;
-    async fn list_overrides(&self, flag_key: &str, limit: i64, after: Option<&str>) -> Result<Vec<OverrideRecord>, StoreError>;
+    async fn list_overrides(
+        &self,
+        flag_key: &str,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<OverrideRecord>, StoreError>;
 
     async fn experiment(&self, key: &str) -> Result<Option<ExperimentRecord>, StoreError>;
     /// Stores a new version; [`StoreError::Stale`] if another write got there first.
-    async fn write_experiment(&self, write: &ExperimentWrite) -> Result<(ExperimentRecord, i64), StoreError>;
+    async fn write_experiment(
+        &self,
+        write: &ExperimentWrite,
+    ) -> Result<(ExperimentRecord, i64), StoreError>;
     async fn delete_experiment(&self, key: &str) -> Result<i64, StoreError>;
     async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError>;
 
     /// The stored sticky treatment of a unit, if any.
-    async fn sticky_get(&self, experiment_id: &str, org_id: &str, unit_id: &str) -> Result<Option<String>, StoreError>;
+    async fn sticky_get(
+        &self,
+        experiment_id: &str,
+        org_id: &str,
+        unit_id: &str,
+    ) -> Result<Option<String>, StoreError>;
     /// First write wins: stores `treatment` unless a row exists, or, with
     /// `replace = Some(old)`, replaces the row only while it still holds
     /// `old`. Returns what is stored afterwards.

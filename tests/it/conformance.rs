@@ -7,7 +7,10 @@ use serde_json::Value;
 fn cases() -> Vec<Value> {
     let text = include_str!("../fixtures/growthbook/cases.json");
     let suite: Value = serde_json::from_str(text).expect("cases.json parses");
-    suite["evalCondition"].as_array().expect("an evalCondition section").clone()
+    suite["evalCondition"]
+        .as_array()
+        .expect("an evalCondition section")
+        .clone()
 }
 
 #[test]
@@ -26,7 +29,12 @@ fn every_growthbook_condition_case_passes_except_saved_groups() {
         }
         ran += 1;
     }
-    assert!(failures.is_empty(), "{} of {ran} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(ran >= 240, "only {ran} cases ran");
 }
 

@@ -17,48 +17,113 @@ fn seed_flag() -> serde_json::Value {
 
 async fn rules_rollout_overrides_and_reasons(backend: Backend) {
     let (_store, app) = start!(backend);
-    let created = app.put(&format!("/v1/flags/{FLAG}"), seed_flag()).await.expect(201);
+    let created = app
+        .put(&format!("/v1/flags/{FLAG}"), seed_flag())
+        .await
+        .expect(201);
     assert_eq!(created.body["version"], 1);
     assert_eq!(created.headers["etag"], "\"1\"");
 
     let eval = |org: serde_json::Value, plan: &str| {
         let app = &app;
         let body = json!({"org_id": org, "attributes": {"plan": plan}});
-        async move { app.post(&format!("/v1/flags/{FLAG}/evaluate"), body).await.expect(200).body }
+        async move {
+            app.post(&format!("/v1/flags/{FLAG}/evaluate"), body)
+                .await
+                .expect(200)
+                .body
+        }
     };
     let biz = eval(json!(42), "business").await;
-    assert_eq!(biz, json!({"flag": FLAG, "org_id": "42", "enabled": true, "reason": "rule", "rule": "early adopters", "version": 1}));
+    assert_eq!(
+        biz,
+        json!({"flag": FLAG, "org_id": "42", "enabled": true, "reason": "rule", "rule": "early adopters", "version": 1})
+    );
 
     // Rollout 10% of the rest: exactly the orgs whose bucket is below 1000.
     for org in 0..40u32 {
         let answer = eval(json!(org), "free").await;
         assert_eq!(answer["rule"], "everyone else");
-        assert_eq!(answer["enabled"], bucket(&[FLAG, &org.to_string()]) < 1000, "org {org}");
+        assert_eq!(
+            answer["enabled"],
+            bucket(&[FLAG, &org.to_string()]) < 1000,
+            "org {org}"
+        );
     }
 
     // An override beats the rules; removing it restores them.
-    app.put(&format!("/v1/flags/{FLAG}/orgs/42"), json!({"enabled": false})).await.expect(201);
-    app.put(&format!("/v1/flags/{FLAG}/orgs/42"), json!({"enabled": false})).await.expect(200);
+    app.put(
+        &format!("/v1/flags/{FLAG}/orgs/42"),
+        json!({"enabled": false}),
+    )
+    .await
+    .expect(201);
+    app.put(
+        &format!("/v1/flags/{FLAG}/orgs/42"),
+        json!({"enabled": false}),
+    )
+    .await
+    .expect(200);
     let overridden = eval(json!("42"), "business").await;
-    assert_eq!((overridden["enabled"].clone(), overridden["reason"].clone(), overridden["rule"].clone()), (json!(false), json!("override"), json!(null)));
-    app.delete(&format!("/v1/flags/{FLAG}/orgs/42")).await.expect(204);
-    app.delete(&format!("/v1/flags/{FLAG}/orgs/42")).await.expect_error(404, "not_found");
+    assert_eq!(
+        (
+            overridden["enabled"].clone(),
+            overridden["reason"].clone(),
+            overridden["rule"].clone()
+        ),
+        (json!(false), json!("override"), json!(null))
+    );
+    app.delete(&format!("/v1/flags/{FLAG}/orgs/42"))
+        .await
+        .expect(204);
+    app.delete(&format!("/v1/flags/{FLAG}/orgs/42"))
+        .await
+        .expect_error(404, "not_found");
     assert_eq!(eval(json!(42), "business").await["reason"], "rule");
 
     // The org_id attribute is always the org, whatever the client sends.
-    app.put("/v1/flags/only-org-7", json!({"rules": [{"name": "seven", "condition": {"org_id": "7"}, "rollout": 100}]})).await.expect(201);
-    let seven = app.post("/v1/flags/only-org-7/evaluate", json!({"org_id": 7, "attributes": {"org_id": "8"}})).await.expect(200);
+    app.put(
+        "/v1/flags/only-org-7",
+        json!({"rules": [{"name": "seven", "condition": {"org_id": "7"}, "rollout": 100}]}),
+    )
+    .await
+    .expect(201);
+    let seven = app
+        .post(
+            "/v1/flags/only-org-7/evaluate",
+            json!({"org_id": 7, "attributes": {"org_id": "8"}}),
+        )
+        .await
+        .expect(200);
     assert_eq!(seven.body["enabled"], true);
-    let eight = app.post("/v1/flags/only-org-7/evaluate", json!({"org_id": 8, "attributes": {"org_id": "7"}})).await.expect(200);
+    let eight = app
+        .post(
+            "/v1/flags/only-org-7/evaluate",
+            json!({"org_id": 8, "attributes": {"org_id": "7"}}),
+        )
+        .await
+        .expect(200);
     assert_eq!(eight.body["reason"], "default");
 
     // Disabled beats everything, overrides included.
-    app.put(&format!("/v1/flags/{FLAG}/orgs/42"), json!({"enabled": true})).await.expect(201);
+    app.put(
+        &format!("/v1/flags/{FLAG}/orgs/42"),
+        json!({"enabled": true}),
+    )
+    .await
+    .expect(201);
     let mut off = seed_flag();
     off["enabled"] = json!(false);
     app.put(&format!("/v1/flags/{FLAG}"), off).await.expect(200);
     let disabled = eval(json!(42), "business").await;
-    assert_eq!((disabled["enabled"].clone(), disabled["reason"].clone(), disabled["version"].clone()), (json!(false), json!("flag_disabled"), json!(2)));
+    assert_eq!(
+        (
+            disabled["enabled"].clone(),
+            disabled["reason"].clone(),
+            disabled["version"].clone()
+        ),
+        (json!(false), json!("flag_disabled"), json!(2))
+    );
 }
 
 async fn versions_if_match_and_identical_resends(backend: Backend) {
@@ -71,18 +136,34 @@ async fn versions_if_match_and_identical_resends(backend: Backend) {
 
     let mut changed = seed_flag();
     changed["rules"][1]["rollout"] = json!(20.5);
-    app.put_if(&path, "\"7\"", changed.clone()).await.expect_error(412, "version_mismatch");
-    assert_eq!(app.get(&path).await.expect(200).body["rules"][1]["rollout"], 10.0);
-    let updated = app.put_if(&path, "\"1\"", changed.clone()).await.expect(200);
+    app.put_if(&path, "\"7\"", changed.clone())
+        .await
+        .expect_error(412, "version_mismatch");
+    assert_eq!(
+        app.get(&path).await.expect(200).body["rules"][1]["rollout"],
+        10.0
+    );
+    let updated = app
+        .put_if(&path, "\"1\"", changed.clone())
+        .await
+        .expect(200);
     assert_eq!(updated.body["version"], 2);
     assert_eq!(updated.headers["etag"], "\"2\"");
     // Unquoted If-Match works too; a stale one is refused.
-    app.put_if(&path, "1", seed_flag()).await.expect_error(412, "version_mismatch");
+    app.put_if(&path, "1", seed_flag())
+        .await
+        .expect_error(412, "version_mismatch");
     app.put_if(&path, "2", seed_flag()).await.expect(200);
-    app.put_if(&path, "not-a-version", seed_flag()).await.expect_error(400, "bad_request");
+    app.put_if(&path, "not-a-version", seed_flag())
+        .await
+        .expect_error(400, "bad_request");
     // If-Match on a flag that does not exist yet fails too.
-    app.put_if("/v1/flags/new-one", "\"1\"", seed_flag()).await.expect_error(412, "version_mismatch");
-    app.get("/v1/flags/new-one").await.expect_error(404, "not_found");
+    app.put_if("/v1/flags/new-one", "\"1\"", seed_flag())
+        .await
+        .expect_error(412, "version_mismatch");
+    app.get("/v1/flags/new-one")
+        .await
+        .expect_error(404, "not_found");
 
     let listed = app.get("/v1/flags").await.expect(200);
     assert_eq!(listed.body.as_array().map(Vec::len), Some(1));
@@ -94,61 +175,140 @@ async fn invalid_flags_are_refused_and_change_nothing(backend: Backend) {
     let path = format!("/v1/flags/{FLAG}");
     app.put(&path, seed_flag()).await.expect(201);
     let bad = app
-        .put(&path, json!({"enabled": "yes", "rules": [
+        .put(
+            &path,
+            json!({"enabled": "yes", "rules": [
             {"name": "r", "condition": {"plan": {"$bogus": 1}}, "rollout": 5},
             {"condition": {"ua": {"$regex": "(unclosed"}}, "rollout": 5},
-            {"rollout": 100.5}, {"rollout": 33.333}, {"condition": [1], "rollout": 1}]}))
+            {"rollout": 100.5}, {"rollout": 33.333}, {"condition": [1], "rollout": 1}]}),
+        )
         .await
         .expect_error(422, "validation_failed");
     assert_eq!(
         bad.detail_paths(),
-        vec!["/enabled", "/rules/0/condition/plan/$bogus", "/rules/1/condition/ua/$regex", "/rules/2/rollout", "/rules/3/rollout", "/rules/4/condition"]
+        vec![
+            "/enabled",
+            "/rules/0/condition/plan/$bogus",
+            "/rules/1/condition/ua/$regex",
+            "/rules/2/rollout",
+            "/rules/3/rollout",
+            "/rules/4/condition"
+        ]
     );
     let unchanged = app.get(&path).await.expect(200);
     assert_eq!(unchanged.body["version"], 1);
     assert_eq!(unchanged.body["rules"][0]["name"], "early adopters");
 
-    app.put("/v1/flags/bad key!", seed_flag()).await.expect_error(422, "validation_failed");
-    app.put(&format!("/v1/flags/{FLAG}/orgs/42"), json!({"enabled": "no"})).await.expect_error(422, "validation_failed");
-    app.put("/v1/flags/missing/orgs/42", json!({"enabled": true})).await.expect_error(404, "not_found");
-    app.post("/v1/flags/missing/evaluate", json!({"org_id": 1})).await.expect_error(404, "not_found");
-    let eval = app.post(&format!("/v1/flags/{FLAG}/evaluate"), json!({"org_id": -4, "attributes": []})).await.expect_error(422, "validation_failed");
+    app.put("/v1/flags/bad key!", seed_flag())
+        .await
+        .expect_error(422, "validation_failed");
+    app.put(
+        &format!("/v1/flags/{FLAG}/orgs/42"),
+        json!({"enabled": "no"}),
+    )
+    .await
+    .expect_error(422, "validation_failed");
+    app.put("/v1/flags/missing/orgs/42", json!({"enabled": true}))
+        .await
+        .expect_error(404, "not_found");
+    app.post("/v1/flags/missing/evaluate", json!({"org_id": 1}))
+        .await
+        .expect_error(404, "not_found");
+    let eval = app
+        .post(
+            &format!("/v1/flags/{FLAG}/evaluate"),
+            json!({"org_id": -4, "attributes": []}),
+        )
+        .await
+        .expect_error(422, "validation_failed");
     assert_eq!(eval.detail_paths(), vec!["/org_id"]);
-    app.post(&format!("/v1/flags/{FLAG}/evaluate"), json!({"org_id": 1, "attributes": "x"})).await.expect_error(422, "validation_failed");
+    app.post(
+        &format!("/v1/flags/{FLAG}/evaluate"),
+        json!({"org_id": 1, "attributes": "x"}),
+    )
+    .await
+    .expect_error(422, "validation_failed");
 }
 
 async fn overrides_are_listed_in_pages(backend: Backend) {
     let (_store, app) = start!(backend);
-    app.put(&format!("/v1/flags/{FLAG}"), seed_flag()).await.expect(201);
+    app.put(&format!("/v1/flags/{FLAG}"), seed_flag())
+        .await
+        .expect(201);
     for org in ["a", "b", "c", "d", "e"] {
-        app.put(&format!("/v1/flags/{FLAG}/orgs/{org}"), json!({"enabled": org != "c"})).await.expect(201);
+        app.put(
+            &format!("/v1/flags/{FLAG}/orgs/{org}"),
+            json!({"enabled": org != "c"}),
+        )
+        .await
+        .expect(201);
     }
-    let first = app.get(&format!("/v1/flags/{FLAG}/orgs?limit=2")).await.expect(200);
-    let orgs: Vec<&str> = first.body["overrides"].as_array().unwrap().iter().map(|o| o["org_id"].as_str().unwrap()).collect();
+    let first = app
+        .get(&format!("/v1/flags/{FLAG}/orgs?limit=2"))
+        .await
+        .expect(200);
+    let orgs: Vec<&str> = first.body["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["org_id"].as_str().unwrap())
+        .collect();
     assert_eq!(orgs, vec!["a", "b"]);
     assert_eq!(first.body["next"], "b");
-    let rest = app.get(&format!("/v1/flags/{FLAG}/orgs?limit=10&after=b")).await.expect(200);
+    let rest = app
+        .get(&format!("/v1/flags/{FLAG}/orgs?limit=10&after=b"))
+        .await
+        .expect(200);
     assert_eq!(rest.body["overrides"].as_array().map(Vec::len), Some(3));
-    assert_eq!(rest.body["overrides"][0], json!({"flag": FLAG, "org_id": "c", "enabled": false, "updated_at": rest.body["overrides"][0]["updated_at"]}));
+    assert_eq!(
+        rest.body["overrides"][0],
+        json!({"flag": FLAG, "org_id": "c", "enabled": false, "updated_at": rest.body["overrides"][0]["updated_at"]})
+    );
     assert_eq!(rest.body["next"], json!(null));
-    app.get(&format!("/v1/flags/{FLAG}/orgs?limit=abc")).await.expect_error(400, "bad_request");
-    app.get(&format!("/v1/flags/{FLAG}/orgs?limit=0")).await.expect_error(400, "bad_request");
-    app.get("/v1/flags/missing/orgs").await.expect_error(404, "not_found");
+    app.get(&format!("/v1/flags/{FLAG}/orgs?limit=abc"))
+        .await
+        .expect_error(400, "bad_request");
+    app.get(&format!("/v1/flags/{FLAG}/orgs?limit=0"))
+        .await
+        .expect_error(400, "bad_request");
+    app.get("/v1/flags/missing/orgs")
+        .await
+        .expect_error(404, "not_found");
 }
 
 async fn a_flag_named_by_an_experiment_cannot_be_deleted(backend: Backend) {
     let (_store, app) = start!(backend);
-    app.put(&format!("/v1/flags/{FLAG}"), seed_flag()).await.expect(201);
-    app.put(&format!("/v1/flags/{FLAG}/orgs/9"), json!({"enabled": true})).await.expect(201);
-    app.put("/v1/experiments/gated", json!({"eligibility_flag": FLAG, "treatments": [{"name": "a", "weight": 1}]})).await.expect(201);
-    app.delete(&format!("/v1/flags/{FLAG}")).await.expect_error(409, "conflict");
+    app.put(&format!("/v1/flags/{FLAG}"), seed_flag())
+        .await
+        .expect(201);
+    app.put(
+        &format!("/v1/flags/{FLAG}/orgs/9"),
+        json!({"enabled": true}),
+    )
+    .await
+    .expect(201);
+    app.put(
+        "/v1/experiments/gated",
+        json!({"eligibility_flag": FLAG, "treatments": [{"name": "a", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
+    app.delete(&format!("/v1/flags/{FLAG}"))
+        .await
+        .expect_error(409, "conflict");
     app.get(&format!("/v1/flags/{FLAG}")).await.expect(200);
     app.delete("/v1/experiments/gated").await.expect(204);
     app.delete(&format!("/v1/flags/{FLAG}")).await.expect(204);
-    app.get(&format!("/v1/flags/{FLAG}")).await.expect_error(404, "not_found");
-    app.delete(&format!("/v1/flags/{FLAG}")).await.expect_error(404, "not_found");
+    app.get(&format!("/v1/flags/{FLAG}"))
+        .await
+        .expect_error(404, "not_found");
+    app.delete(&format!("/v1/flags/{FLAG}"))
+        .await
+        .expect_error(404, "not_found");
     // Re-created, it starts at version 1 with no overrides.
-    app.put(&format!("/v1/flags/{FLAG}"), seed_flag()).await.expect(201);
+    app.put(&format!("/v1/flags/{FLAG}"), seed_flag())
+        .await
+        .expect(201);
     let page = app.get(&format!("/v1/flags/{FLAG}/orgs")).await.expect(200);
     assert_eq!(page.body["overrides"], json!([]));
 }

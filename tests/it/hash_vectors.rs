@@ -12,7 +12,12 @@ fn vectors() -> Vec<(Vec<String>, u16)> {
         .expect("vectors")
         .iter()
         .map(|v| {
-            let parts = v["parts"].as_array().expect("parts").iter().map(|p| p.as_str().expect("str").to_owned()).collect();
+            let parts = v["parts"]
+                .as_array()
+                .expect("parts")
+                .iter()
+                .map(|p| p.as_str().expect("str").to_owned())
+                .collect();
             (parts, v["bucket"].as_u64().expect("bucket") as u16)
         })
         .collect()
@@ -33,7 +38,10 @@ fn buckets_match_the_golden_vectors() {
 #[test]
 fn the_readme_python_snippet_reproduces_the_golden_vectors() {
     let readme = include_str!("../../README.md");
-    let start = readme.find("```python\n").expect("README has a python snippet") + "```python\n".len();
+    let start = readme
+        .find("```python\n")
+        .expect("README has a python snippet")
+        + "```python\n".len();
     let end = start + readme[start..].find("```").expect("snippet ends");
     let snippet = &readme[start..end];
     let mut program = String::from(snippet);
@@ -56,9 +64,15 @@ fn the_readme_python_snippet_reproduces_the_golden_vectors() {
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(serde_json::to_string(&input).expect("json").as_bytes()).expect("write");
+        stdin
+            .write_all(serde_json::to_string(&input).expect("json").as_bytes())
+            .expect("write");
     }
     let out = child.wait_with_output().expect("python3 ran");
-    assert!(out.status.success(), "README snippet failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "README snippet failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }

@@ -38,7 +38,11 @@ impl TestStore {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("allot.db").display());
-                Some(Self { url, backend, _dir: Some(dir) })
+                Some(Self {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                })
             }
             Backend::Postgres => {
                 let Ok(base) = std::env::var(PG_ENV) else {
@@ -46,12 +50,21 @@ impl TestStore {
                     return None;
                 };
                 let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-                let pool = sqlx::PgPool::connect(&base).await.expect("connect to the test database");
-                sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&pool).await.expect("create schema");
+                let pool = sqlx::PgPool::connect(&base)
+                    .await
+                    .expect("connect to the test database");
+                sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                    .execute(&pool)
+                    .await
+                    .expect("create schema");
                 pool.close().await;
                 let sep = if base.contains('?') { '&' } else { '?' };
                 let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-                Some(Self { url, backend, _dir: None })
+                Some(Self {
+                    url,
+                    backend,
+                    _dir: None,
+                })
             }
         }
     }
@@ -103,14 +116,22 @@ impl TestApp {
     }
 
     pub async fn spawn_with(settings: Settings) -> Self {
-        let app = Application::build(settings).await.expect("the server starts");
+        let app = Application::build(settings)
+            .await
+            .expect("the server starts");
         let base = format!("http://{}", app.local_addr().expect("bound"));
         let engine = app.engine();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
         }));
-        Self { base, client: reqwest::Client::new(), engine, shutdown: Some(tx), handle: Some(handle) }
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            engine,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     /// Graceful shutdown; waits until the server has stopped.
@@ -119,7 +140,10 @@ impl TestApp {
             let _ = tx.send(());
         }
         if let Some(handle) = self.handle.take() {
-            handle.await.expect("server task").expect("server exits cleanly");
+            handle
+                .await
+                .expect("server task")
+                .expect("server exits cleanly");
         }
     }
 
@@ -132,8 +156,16 @@ impl TestApp {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("body");
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
-        Answer { status, headers, body }
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -145,11 +177,18 @@ impl TestApp {
     }
 
     pub async fn put_if(&self, path: &str, version: &str, body: Value) -> Answer {
-        self.send(self.client.put(self.url(path)).header("if-match", version).json(&body)).await
+        self.send(
+            self.client
+                .put(self.url(path))
+                .header("if-match", version)
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Answer {
-        self.send(self.client.post(self.url(path)).json(&body)).await
+        self.send(self.client.post(self.url(path)).json(&body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Answer {
@@ -160,19 +199,37 @@ impl TestApp {
 impl Answer {
     #[track_caller]
     pub fn expect(self, status: u16) -> Self {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
         self
     }
 
     /// Asserts the contract's error shape with this status and code.
     #[track_caller]
     pub fn expect_error(self, status: u16, code: &str) -> Self {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
         let error = &self.body["error"];
         assert_eq!(error["code"], code, "body: {}", self.body);
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", self.body);
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "body: {}",
+            self.body
+        );
         assert!(error["details"].is_array(), "body: {}", self.body);
-        let id = self.headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id header");
+        let id = self
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("x-request-id header");
         assert_eq!(error["request_id"], id, "body: {}", self.body);
         self
     }
@@ -181,7 +238,11 @@ impl Answer {
     pub fn detail_paths(&self) -> Vec<String> {
         self.body["error"]["details"]
             .as_array()
-            .map(|d| d.iter().filter_map(|p| p["path"].as_str().map(str::to_owned)).collect())
+            .map(|d| {
+                d.iter()
+                    .filter_map(|p| p["path"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -10,32 +10,94 @@ use crate::{on_both_stores, start};
 
 async fn malformed_requests_get_the_error_shape(backend: Backend) {
     let (_store, app) = start!(backend);
-    let raw = |method: reqwest::Method, path: &str, content_type: Option<&str>, body: &'static str| {
-        let mut request = app.client.request(method, app.url(path)).body(body);
-        if let Some(ct) = content_type {
-            request = request.header("content-type", ct);
-        }
-        request
-    };
-    app.send(raw(reqwest::Method::PUT, "/v1/flags/f", Some("application/json"), "{not json")).await.expect_error(400, "bad_request");
-    app.send(raw(reqwest::Method::PUT, "/v1/flags/f", Some("text/plain"), "{}")).await.expect_error(400, "bad_request");
-    app.send(raw(reqwest::Method::PUT, "/v1/flags/f", None, "{}")).await.expect_error(400, "bad_request");
-    app.send(raw(reqwest::Method::POST, "/v1/assign", Some("application/json"), "")).await.expect_error(400, "bad_request");
-    app.send(raw(reqwest::Method::POST, "/v1/assign", Some("application/json"), "[1,")).await.expect_error(400, "bad_request");
-    app.get("/v1/nothing-here").await.expect_error(404, "not_found");
-    app.send(app.client.patch(app.url("/v1/flags"))).await.expect_error(405, "method_not_allowed");
+    let raw =
+        |method: reqwest::Method, path: &str, content_type: Option<&str>, body: &'static str| {
+            let mut request = app.client.request(method, app.url(path)).body(body);
+            if let Some(ct) = content_type {
+                request = request.header("content-type", ct);
+            }
+            request
+        };
+    app.send(raw(
+        reqwest::Method::PUT,
+        "/v1/flags/f",
+        Some("application/json"),
+        "{not json",
+    ))
+    .await
+    .expect_error(400, "bad_request");
+    app.send(raw(
+        reqwest::Method::PUT,
+        "/v1/flags/f",
+        Some("text/plain"),
+        "{}",
+    ))
+    .await
+    .expect_error(400, "bad_request");
+    app.send(raw(reqwest::Method::PUT, "/v1/flags/f", None, "{}"))
+        .await
+        .expect_error(400, "bad_request");
+    app.send(raw(
+        reqwest::Method::POST,
+        "/v1/assign",
+        Some("application/json"),
+        "",
+    ))
+    .await
+    .expect_error(400, "bad_request");
+    app.send(raw(
+        reqwest::Method::POST,
+        "/v1/assign",
+        Some("application/json"),
+        "[1,",
+    ))
+    .await
+    .expect_error(400, "bad_request");
+    app.get("/v1/nothing-here")
+        .await
+        .expect_error(404, "not_found");
+    app.send(app.client.patch(app.url("/v1/flags")))
+        .await
+        .expect_error(405, "method_not_allowed");
 
     // Over the 1 MiB default body limit.
     let huge = format!("{{\"description\": \"{}\"}}", "x".repeat(1_100_000));
-    app.send(app.client.put(app.url("/v1/flags/f")).header("content-type", "application/json").body(huge)).await.expect_error(413, "payload_too_large");
+    app.send(
+        app.client
+            .put(app.url("/v1/flags/f"))
+            .header("content-type", "application/json")
+            .body(huge),
+    )
+    .await
+    .expect_error(413, "payload_too_large");
     // Deeply nested JSON is refused by the parser, not by a stack overflow.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    app.send(app.client.post(app.url("/v1/assign")).header("content-type", "application/json").body(deep)).await.expect_error(400, "bad_request");
+    app.send(
+        app.client
+            .post(app.url("/v1/assign"))
+            .header("content-type", "application/json")
+            .body(deep),
+    )
+    .await
+    .expect_error(400, "bad_request");
     // Odd but valid JSON in every field of an experiment never causes a 500.
-    for doc in [json!(null), json!("x"), json!(1), json!({"treatments": [null]}), json!({"treatments": [{"name": null, "weight": null}]}),
-                json!({"coverage": "1"}), json!({"description": {"a": 1}}), json!({"treatments": [{"name": "a", "weight": 1e-320}]})] {
+    for doc in [
+        json!(null),
+        json!("x"),
+        json!(1),
+        json!({"treatments": [null]}),
+        json!({"treatments": [{"name": null, "weight": null}]}),
+        json!({"coverage": "1"}),
+        json!({"description": {"a": 1}}),
+        json!({"treatments": [{"name": "a", "weight": 1e-320}]}),
+    ] {
         let answer = app.put("/v1/experiments/odd", doc.clone()).await;
-        assert!(answer.status.is_success() || answer.status.as_u16() == 422, "{doc} -> {} {}", answer.status, answer.body);
+        assert!(
+            answer.status.is_success() || answer.status.as_u16() == 422,
+            "{doc} -> {} {}",
+            answer.status,
+            answer.body
+        );
     }
     // Nothing above was stored, except possibly the last valid one.
     app.get("/v1/flags/f").await.expect_error(404, "not_found");
@@ -43,12 +105,21 @@ async fn malformed_requests_get_the_error_shape(backend: Backend) {
 
 async fn request_ids_are_echoed_in_headers_and_error_bodies(backend: Backend) {
     let (_store, app) = start!(backend);
-    let answer = app.send(app.client.get(app.url("/v1/flags/missing")).header("x-request-id", "trace-abc-123")).await;
+    let answer = app
+        .send(
+            app.client
+                .get(app.url("/v1/flags/missing"))
+                .header("x-request-id", "trace-abc-123"),
+        )
+        .await;
     assert_eq!(answer.headers["x-request-id"], "trace-abc-123");
     assert_eq!(answer.body["error"]["request_id"], "trace-abc-123");
     let ok = app.get("/healthz").await.expect(200);
     assert_eq!(ok.body, json!({"status": "ok"}));
-    assert!(ok.headers.get("x-request-id").is_some_and(|v| !v.is_empty()));
+    assert!(ok
+        .headers
+        .get("x-request-id")
+        .is_some_and(|v| !v.is_empty()));
     let ready = app.get("/readyz").await.expect(200);
     assert_eq!(ready.body, json!({"status": "ready"}));
 }
@@ -57,13 +128,24 @@ async fn request_ids_are_echoed_in_headers_and_error_bodies(backend: Backend) {
 /// accepted write is one version, versions are contiguous, each stored layout
 /// matches its own config, and both replicas end on the store's last version.
 async fn concurrent_writers_leave_a_consistent_history(backend: Backend) {
-    let Some(store) = TestStore::new(backend).await else { return };
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
     let a = Arc::new(TestApp::spawn(&store).await);
     let b = Arc::new(TestApp::spawn(&store).await);
-    a.put("/v1/experiments/hot", json!({"treatments": [{"name": "x", "weight": 1}, {"name": "y", "weight": 1}]})).await.expect(201);
+    a.put(
+        "/v1/experiments/hot",
+        json!({"treatments": [{"name": "x", "weight": 1}, {"name": "y", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
     let mut tasks = Vec::new();
     for writer in 0..16u32 {
-        let app = if writer % 2 == 0 { a.clone() } else { b.clone() };
+        let app = if writer % 2 == 0 {
+            a.clone()
+        } else {
+            b.clone()
+        };
         tasks.push(tokio::spawn(async move {
             let mut accepted = 0;
             for round in 0..4u32 {
@@ -82,27 +164,58 @@ async fn concurrent_writers_leave_a_consistent_history(backend: Backend) {
         accepted += task.await.expect("writer");
     }
     let history = a.get("/v1/experiments/hot/versions").await.expect(200).body;
-    let versions: Vec<i64> = history.as_array().unwrap().iter().map(|v| v["version"].as_i64().unwrap()).collect();
+    let versions: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
     let expected: Vec<i64> = (1..=versions.len() as i64).rev().collect();
     assert_eq!(versions, expected, "versions are contiguous");
-    assert_eq!(versions.len() as i64, 1 + accepted, "every accepted write is one version");
+    assert_eq!(
+        versions.len() as i64,
+        1 + accepted,
+        "every accepted write is one version"
+    );
     for v in history.as_array().unwrap() {
-        let held: i64 = v["layout"].as_array().unwrap().iter().map(|r| r["end"].as_i64().unwrap() - r["start"].as_i64().unwrap()).sum();
+        let held: i64 = v["layout"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["end"].as_i64().unwrap() - r["start"].as_i64().unwrap())
+            .sum();
         assert_eq!(held, 10_000, "version {} covers every bucket", v["version"]);
-        let names: Vec<&str> = v["config"]["treatments"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-        assert!(v["layout"].as_array().unwrap().iter().all(|r| names.contains(&r["treatment"].as_str().unwrap())));
+        let names: Vec<&str> = v["config"]["treatments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(v["layout"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| names.contains(&r["treatment"].as_str().unwrap())));
     }
     a.engine.refresh().await.expect("refresh");
     b.engine.refresh().await.expect("refresh");
     let last = versions[0];
     assert_eq!(a.get("/v1/experiments/hot").await.body["version"], last);
     assert_eq!(b.get("/v1/experiments/hot").await.body["version"], last);
-    assert_eq!(a.get("/v1/experiments/hot").await.body["layout"], history[0]["layout"]);
+    assert_eq!(
+        a.get("/v1/experiments/hot").await.body["layout"],
+        history[0]["layout"]
+    );
 }
 
 async fn graceful_stop_finishes_and_the_store_reopens(backend: Backend) {
     let (store, app) = start!(backend);
-    app.put("/v1/experiments/e", json!({"treatments": [{"name": "a", "weight": 1}]})).await.expect(201);
+    app.put(
+        "/v1/experiments/e",
+        json!({"treatments": [{"name": "a", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
     app.stop().await;
     let app = TestApp::spawn(&store).await;
     app.get("/v1/experiments/e").await.expect(200);

@@ -11,12 +11,20 @@ fn sticky(weights: [u32; 2]) -> Value {
 }
 
 async fn assign(app: &TestApp, unit: usize) -> Value {
-    app.post("/v1/experiments/s/assign", json!({"org_id": 7, "unit_id": format!("pr-{unit}")})).await.expect(200).body
+    app.post(
+        "/v1/experiments/s/assign",
+        json!({"org_id": 7, "unit_id": format!("pr-{unit}")}),
+    )
+    .await
+    .expect(200)
+    .body
 }
 
 async fn sticky_answers_survive_reweighting_and_restarts(backend: Backend) {
     let (store, app) = start!(backend);
-    app.put("/v1/experiments/s", sticky([1, 1])).await.expect(201);
+    app.put("/v1/experiments/s", sticky([1, 1]))
+        .await
+        .expect(201);
     let mut first = Vec::new();
     for unit in 0..60 {
         let answer = assign(&app, unit).await;
@@ -25,12 +33,25 @@ async fn sticky_answers_survive_reweighting_and_restarts(backend: Backend) {
     }
     // Asked again: the stored answer, marked sticky.
     let again = assign(&app, 0).await;
-    assert_eq!((again["treatment"].clone(), again["reason"].clone(), again["bucket"].clone()), (first[0].clone(), json!("sticky"), json!(null)));
+    assert_eq!(
+        (
+            again["treatment"].clone(),
+            again["reason"].clone(),
+            again["bucket"].clone()
+        ),
+        (first[0].clone(), json!("sticky"), json!(null))
+    );
 
     // Reweight heavily towards b: units that were in a stay in a.
-    app.put("/v1/experiments/s", sticky([1, 9])).await.expect(200);
+    app.put("/v1/experiments/s", sticky([1, 9]))
+        .await
+        .expect(200);
     for (unit, treatment) in first.iter().enumerate() {
-        assert_eq!(&assign(&app, unit).await["treatment"], treatment, "unit {unit}");
+        assert_eq!(
+            &assign(&app, unit).await["treatment"],
+            treatment,
+            "unit {unit}"
+        );
     }
 
     // And after a restart.
@@ -38,19 +59,31 @@ async fn sticky_answers_survive_reweighting_and_restarts(backend: Backend) {
     let app = TestApp::spawn(&store).await;
     for (unit, treatment) in first.iter().enumerate() {
         let answer = assign(&app, unit).await;
-        assert_eq!((&answer["treatment"], &answer["reason"]), (treatment, &json!("sticky")), "unit {unit}");
+        assert_eq!(
+            (&answer["treatment"], &answer["reason"]),
+            (treatment, &json!("sticky")),
+            "unit {unit}"
+        );
     }
 
     // Disabling a: its units are re-assigned by the layout (all to b now) and stored again.
-    app.put("/v1/experiments/s", sticky([0, 1])).await.expect(200);
-    for unit in 0..60 {
+    app.put("/v1/experiments/s", sticky([0, 1]))
+        .await
+        .expect(200);
+    for (unit, was) in first.iter().enumerate() {
         let answer = assign(&app, unit).await;
         assert_eq!(answer["treatment"], "b");
-        let expected = if first[unit] == "a" { "assigned" } else { "sticky" };
+        let expected = if *was == "a" {
+            "assigned"
+        } else {
+            "sticky"
+        };
         assert_eq!(answer["reason"], expected, "unit {unit}");
     }
     // Re-enabling a does not pull them back: b is stored and still active.
-    app.put("/v1/experiments/s", sticky([1, 1])).await.expect(200);
+    app.put("/v1/experiments/s", sticky([1, 1]))
+        .await
+        .expect(200);
     for unit in 0..60 {
         assert_eq!(assign(&app, unit).await["treatment"], "b");
     }
@@ -60,7 +93,8 @@ async fn non_sticky_answers_are_reproduced_after_a_restart(backend: Backend) {
     let (store, app) = start!(backend);
     let mut doc = json!({"treatments": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]});
     app.put("/v1/experiments/s", doc.clone()).await.expect(201);
-    doc["treatments"] = json!([{"name": "a", "weight": 2}, {"name": "b", "weight": 1}, {"name": "c", "weight": 3}]);
+    doc["treatments"] =
+        json!([{"name": "a", "weight": 2}, {"name": "b", "weight": 1}, {"name": "c", "weight": 3}]);
     app.put("/v1/experiments/s", doc.clone()).await.expect(200);
     doc["coverage"] = json!(0.7);
     app.put("/v1/experiments/s", doc).await.expect(200);
@@ -88,7 +122,11 @@ async fn concurrent_first_requests_agree_on_one_stored_answer(backend: Backend) 
     let b = std::sync::Arc::new(b);
     let mut tasks = Vec::new();
     for client in 0..32 {
-        let app = if client % 2 == 0 { a.clone() } else { b.clone() };
+        let app = if client % 2 == 0 {
+            a.clone()
+        } else {
+            b.clone()
+        };
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             for unit in 0..20 {

@@ -14,7 +14,10 @@ use crate::http::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/experiments", get(list))
-        .route("/v1/experiments/{key}", get(read).put(upsert).delete(remove))
+        .route(
+            "/v1/experiments/{key}",
+            get(read).put(upsert).delete(remove),
+        )
         .route("/v1/experiments/{key}/versions", get(versions))
 }
 
@@ -22,7 +25,10 @@ async fn list(State(state): State<AppState>) -> Response {
     Json(state.engine.list_experiments()).into_response()
 }
 
-async fn read(State(state): State<AppState>, PathParams(key): PathParams<String>) -> Result<Response, ApiError> {
+async fn read(
+    State(state): State<AppState>,
+    PathParams(key): PathParams<String>,
+) -> Result<Response, ApiError> {
     let experiment = state.engine.get_experiment(&key)?;
     Ok(versioned(StatusCode::OK, experiment.version, experiment))
 }
@@ -34,15 +40,28 @@ async fn upsert(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     // TODO(#4): the authenticated token's name becomes the actor.
-    let (experiment, outcome) = state.engine.put_experiment(&key, &body, if_match, None).await?;
-    Ok(versioned(write_status(outcome), experiment.version, experiment))
+    let (experiment, outcome) = state
+        .engine
+        .put_experiment(&key, &body, if_match, None)
+        .await?;
+    Ok(versioned(
+        write_status(outcome),
+        experiment.version,
+        experiment,
+    ))
 }
 
-async fn remove(State(state): State<AppState>, PathParams(key): PathParams<String>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    PathParams(key): PathParams<String>,
+) -> Result<StatusCode, ApiError> {
     state.engine.delete_experiment(&key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn versions(State(state): State<AppState>, PathParams(key): PathParams<String>) -> Result<Response, ApiError> {
+async fn versions(
+    State(state): State<AppState>,
+    PathParams(key): PathParams<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.engine.experiment_versions(&key).await?).into_response())
 }

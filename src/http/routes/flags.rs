@@ -17,7 +17,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/flags", get(list))
         .route("/v1/flags/{key}", get(read).put(upsert).delete(remove))
         .route("/v1/flags/{key}/orgs", get(list_overrides))
-        .route("/v1/flags/{key}/orgs/{org_id}", put(set_override).delete(remove_override))
+        .route(
+            "/v1/flags/{key}/orgs/{org_id}",
+            put(set_override).delete(remove_override),
+        )
         .route("/v1/flags/{key}/evaluate", post(evaluate))
 }
 
@@ -25,7 +28,10 @@ async fn list(State(state): State<AppState>) -> Response {
     Json(state.engine.list_flags()).into_response()
 }
 
-async fn read(State(state): State<AppState>, PathParams(key): PathParams<String>) -> Result<Response, ApiError> {
+async fn read(
+    State(state): State<AppState>,
+    PathParams(key): PathParams<String>,
+) -> Result<Response, ApiError> {
     let flag = state.engine.get_flag(&key)?;
     Ok(versioned(StatusCode::OK, flag.version, flag))
 }
@@ -40,7 +46,10 @@ async fn upsert(
     Ok(versioned(write_status(outcome), flag.version, flag))
 }
 
-async fn remove(State(state): State<AppState>, PathParams(key): PathParams<String>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    PathParams(key): PathParams<String>,
+) -> Result<StatusCode, ApiError> {
     state.engine.delete_flag(&key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -60,7 +69,10 @@ async fn list_overrides(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be from 1 to 1000"));
     }
-    let page = state.engine.list_overrides(&key, limit, page.after.as_deref()).await?;
+    let page = state
+        .engine
+        .list_overrides(&key, limit, page.after.as_deref())
+        .await?;
     Ok(Json(page).into_response())
 }
 
