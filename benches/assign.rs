@@ -44,7 +44,8 @@ fn decision(c: &mut Criterion) {
     group.bench_function("decision", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;
-            let pre = experiment.precheck(|k| flag.evaluate(k.as_str(), "42", None, &attributes).enabled);
+            let pre =
+                experiment.precheck(|k| flag.evaluate(k.as_str(), "42", None, &attributes).enabled);
             let treatment = match pre {
                 Precheck::Continue => experiment.treatment_at(experiment.bucket("42", &units[i])),
                 Precheck::Out(_) => None,
@@ -53,16 +54,28 @@ fn decision(c: &mut Criterion) {
         })
     });
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = runtime.block_on(async {
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        let options = PoolOptions { max_connections: 2, acquire_timeout: std::time::Duration::from_secs(5) };
+        let options = PoolOptions {
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        };
         let store = store::open(&url, &options).await.expect("store");
         store.migrate().await.expect("migrate");
         let engine = Arc::new(Engine::load(store).await.expect("engine"));
-        engine.put_flag(FLAG, &flag_doc(), None).await.expect("flag");
-        engine.put_experiment("code-review", &experiment_doc(), None, None).await.expect("experiment");
+        engine
+            .put_flag(FLAG, &flag_doc(), None)
+            .await
+            .expect("flag");
+        engine
+            .put_experiment("code-review", &experiment_doc(), None, None)
+            .await
+            .expect("experiment");
         engine
     });
     let org = Id::parse("42").expect("id");
@@ -76,7 +89,11 @@ fn decision(c: &mut Criterion) {
                 unit_id: Id::parse(&units[i]).expect("id"),
                 attributes: plan.clone(),
             };
-            black_box(runtime.block_on(engine.assign("code-review", request)).expect("assigned"))
+            black_box(
+                runtime
+                    .block_on(engine.assign("code-review", request))
+                    .expect("assigned"),
+            )
         })
     });
     group.finish();

@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18182".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18182".into());
     let app = Router::new().route(
         "/v1/experiments/{key}/assign",
         post(|Json(_body): Json<Value>| async {

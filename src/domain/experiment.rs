@@ -40,6 +40,7 @@ pub enum HashBy {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Treatment {
     pub name: Key,
+    #[serde(serialize_with = "super::number::compact")]
     pub weight: f64,
     pub payload: Value,
 }
@@ -51,6 +52,7 @@ pub struct ExperimentConfig {
     pub status: Status,
     pub eligibility_flag: Option<Key>,
     pub salt: String,
+    #[serde(serialize_with = "super::number::compact")]
     pub coverage: f64,
     pub sticky: bool,
     pub hash_by: HashBy,

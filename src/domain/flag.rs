@@ -23,6 +23,7 @@ pub struct RuleConfig {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub condition: Option<Value>,
+    #[serde(serialize_with = "super::number::compact")]
     pub rollout: f64,
 }
 

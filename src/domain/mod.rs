@@ -10,4 +10,5 @@ pub mod flag;
 pub mod hash;
 pub mod ids;
 pub mod layout;
+pub mod number;
 pub mod problem;

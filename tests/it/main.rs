@@ -7,6 +7,7 @@
 mod helpers;
 
 mod assign;
+mod binary;
 mod conformance;
 mod experiments;
 mod flags;

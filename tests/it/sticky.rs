@@ -73,11 +73,7 @@ async fn sticky_answers_survive_reweighting_and_restarts(backend: Backend) {
     for (unit, was) in first.iter().enumerate() {
         let answer = assign(&app, unit).await;
         assert_eq!(answer["treatment"], "b");
-        let expected = if *was == "a" {
-            "assigned"
-        } else {
-            "sticky"
-        };
+        let expected = if *was == "a" { "assigned" } else { "sticky" };
         assert_eq!(answer["reason"], expected, "unit {unit}");
     }
     // Re-enabling a does not pull them back: b is stored and still active.
