@@ -44,10 +44,13 @@ pub struct AssignRequest {
 
 impl AssignRequest {
     /// Parses `{"org_id", "unit_id", "attributes"}` found at `at` in the body.
-    pub fn parse(body: &Value, at: &str) -> Result<Self, EngineError> {
-        let map = body.as_object().ok_or_else(|| {
-            EngineError::validation(at, "must be an object with org_id, unit_id and attributes")
-        })?;
+    pub fn parse(body: Value, at: &str) -> Result<Self, EngineError> {
+        let Value::Object(mut map) = body else {
+            return Err(EngineError::validation(
+                at,
+                "must be an object with org_id, unit_id and attributes",
+            ));
+        };
         let mut problems = Vec::new();
         let mut take = |r: Result<Id, EngineError>| match r {
             Ok(id) => Some(id),
@@ -57,9 +60,9 @@ impl AssignRequest {
             }
             Err(_) => None,
         };
-        let org_id = take(body_id(map, "org_id", at));
-        let unit_id = take(body_id(map, "unit_id", at));
-        let attributes = match attributes(map, at) {
+        let org_id = take(body_id(&map, "org_id", at));
+        let unit_id = take(body_id(&map, "unit_id", at));
+        let attributes = match attributes(&mut map, at) {
             Ok(a) => a,
             Err(EngineError::Validation(p)) => {
                 problems.extend(p);
@@ -271,15 +274,16 @@ impl Engine {
     /// not fail the others.
     pub async fn assign_batch(
         &self,
-        body: &Value,
+        body: Value,
     ) -> Result<Vec<Result<Assignment, EngineError>>, EngineError> {
-        let items = body
-            .as_object()
-            .and_then(|m| m.get("items"))
-            .and_then(Value::as_array)
-            .ok_or_else(|| {
-                EngineError::validation("/items", "must be an array of assignment requests")
-            })?;
+        let not_items =
+            || EngineError::validation("/items", "must be an array of assignment requests");
+        let Value::Object(mut body) = body else {
+            return Err(not_items());
+        };
+        let Some(Value::Array(items)) = body.remove("items") else {
+            return Err(not_items());
+        };
         if items.len() > MAX_BATCH {
             return Err(EngineError::validation(
                 "/items",
@@ -287,20 +291,20 @@ impl Engine {
             ));
         }
         let mut results = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let at = pointer("/items", i);
-            let key = match item.get("experiment") {
-                Some(Value::String(k)) => Ok(k.as_str()),
+        for (i, mut item) in items.into_iter().enumerate() {
+            let key = match item.as_object_mut().and_then(|m| m.remove("experiment")) {
+                Some(Value::String(k)) => Ok(k),
                 _ => Err(EngineError::validation(
-                    pointer(&at, "experiment"),
+                    "/experiment",
                     "must be an experiment key",
                 )),
             };
-            let result = match key.and_then(|k| AssignRequest::parse(item, &at).map(|r| (k, r))) {
-                Ok((key, request)) => self.assign(key, request).await,
+            let result = match key.and_then(|k| AssignRequest::parse(item, "").map(|r| (k, r))) {
+                Ok((key, request)) => self.assign(&key, request).await,
                 Err(e) => Err(e),
             };
-            results.push(result);
+            // Pointers are built only for the items that failed.
+            results.push(result.map_err(|e| e.within(&pointer("/items", i))));
         }
         Ok(results)
     }

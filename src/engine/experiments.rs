@@ -1,6 +1,6 @@
 //! Experiment operations: validated upsert with layouts, delete, history (contract §3).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -11,11 +11,7 @@ use super::snapshot::ExperimentEntry;
 use super::{Engine, EngineError};
 use crate::domain::experiment::ExperimentConfig;
 use crate::domain::layout::Range;
-use crate::store::{ExperimentRecord, ExperimentWrite, StoreError};
-
-/// How often a write is retried when another replica wrote the same
-/// experiment between our read and our write.
-const WRITE_ATTEMPTS: usize = 5;
+use crate::store::{ExperimentRecord, NewVersion, Plan, StoreError};
 
 /// An experiment as served: its config, identity and current layout.
 #[derive(Debug, Serialize)]
@@ -97,7 +93,9 @@ impl Engine {
     }
 
     /// Validates and stores a new version (or nothing, for an identical
-    /// document), computing its layout from the previous version's.
+    /// document), computing its layout from the previous version's. The
+    /// previous version is read under the store's configuration lock, so
+    /// concurrent writers, on any replica, are applied one after another.
     pub async fn put_experiment(
         &self,
         key: &str,
@@ -109,82 +107,84 @@ impl Engine {
         let config = ExperimentConfig::parse(&key, doc).map_err(EngineError::Validation)?;
         let document =
             serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let _guard = self.writes.lock().await;
-        for _ in 0..WRITE_ATTEMPTS {
-            let current = self.store.experiment(key.as_str()).await?;
+        // Why the planner abandoned, when it did.
+        let verdict: Mutex<Option<Result<ExperimentRecord, EngineError>>> = Mutex::new(None);
+        let plan = |current: Option<&ExperimentRecord>| -> Plan {
+            let abandon = |why| {
+                *verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                Plan::Abandon
+            };
             if let Some(expected) = if_match {
-                if current.as_ref().map(|c| c.version) != Some(expected) {
-                    return Err(EngineError::VersionMismatch {
+                if current.map(|c| c.version) != Some(expected) {
+                    return abandon(Err(EngineError::VersionMismatch {
                         expected,
                         current: current.map(|c| c.version),
-                    });
+                    }));
                 }
             }
-            let previous: Vec<Range> = match &current {
-                Some(c) => {
-                    if serde_json::from_str::<Value>(&c.config).ok().as_ref() == Some(&document) {
-                        return Ok((self.record_view(c.clone(), config)?, Outcome::Unchanged));
-                    }
-                    serde_json::from_str(&c.layout).unwrap_or_else(|e| {
-                        tracing::warn!(experiment = %key, error = %e, "stored layout is malformed; the new layout starts empty");
-                        Vec::new()
-                    })
+            let previous: Vec<Range> = match current {
+                Some(c) if serde_json::from_str::<Value>(&c.config).ok().as_ref() == Some(&document) => {
+                    return abandon(Ok(c.clone()));
                 }
+                Some(c) => serde_json::from_str(&c.layout).unwrap_or_else(|e| {
+                    tracing::warn!(experiment = %c.key, error = %e, "stored layout is malformed; the new layout starts empty");
+                    Vec::new()
+                }),
                 None => Vec::new(),
             };
-            let layout = config.layout_from(&previous);
-            let ranges = layout.ranges(&config.treatment_names());
-            let write = ExperimentWrite {
-                id: current.as_ref().map(|c| c.id.clone()),
-                key: key.as_str().to_owned(),
-                expected_version: current.as_ref().map_or(0, |c| c.version),
-                config: document.clone(),
-                layout: serde_json::to_value(&ranges)
-                    .map_err(|e| EngineError::Internal(e.to_string()))?,
-                eligibility_flag: config
-                    .eligibility_flag
-                    .as_ref()
-                    .map(|k| k.as_str().to_owned()),
-                actor: actor.clone(),
-            };
-            match self.store.write_experiment(&write).await {
-                Ok((record, revision)) => {
-                    let outcome = if current.is_none() {
-                        Outcome::Created
-                    } else {
-                        Outcome::Updated
-                    };
-                    let patch = record.clone();
-                    self.install(revision, move |s| s.with_experiment(revision, patch))
-                        .await?;
-                    return Ok((self.record_view(record, config)?, outcome));
-                }
-                Err(StoreError::Stale) => {
-                    if let Some(expected) = if_match {
-                        let now = self.store.experiment(key.as_str()).await?;
-                        return Err(EngineError::VersionMismatch {
-                            expected,
-                            current: now.map(|c| c.version),
-                        });
-                    }
-                }
-                Err(StoreError::MissingReference) => {
-                    let flag = config
+            let ranges = config
+                .layout_from(&previous)
+                .ranges(&config.treatment_names());
+            match serde_json::to_value(&ranges) {
+                Ok(layout) => Plan::Write(NewVersion {
+                    config: document.clone(),
+                    layout,
+                    eligibility_flag: config
                         .eligibility_flag
                         .as_ref()
-                        .map(|k| k.as_str())
-                        .unwrap_or_default();
-                    return Err(EngineError::validation(
-                        "/eligibility_flag",
-                        format!("no flag {flag:?}"),
-                    ));
-                }
-                Err(other) => return Err(other.into()),
+                        .map(|k| k.as_str().to_owned()),
+                    actor: actor.clone(),
+                }),
+                Err(e) => abandon(Err(EngineError::Internal(e.to_string()))),
             }
+        };
+        let _guard = self.writes.lock().await;
+        let written = match self.store.write_experiment(key.as_str(), &plan).await {
+            Err(StoreError::MissingReference) => {
+                let flag = config
+                    .eligibility_flag
+                    .as_ref()
+                    .map(|k| k.as_str())
+                    .unwrap_or_default();
+                return Err(EngineError::validation(
+                    "/eligibility_flag",
+                    format!("no flag {flag:?}"),
+                ));
+            }
+            other => other?,
+        };
+        match written {
+            Some((record, revision)) => {
+                let outcome = if record.version == 1 {
+                    Outcome::Created
+                } else {
+                    Outcome::Updated
+                };
+                let patch = record.clone();
+                self.install(revision, move |s| s.with_experiment(revision, patch))
+                    .await;
+                Ok((self.record_view(record, config)?, outcome))
+            }
+            None => match verdict.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(Ok(unchanged)) => {
+                    Ok((self.record_view(unchanged, config)?, Outcome::Unchanged))
+                }
+                Some(Err(e)) => Err(e),
+                None => Err(EngineError::Internal(
+                    "the experiment write was abandoned without a reason".into(),
+                )),
+            },
         }
-        Err(EngineError::Unavailable(format!(
-            "experiment {key:?} kept changing under concurrent writes; try again"
-        )))
     }
 
     fn record_view(
@@ -223,7 +223,8 @@ impl Engine {
             next.experiments.remove(key);
             next
         })
-        .await
+        .await;
+        Ok(())
     }
 
     pub async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionView>, EngineError> {

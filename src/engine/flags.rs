@@ -70,11 +70,14 @@ pub fn path_id(raw: &str, what: &str) -> Result<Id, EngineError> {
     Id::parse(raw).map_err(|e| EngineError::validation("", format!("the {what} in the URL {e}")))
 }
 
-/// Parses the optional `attributes` object of a request body at `at`.
-pub fn attributes(body: &Map<String, Value>, at: &str) -> Result<Map<String, Value>, EngineError> {
-    match body.get("attributes") {
+/// Takes the optional `attributes` object out of a request body at `at`.
+pub fn attributes(
+    body: &mut Map<String, Value>,
+    at: &str,
+) -> Result<Map<String, Value>, EngineError> {
+    match body.remove("attributes") {
         None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::Object(m)) => Ok(m),
         Some(_) => Err(EngineError::validation(
             format!("{at}/attributes"),
             "must be an object",
@@ -172,7 +175,7 @@ impl Engine {
                 };
                 let patch = record.clone();
                 self.install(revision, move |s| s.with_flag(revision, patch))
-                    .await?;
+                    .await;
                 (record, outcome)
             }
             FlagWritten::Unchanged(record) => (record, Outcome::Unchanged),
@@ -200,7 +203,8 @@ impl Engine {
             next.flags.remove(key);
             next
         })
-        .await
+        .await;
+        Ok(())
     }
 
     pub async fn set_override(
@@ -241,7 +245,7 @@ impl Engine {
         self.install(revision, |s| {
             s.with_override(revision, key, org.as_str(), Some(enabled))
         })
-        .await?;
+        .await;
         Ok((
             override_view(record),
             if created {
@@ -265,7 +269,8 @@ impl Engine {
                 other => other.into(),
             })?;
         self.install(revision, |s| s.with_override(revision, key, org_id, None))
-            .await
+            .await;
+        Ok(())
     }
 
     pub async fn list_overrides(
@@ -290,12 +295,15 @@ impl Engine {
     }
 
     /// `POST /v1/flags/{key}/evaluate`: answered from the snapshot, no I/O.
-    pub fn evaluate_flag(&self, key: &str, body: &Value) -> Result<FlagEvaluation, EngineError> {
-        let body = body.as_object().ok_or_else(|| {
-            EngineError::validation("", "must be an object with org_id and attributes")
-        })?;
-        let org = body_id(body, "org_id", "")?;
-        let mut attrs = attributes(body, "")?;
+    pub fn evaluate_flag(&self, key: &str, body: Value) -> Result<FlagEvaluation, EngineError> {
+        let Value::Object(mut body) = body else {
+            return Err(EngineError::validation(
+                "",
+                "must be an object with org_id and attributes",
+            ));
+        };
+        let org = body_id(&body, "org_id", "")?;
+        let mut attrs = attributes(&mut body, "")?;
         let entry = self.flag_entry(key)?;
         let flag = entry
             .flag

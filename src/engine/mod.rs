@@ -42,6 +42,20 @@ impl EngineError {
     pub fn validation(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Validation(vec![Problem::new(path, message)])
     }
+
+    /// The same error for a document nested at `prefix` (a JSON Pointer) of
+    /// a larger body, as a batch item is.
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            Self::Validation(problems) => Self::Validation(
+                problems
+                    .into_iter()
+                    .map(|p| Problem::new(format!("{prefix}{}", p.path), p.message))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
 }
 
 impl From<StoreError> for EngineError {
@@ -88,20 +102,16 @@ impl Engine {
     /// Installs the result of a store write that produced `revision`.
     /// If the snapshot is exactly one revision behind, `patch` builds the next
     /// one from it; otherwise another replica wrote in between and the whole
-    /// configuration is reloaded.
-    async fn install(
-        &self,
-        revision: i64,
-        patch: impl FnOnce(&Snapshot) -> Snapshot,
-    ) -> Result<(), EngineError> {
+    /// configuration is reloaded. The write itself has succeeded either way:
+    /// if the reload fails, the refresher catches up later.
+    async fn install(&self, revision: i64, patch: impl FnOnce(&Snapshot) -> Snapshot) {
         let current = self.snapshot.load_full();
         if current.revision + 1 == revision {
             self.snapshot.store(Arc::new(patch(&current)));
-            Ok(())
         } else if current.revision < revision {
-            self.reload_locked().await
-        } else {
-            Ok(())
+            if let Err(e) = self.reload_locked().await {
+                tracing::warn!(error = %e, "reloading the configuration after a write failed; the refresher will retry");
+            }
         }
     }
 

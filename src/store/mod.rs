@@ -127,19 +127,27 @@ pub enum FlagWritten {
     Unchanged(FlagRecord),
 }
 
-/// A new experiment version to store.
+/// A new experiment version, as the engine plans it.
 #[derive(Debug, Clone)]
-pub struct ExperimentWrite {
-    /// `None` creates a new experiment under `key`; `Some` updates that
-    /// incarnation if its version is still `expected_version`.
-    pub id: Option<String>,
-    pub key: String,
-    pub expected_version: i64,
+pub struct NewVersion {
     pub config: Value,
     pub layout: Value,
     pub eligibility_flag: Option<String>,
     pub actor: Option<String>,
 }
+
+/// The engine's decision, given the experiment's current version (or
+/// `None`) read under the configuration lock.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    Write(NewVersion),
+    /// Write nothing (unchanged document, failed precondition, …).
+    Abandon,
+}
+
+/// Plans a write from the current version; called once, inside the store's
+/// transaction, so nothing can change between the read and the write.
+pub type Planner<'a> = &'a (dyn Fn(Option<&ExperimentRecord>) -> Plan + Send + Sync);
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -178,12 +186,14 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
     ) -> Result<Vec<OverrideRecord>, StoreError>;
 
-    async fn experiment(&self, key: &str) -> Result<Option<ExperimentRecord>, StoreError>;
-    /// Stores a new version; [`StoreError::Stale`] if another write got there first.
+    /// Reads the live experiment `key` under the configuration lock, asks
+    /// `plan` what to do, and stores the new version it returns (version 1
+    /// of a new incarnation when there is none). `None` when it abandoned.
     async fn write_experiment(
         &self,
-        write: &ExperimentWrite,
-    ) -> Result<(ExperimentRecord, i64), StoreError>;
+        key: &str,
+        plan: Planner<'_>,
+    ) -> Result<Option<(ExperimentRecord, i64)>, StoreError>;
     async fn delete_experiment(&self, key: &str) -> Result<i64, StoreError>;
     async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError>;
 

@@ -30,4 +30,9 @@ impl PgStore {
     }
 }
 
-impl_sql_store!(PgStore, "postgres");
+// READ COMMITTED would let each query of a load see a different commit.
+impl_sql_store!(
+    PgStore,
+    "postgres",
+    Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+);

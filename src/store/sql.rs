@@ -9,13 +9,14 @@
 //! migrations) lives in those files.
 
 /// Implements [`crate::store::Store`] for a struct with a `pool` field and a
-/// `run_migrations` method.
+/// `run_migrations` method. `$snapshot_sql` is the statement (if any) that
+/// makes a transaction read one consistent snapshot.
 macro_rules! impl_sql_store {
-    ($store:ty, $backend:literal) => {
+    ($store:ty, $backend:literal, $snapshot_sql:expr) => {
         use async_trait::async_trait;
         use time::OffsetDateTime;
         use $crate::store::{
-            ExperimentRecord, ExperimentWrite, FlagRecord, FlagWritten, Loaded, OverrideRecord, Store, StoreError,
+            ExperimentRecord, FlagRecord, FlagWritten, Loaded, OverrideRecord, Plan, Planner, Store, StoreError,
             VersionRecord,
         };
 
@@ -73,30 +74,30 @@ macro_rules! impl_sql_store {
             }
 
             async fn load(&self) -> Result<Loaded, StoreError> {
-                // Read the revision before and after: equal means no write
-                // landed in between, so the rows belong to that revision.
-                for _ in 0..10 {
-                    let before = self.revision().await?;
-                    let flags: Vec<FlagRow> =
-                        sqlx::query_as("SELECT key, version, config, created_at, updated_at FROM flags")
-                            .fetch_all(&self.pool)
-                            .await?;
-                    let overrides: Vec<OverrideRow> =
-                        sqlx::query_as("SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides")
-                            .fetch_all(&self.pool)
-                            .await?;
-                    let experiments: Vec<ExperimentRow> =
-                        sqlx::query_as(EXPERIMENT_SELECT).fetch_all(&self.pool).await?;
-                    if self.revision().await? == before {
-                        return Ok(Loaded {
-                            revision: before,
-                            flags: flags.into_iter().map(flag_record).collect(),
-                            overrides: overrides.into_iter().map(override_record).collect(),
-                            experiments: experiments.into_iter().map(experiment_record).collect(),
-                        });
-                    }
+                // One read transaction: every query sees the same snapshot,
+                // so the rows belong to the revision read with them.
+                let mut tx = self.pool.begin().await?;
+                if let Some(sql) = $snapshot_sql {
+                    sqlx::query(sql).execute(&mut *tx).await?;
                 }
-                Err(StoreError::Unavailable("the configuration kept changing while it was being loaded".into()))
+                let (revision,): (i64,) = sqlx::query_as("SELECT revision FROM config_revision WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let flags: Vec<FlagRow> = sqlx::query_as("SELECT key, version, config, created_at, updated_at FROM flags")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let overrides: Vec<OverrideRow> =
+                    sqlx::query_as("SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides")
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let experiments: Vec<ExperimentRow> = sqlx::query_as(EXPERIMENT_SELECT).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(Loaded {
+                    revision,
+                    flags: flags.into_iter().map(flag_record).collect(),
+                    overrides: overrides.into_iter().map(override_record).collect(),
+                    experiments: experiments.into_iter().map(experiment_record).collect(),
+                })
             }
 
             async fn put_flag(
@@ -239,52 +240,54 @@ macro_rules! impl_sql_store {
                 Ok(rows.into_iter().map(override_record).collect())
             }
 
-            async fn experiment(&self, key: &str) -> Result<Option<ExperimentRecord>, StoreError> {
-                let row: Option<ExperimentRow> = sqlx::query_as(&format!("{EXPERIMENT_SELECT} AND e.key = $1"))
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(row.map(experiment_record))
-            }
-
-            async fn write_experiment(&self, w: &ExperimentWrite) -> Result<(ExperimentRecord, i64), StoreError> {
+            async fn write_experiment(
+                &self,
+                key: &str,
+                plan: Planner<'_>,
+            ) -> Result<Option<(ExperimentRecord, i64)>, StoreError> {
                 let mut tx = self.pool.begin().await?;
+                // Taking the configuration lock first means the read below
+                // sees every earlier write and nothing changes before ours.
                 let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+                let current: Option<ExperimentRow> = sqlx::query_as(&format!("{EXPERIMENT_SELECT} AND e.key = $1"))
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let current = current.map(experiment_record);
+                let Plan::Write(new) = plan(current.as_ref()) else {
+                    return Ok(None);
+                };
                 let now = OffsetDateTime::now_utc();
-                let (id, version, created_at) = match &w.id {
+                let (id, version, created_at) = match &current {
                     None => {
                         let id = uuid::Uuid::new_v4().to_string();
-                        // The partial unique index on live keys turns a
-                        // concurrent create of the same key into Stale.
                         sqlx::query(
                             "INSERT INTO experiments (id, key, version, eligibility_flag, created_at, updated_at) \
                              VALUES ($1, $2, 1, $3, $4, $4)",
                         )
                         .bind(&id)
-                        .bind(&w.key)
-                        .bind(w.eligibility_flag.as_deref())
+                        .bind(key)
+                        .bind(new.eligibility_flag.as_deref())
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
                         (id, 1, now)
                     }
-                    Some(id) => {
-                        let row: Option<(i64, OffsetDateTime)> = sqlx::query_as(
-                            "UPDATE experiments SET version = version + 1, eligibility_flag = $3, updated_at = $4 \
-                             WHERE id = $1 AND version = $2 AND deleted_at IS NULL RETURNING version, created_at",
+                    Some(c) => {
+                        let (version,): (i64,) = sqlx::query_as(
+                            "UPDATE experiments SET version = version + 1, eligibility_flag = $2, updated_at = $3 \
+                             WHERE id = $1 RETURNING version",
                         )
-                        .bind(id)
-                        .bind(w.expected_version)
-                        .bind(w.eligibility_flag.as_deref())
+                        .bind(&c.id)
+                        .bind(new.eligibility_flag.as_deref())
                         .bind(now)
-                        .fetch_optional(&mut *tx)
+                        .fetch_one(&mut *tx)
                         .await?;
-                        let (version, created_at) = row.ok_or(StoreError::Stale)?;
-                        (id.clone(), version, created_at)
+                        (c.id.clone(), version, c.created_at)
                     }
                 };
-                let config = w.config.to_string();
-                let layout = w.layout.to_string();
+                let config = new.config.to_string();
+                let layout = new.layout.to_string();
                 sqlx::query(
                     "INSERT INTO experiment_versions (experiment_id, version, created_at, actor, config, layout) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -292,7 +295,7 @@ macro_rules! impl_sql_store {
                 .bind(&id)
                 .bind(version)
                 .bind(now)
-                .bind(w.actor.as_deref())
+                .bind(new.actor.as_deref())
                 .bind(&config)
                 .bind(&layout)
                 .execute(&mut *tx)
@@ -300,14 +303,14 @@ macro_rules! impl_sql_store {
                 tx.commit().await?;
                 let record = ExperimentRecord {
                     id,
-                    key: w.key.clone(),
+                    key: key.to_owned(),
                     version,
                     config,
                     layout,
                     created_at,
                     updated_at: now,
                 };
-                Ok((record, revision))
+                Ok(Some((record, revision)))
             }
 
             async fn delete_experiment(&self, key: &str) -> Result<i64, StoreError> {

@@ -48,4 +48,5 @@ impl SqliteStore {
     }
 }
 
-impl_sql_store!(SqliteStore, "sqlite");
+// In WAL mode a transaction's first read fixes its snapshot already.
+impl_sql_store!(SqliteStore, "sqlite", None::<&str>);

@@ -4,9 +4,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::engine::assign::AssignRequest;
+use crate::engine::assign::{AssignRequest, Assignment};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, PathParams, RequestId};
 use crate::http::AppState;
@@ -22,7 +23,7 @@ async fn assign(
     PathParams(key): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let request = AssignRequest::parse(&body, "")?;
+    let request = AssignRequest::parse(body, "")?;
     Ok(Json(state.engine.assign(&key, request).await?).into_response())
 }
 
@@ -31,15 +32,30 @@ async fn assign_batch(
     RequestId(request_id): RequestId,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let results: Vec<Value> = state
+    let results: Vec<BatchResult> = state
         .engine
-        .assign_batch(&body)
+        .assign_batch(body)
         .await?
         .into_iter()
         .map(|r| match r {
-            Ok(a) => serde_json::to_value(a).unwrap_or(Value::Null),
-            Err(e) => json!({"error": ApiError::from(e).object(&request_id)}),
+            Ok(a) => BatchResult::Assigned(a),
+            Err(e) => BatchResult::Failed {
+                error: ApiError::from(e).object(&request_id),
+            },
         })
         .collect();
-    Ok(Json(json!({"results": results})).into_response())
+    Ok(Json(BatchAnswer { results }).into_response())
+}
+
+#[derive(Serialize)]
+struct BatchAnswer {
+    results: Vec<BatchResult>,
+}
+
+/// One item's answer: the assignment, or `{"error": {...}}`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchResult {
+    Assigned(Assignment),
+    Failed { error: Value },
 }

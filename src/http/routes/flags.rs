@@ -98,5 +98,5 @@ async fn evaluate(
     PathParams(key): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.engine.evaluate_flag(&key, &body)?).into_response())
+    Ok(Json(state.engine.evaluate_flag(&key, body)?).into_response())
 }
