@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::flags::{path_key, Outcome};
@@ -74,18 +74,7 @@ impl Engine {
     /// Every experiment, by key. One whose stored config cannot be used is
     /// listed with an `unavailable` message instead of its config.
     pub fn list_experiments(&self) -> Vec<Value> {
-        let snapshot = self.snapshot();
-        let mut keys: Vec<&String> = snapshot.experiments.keys().collect();
-        keys.sort();
-        keys.into_iter()
-            .map(|k| {
-                let entry = &snapshot.experiments[k];
-                match view(entry) {
-                    Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
-                    Err(e) => json!({"key": entry.key, "version": entry.version, "unavailable": e.to_string()}),
-                }
-            })
-            .collect()
+        super::list_sorted(&self.snapshot().experiments, view, |e| e.version)
     }
 
     pub fn get_experiment(&self, key: &str) -> Result<ExperimentView, EngineError> {

@@ -128,18 +128,7 @@ impl Engine {
     /// Every flag, by key. One whose stored document cannot be used is
     /// listed with an `unavailable` message instead of its config.
     pub fn list_flags(&self) -> Vec<Value> {
-        let snapshot = self.snapshot();
-        let mut keys: Vec<&String> = snapshot.flags.keys().collect();
-        keys.sort();
-        keys.into_iter()
-            .map(|k| {
-                let entry = &snapshot.flags[k];
-                match view(entry) {
-                    Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
-                    Err(e) => serde_json::json!({"key": entry.key, "version": entry.version, "unavailable": e.to_string()}),
-                }
-            })
-            .collect()
+        super::list_sorted(&self.snapshot().flags, view, |f| f.version)
     }
 
     pub fn get_flag(&self, key: &str) -> Result<FlagView, EngineError> {

@@ -10,10 +10,13 @@ pub mod experiments;
 pub mod flags;
 pub mod snapshot;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
+use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::domain::problem::Problem;
@@ -161,4 +164,27 @@ impl Engine {
             )),
         }
     }
+}
+
+/// Lists snapshot entries sorted by key. An entry whose stored document
+/// cannot be used is listed as `{"key", "version", "unavailable": why}`
+/// instead of being hidden.
+fn list_sorted<E, V: Serialize>(
+    entries: &HashMap<String, Arc<E>>,
+    view: impl Fn(&E) -> Result<V, EngineError>,
+    version: impl Fn(&E) -> i64,
+) -> Vec<Value> {
+    let mut keys: Vec<&String> = entries.keys().collect();
+    keys.sort();
+    keys.into_iter()
+        .map(|key| {
+            let entry = &entries[key];
+            match view(entry) {
+                Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
+                Err(e) => {
+                    json!({"key": key, "version": version(entry), "unavailable": e.to_string()})
+                }
+            }
+        })
+        .collect()
 }
