@@ -6,13 +6,14 @@
 //! a decision; the engine adds the flag lookup and sticky storage around them.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::flag::{optional_text, reject_unknown};
 use super::hash::bucket;
 use super::ids::Key;
 use super::layout::{Layout, Range, Weighted};
 use super::problem::{pointer, Problem};
+use super::routing::{self, CohortDef, CompiledRouting, RoutingConfig, VariableDef};
 
 /// At most this many treatments per experiment.
 pub const MAX_TREATMENTS: usize = 100;
@@ -57,11 +58,9 @@ pub struct ExperimentConfig {
     pub sticky: bool,
     pub hash_by: HashBy,
     pub treatments: Vec<Treatment>,
-    // TODO(#3): cohorts, variables and routing are kept as sent (shape-checked
-    // only) until participant routing validates and uses them.
-    pub cohorts: Vec<Value>,
-    pub variables: Vec<Value>,
-    pub routing: Option<Value>,
+    pub cohorts: Vec<CohortDef>,
+    pub variables: Vec<VariableDef>,
+    pub routing: Option<RoutingConfig>,
 }
 
 /// Why an assignment answered as it did (§4.3).
@@ -171,16 +170,9 @@ impl ExperimentConfig {
             }
         };
         let treatments = parse_treatments(map.get("treatments"), &mut problems);
-        let cohorts = array_field(map, "cohorts", &mut problems);
-        let variables = array_field(map, "variables", &mut problems);
-        let routing = match map.get("routing") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(_) => {
-                problems.push(Problem::new("/routing", "must be an object or null"));
-                None
-            }
-        };
+        let cohorts = routing::parse_cohorts(map.get("cohorts"), &mut problems);
+        let variables = routing::parse_variables(map.get("variables"), &cohorts, &mut problems);
+        let routing = routing::parse_routing(map.get("routing"), &cohorts, &mut problems);
         if problems.is_empty() {
             Ok(Self {
                 description,
@@ -227,17 +219,6 @@ impl ExperimentConfig {
             })
             .collect();
         Layout::rebalance(previous, &weighted, self.coverage)
-    }
-}
-
-fn array_field(map: &Map<String, Value>, field: &str, problems: &mut Vec<Problem>) -> Vec<Value> {
-    match map.get(field) {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items.clone(),
-        Some(_) => {
-            problems.push(Problem::new(pointer("", field), "must be an array"));
-            Vec::new()
-        }
     }
 }
 
@@ -324,6 +305,8 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
 pub struct Experiment {
     pub config: ExperimentConfig,
     pub layout: Layout,
+    /// The routing config with its conditions compiled.
+    pub routing: Option<CompiledRouting>,
     /// Whether any treatment has weight > 0.
     has_active: bool,
 }
@@ -340,9 +323,11 @@ pub enum Precheck {
 impl Experiment {
     pub fn new(config: ExperimentConfig, layout: Layout) -> Self {
         let has_active = config.treatments.iter().any(|t| t.weight > 0.0);
+        let routing = config.routing.clone().map(CompiledRouting::new);
         Self {
             config,
             layout,
+            routing,
             has_active,
         }
     }

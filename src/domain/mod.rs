@@ -12,3 +12,4 @@ pub mod ids;
 pub mod layout;
 pub mod number;
 pub mod problem;
+pub mod routing;

@@ -1,0 +1,780 @@
+//! Participant lifecycle (contract §5): what one routing call changes.
+//!
+//! `new → waiting → (pending → assigned | declined) | assigned | timed_out`.
+//!
+//! [`plan`] is pure: given the experiment's routing state as read under its
+//! lock (cohorts with their member counts, the waiting pool, the participant
+//! the call is about) and an operation, it returns every participant change,
+//! every new cohort and every audit event. The store writes them in the same
+//! transaction it read the state in. Each call first times out overdue
+//! waiting participants, then applies the operation, then matches until no
+//! group is ready.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::matching::form_all;
+use super::{CohortDef, CompiledRouting};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    New,
+    Waiting,
+    Pending,
+    Assigned,
+    Declined,
+    TimedOut,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Waiting => "waiting",
+            Status::Pending => "pending",
+            Status::Assigned => "assigned",
+            Status::Declined => "declined",
+            Status::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "new" => Status::New,
+            "waiting" => Status::Waiting,
+            "pending" => Status::Pending,
+            "assigned" => Status::Assigned,
+            "declined" => Status::Declined,
+            "timed_out" => Status::TimedOut,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a status changed, as the audit log says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Routed,
+    Formed,
+    Accepted,
+    Declined,
+    Timeout,
+    Fallback,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Routed => "routed",
+            Reason::Formed => "formed",
+            Reason::Accepted => "accepted",
+            Reason::Declined => "declined",
+            Reason::Timeout => "timeout",
+            Reason::Fallback => "fallback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "routed" => Reason::Routed,
+            "formed" => Reason::Formed,
+            "accepted" => Reason::Accepted,
+            "declined" => Reason::Declined,
+            "timeout" => Reason::Timeout,
+            "fallback" => Reason::Fallback,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Participant {
+    pub id: String,
+    pub status: Status,
+    pub attributes: Value,
+    pub cohort_id: Option<String>,
+    /// The group and entry it was formed by (kept after accept/decline).
+    pub group: Option<String>,
+    pub entry: Option<String>,
+    pub waiting_since: Option<OffsetDateTime>,
+    /// Arrival order in the waiting pool: oldest first is lowest first.
+    pub wait_seq: i64,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cohort {
+    pub id: String,
+    /// The defined alias (overflows inherit it); `None` for a cohort a
+    /// group without a target created.
+    pub alias: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub capacity: Option<u32>,
+    pub overflow_of: Option<String>,
+    /// The group that created it, for cohorts without an alias.
+    pub group: Option<String>,
+    pub assigned: u32,
+    pub pending: u32,
+}
+
+impl Cohort {
+    pub fn members(&self) -> u32 {
+        self.assigned + self.pending
+    }
+
+    fn has_room_for(&self, n: u32) -> bool {
+        self.capacity.is_none_or(|c| self.members() + n <= c)
+    }
+}
+
+/// An entry of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub participant_id: String,
+    pub status: Status,
+    pub previous: Option<Status>,
+    pub group: Option<String>,
+    pub entry: Option<String>,
+    pub cohort_id: Option<String>,
+    pub reason: Reason,
+}
+
+/// An experiment's routing state, read under its lock.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub now: OffsetDateTime,
+    /// Unique per routing transaction; orders arrivals in the pool.
+    pub seq: i64,
+    /// Every cohort of the experiment, in creation order.
+    pub cohorts: Vec<Cohort>,
+    /// Every waiting participant, oldest first.
+    pub waiting: Vec<Participant>,
+    /// The participant the call is about, if it exists.
+    pub subject: Option<Participant>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Operation {
+    /// Register a participant or replace its attributes.
+    Register(Value),
+    Route,
+    Accept,
+    Decline,
+    /// Nothing but timeouts and matching (the background sweeper).
+    Sweep,
+}
+
+/// Why an operation is refused; nothing is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    Conflict(String),
+}
+
+/// What the store writes.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub new_cohorts: Vec<Cohort>,
+    /// Final state of every participant that changed (insert or update).
+    pub participants: Vec<Participant>,
+    pub events: Vec<Event>,
+    /// The subject after the call.
+    pub subject: Option<Participant>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.new_cohorts.is_empty() && self.participants.is_empty() && self.events.is_empty()
+    }
+}
+
+/// The experiment's study design, as the plan needs it.
+pub struct Study<'a> {
+    pub routing: Option<&'a CompiledRouting>,
+    pub cohorts: &'a [CohortDef],
+}
+
+struct Work<'a> {
+    study: &'a Study<'a>,
+    now: OffsetDateTime,
+    cohorts: Vec<Cohort>,
+    new_cohorts: Vec<Cohort>,
+    changed: Vec<Participant>,
+    events: Vec<Event>,
+    new_id: &'a mut dyn FnMut() -> String,
+}
+
+impl Work<'_> {
+    /// Records a status change and its event.
+    fn change(&mut self, mut p: Participant, status: Status, reason: Reason) -> Participant {
+        let previous = p.status;
+        p.status = status;
+        p.updated_at = self.now;
+        if status != Status::Waiting {
+            p.waiting_since = None;
+        }
+        self.events.push(Event {
+            participant_id: p.id.clone(),
+            status,
+            previous: Some(previous),
+            group: p.group.clone(),
+            entry: p.entry.clone(),
+            cohort_id: p.cohort_id.clone(),
+            reason,
+        });
+        self.keep(p.clone());
+        p
+    }
+
+    fn keep(&mut self, p: Participant) {
+        match self.changed.iter_mut().find(|c| c.id == p.id) {
+            Some(slot) => *slot = p,
+            None => self.changed.push(p),
+        }
+    }
+
+    fn count(&mut self, cohort_id: &str, status: Status, delta: i32) {
+        if let Some(c) = self.cohorts.iter_mut().find(|c| c.id == cohort_id) {
+            let n = match status {
+                Status::Assigned => &mut c.assigned,
+                Status::Pending => &mut c.pending,
+                _ => return,
+            };
+            *n = n.saturating_add_signed(delta);
+        }
+    }
+
+    /// The first cohort of `alias` (the defined one, then its overflows in
+    /// creation order) with room for `n`, or a new overflow cohort.
+    fn join(&mut self, alias: &str, n: u32) -> String {
+        if let Some(c) = self
+            .cohorts
+            .iter()
+            .filter(|c| c.alias.as_deref() == Some(alias))
+            .find(|c| c.has_room_for(n))
+        {
+            return c.id.clone();
+        }
+        let defined = self
+            .cohorts
+            .iter()
+            .find(|c| c.alias.as_deref() == Some(alias) && c.overflow_of.is_none())
+            .cloned();
+        let def = self
+            .study
+            .cohorts
+            .iter()
+            .find(|c| c.alias.as_str() == alias);
+        let overflows = self
+            .cohorts
+            .iter()
+            .filter(|c| c.alias.as_deref() == Some(alias) && c.overflow_of.is_some())
+            .count();
+        let base_name = defined
+            .as_ref()
+            .map(|d| d.name.clone())
+            .or_else(|| def.map(|d| d.name.clone()))
+            .unwrap_or_else(|| alias.to_owned());
+        let cohort = Cohort {
+            id: (self.new_id)(),
+            alias: Some(alias.to_owned()),
+            name: format!("{base_name} (overflow {})", overflows + 1),
+            description: defined
+                .as_ref()
+                .map(|d| d.description.clone())
+                .unwrap_or_default(),
+            capacity: def
+                .and_then(|d| d.capacity)
+                .or(defined.as_ref().and_then(|d| d.capacity)),
+            overflow_of: defined.map(|d| d.id),
+            group: None,
+            assigned: 0,
+            pending: 0,
+        };
+        let id = cohort.id.clone();
+        self.cohorts.push(cohort.clone());
+        self.new_cohorts.push(cohort);
+        id
+    }
+
+    /// A new cohort for a group without a target: `"<group name> #<n>"`.
+    fn create_for_group(&mut self, group: &str) -> String {
+        let n = self
+            .cohorts
+            .iter()
+            .filter(|c| c.alias.is_none() && c.group.as_deref() == Some(group))
+            .count()
+            + 1;
+        let cohort = Cohort {
+            id: (self.new_id)(),
+            alias: None,
+            name: format!("{group} #{n}"),
+            description: String::new(),
+            capacity: None,
+            overflow_of: None,
+            group: Some(group.to_owned()),
+            assigned: 0,
+            pending: 0,
+        };
+        let id = cohort.id.clone();
+        self.cohorts.push(cohort.clone());
+        self.new_cohorts.push(cohort);
+        id
+    }
+}
+
+/// Plans one routing call for participant `subject_id` (see the module docs).
+pub fn plan(
+    study: &Study<'_>,
+    state: State,
+    subject_id: &str,
+    operation: Operation,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<Changes, Refusal> {
+    let State {
+        now,
+        seq,
+        cohorts,
+        waiting,
+        subject,
+    } = state;
+    let mut work = Work {
+        study,
+        now,
+        cohorts,
+        new_cohorts: Vec::new(),
+        changed: Vec::new(),
+        events: Vec::new(),
+        new_id,
+    };
+    let mut pool: Vec<Participant> = Vec::with_capacity(waiting.len() + 1);
+    let mut subject = subject;
+
+    // 1. Timeouts, before anything else sees the pool.
+    let timeout = study.routing.and_then(|r| r.config.wait_timeout_seconds);
+    let fallback = study
+        .routing
+        .and_then(|r| r.config.fallback_cohort.as_ref())
+        .map(|k| k.as_str().to_owned());
+    for p in waiting {
+        let overdue = match (timeout, p.waiting_since) {
+            (Some(t), Some(since)) => now - since >= time::Duration::seconds(t as i64),
+            _ => false,
+        };
+        if !overdue {
+            pool.push(p);
+            continue;
+        }
+        let done = match &fallback {
+            Some(alias) => {
+                let mut p = p;
+                p.cohort_id = Some(work.join(alias, 1));
+                p.group = None;
+                p.entry = None;
+                let cohort = p.cohort_id.clone().unwrap_or_default();
+                work.count(&cohort, Status::Assigned, 1);
+                work.change(p, Status::Assigned, Reason::Fallback)
+            }
+            None => work.change(p, Status::TimedOut, Reason::Timeout),
+        };
+        if done.id == subject_id {
+            subject = Some(done);
+        }
+    }
+
+    // 2. The operation.
+    match operation {
+        Operation::Register(attributes) => match subject.clone() {
+            None => {
+                let p = Participant {
+                    id: subject_id.to_owned(),
+                    status: Status::New,
+                    attributes,
+                    cohort_id: None,
+                    group: None,
+                    entry: None,
+                    waiting_since: None,
+                    wait_seq: 0,
+                    updated_at: now,
+                };
+                work.keep(p);
+            }
+            Some(mut p) => {
+                p.attributes = attributes.clone();
+                p.updated_at = now;
+                if let Some(waiting) = pool.iter_mut().find(|w| w.id == p.id) {
+                    waiting.attributes = attributes;
+                    waiting.updated_at = now;
+                }
+                work.keep(p);
+            }
+        },
+        Operation::Route => match subject.clone() {
+            None => return Err(Refusal::NotFound),
+            Some(p) if p.status == Status::New => {
+                let mut p = p;
+                p.waiting_since = Some(now);
+                p.wait_seq = seq;
+                pool.push(work.change(p, Status::Waiting, Reason::Routed));
+            }
+            Some(_) => {}
+        },
+        Operation::Accept => match subject.clone() {
+            None => return Err(Refusal::NotFound),
+            Some(p) if p.status == Status::Pending => {
+                if let Some(c) = p.cohort_id.clone() {
+                    work.count(&c, Status::Pending, -1);
+                    work.count(&c, Status::Assigned, 1);
+                }
+                work.change(p, Status::Assigned, Reason::Accepted);
+            }
+            Some(p) if p.status == Status::Assigned => {}
+            Some(p) => {
+                return Err(Refusal::Conflict(format!(
+                    "participant is {}, not pending: only a pending participant can accept",
+                    p.status.as_str()
+                )))
+            }
+        },
+        Operation::Decline => match subject.clone() {
+            None => return Err(Refusal::NotFound),
+            Some(p) if p.status == Status::Pending => {
+                let seat = p.cohort_id.clone();
+                if let Some(c) = &seat {
+                    work.count(c, Status::Pending, -1);
+                }
+                // The event names the seat given up; the participant then
+                // belongs to no cohort.
+                let mut declined = work.change(p, Status::Declined, Reason::Declined);
+                declined.cohort_id = None;
+                work.keep(declined);
+            }
+            Some(p) if p.status == Status::Declined => {}
+            Some(p) => {
+                return Err(Refusal::Conflict(format!(
+                    "participant is {}, not pending: only a pending participant can decline",
+                    p.status.as_str()
+                )))
+            }
+        },
+        Operation::Sweep => {}
+    }
+
+    // 3. Matching, until no group is ready.
+    if let Some(routing) = study.routing {
+        let mut alias_members: HashMap<String, u64> = HashMap::new();
+        for c in &work.cohorts {
+            if let Some(a) = &c.alias {
+                *alias_members.entry(a.clone()).or_default() += u64::from(c.members());
+            }
+        }
+        let attributes: Vec<&Value> = pool.iter().map(|p| &p.attributes).collect();
+        let formations = form_all(routing, study.cohorts, &attributes, &mut alias_members);
+        for formation in formations {
+            let group = &routing.config.groups[formation.group];
+            let size = formation.seats.len() as u32;
+            let cohort = match &group.target_cohort {
+                Some(alias) => work.join(alias.as_str(), size),
+                None => work.create_for_group(&group.name),
+            };
+            let status = if group.require_acceptance {
+                Status::Pending
+            } else {
+                Status::Assigned
+            };
+            for seat in &formation.seats {
+                let mut p = pool[seat.member].clone();
+                p.cohort_id = Some(cohort.clone());
+                p.group = Some(group.name.clone());
+                p.entry = Some(group.composition[seat.entry].id.as_str().to_owned());
+                work.count(&cohort, status, 1);
+                work.change(p, status, Reason::Formed);
+            }
+        }
+    }
+
+    let subject = work
+        .changed
+        .iter()
+        .find(|p| p.id == subject_id)
+        .cloned()
+        .or(subject);
+    Ok(Changes {
+        new_cohorts: work.new_cohorts,
+        participants: work.changed,
+        events: work.events,
+        subject,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse_cohorts, parse_routing};
+    use super::*;
+    use serde_json::json;
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+    struct Lab {
+        routing: CompiledRouting,
+        defs: Vec<CohortDef>,
+        cohorts: Vec<Cohort>,
+        people: Vec<Participant>,
+        now: OffsetDateTime,
+        seq: i64,
+        events: Vec<Event>,
+        ids: u32,
+    }
+
+    impl Lab {
+        fn new(doc: Value) -> Self {
+            let mut problems = Vec::new();
+            let defs = parse_cohorts(doc.get("cohorts"), &mut problems);
+            let routing = CompiledRouting::new(
+                parse_routing(doc.get("routing"), &defs, &mut problems).unwrap(),
+            );
+            assert!(problems.is_empty(), "{problems:?}");
+            let cohorts = defs
+                .iter()
+                .map(|d| Cohort {
+                    id: format!("def-{}", d.alias),
+                    alias: Some(d.alias.as_str().to_owned()),
+                    name: d.name.clone(),
+                    description: String::new(),
+                    capacity: d.capacity,
+                    overflow_of: None,
+                    group: None,
+                    assigned: 0,
+                    pending: 0,
+                })
+                .collect();
+            Self {
+                routing,
+                defs,
+                cohorts,
+                people: Vec::new(),
+                now: T0,
+                seq: 0,
+                events: Vec::new(),
+                ids: 0,
+            }
+        }
+
+        fn call(&mut self, id: &str, op: Operation) -> Result<Participant, Refusal> {
+            self.seq += 1;
+            let mut waiting: Vec<Participant> = self
+                .people
+                .iter()
+                .filter(|p| p.status == Status::Waiting)
+                .cloned()
+                .collect();
+            waiting.sort_by_key(|p| p.wait_seq);
+            let state = State {
+                now: self.now,
+                seq: self.seq,
+                cohorts: self.cohorts.clone(),
+                waiting,
+                subject: self.people.iter().find(|p| p.id == id).cloned(),
+            };
+            let study = Study {
+                routing: Some(&self.routing),
+                cohorts: &self.defs,
+            };
+            let mut ids = self.ids;
+            let changes = plan(&study, state, id, op, &mut || {
+                ids += 1;
+                format!("gen-{ids}")
+            })?;
+            self.ids = ids;
+            self.cohorts.extend(changes.new_cohorts);
+            for p in changes.participants {
+                match self.people.iter_mut().find(|x| x.id == p.id) {
+                    Some(slot) => *slot = p,
+                    None => self.people.push(p),
+                }
+            }
+            self.events.extend(changes.events);
+            // Recount from the people, as the store's counts would be.
+            for c in &mut self.cohorts {
+                c.assigned = self
+                    .people
+                    .iter()
+                    .filter(|p| {
+                        p.cohort_id.as_deref() == Some(&c.id) && p.status == Status::Assigned
+                    })
+                    .count() as u32;
+                c.pending = self
+                    .people
+                    .iter()
+                    .filter(|p| {
+                        p.cohort_id.as_deref() == Some(&c.id) && p.status == Status::Pending
+                    })
+                    .count() as u32;
+            }
+            Ok(changes.subject.expect("a subject"))
+        }
+
+        fn arrive(&mut self, id: &str, score: i64) -> Participant {
+            self.call(id, Operation::Register(json!({"score": score})))
+                .unwrap();
+            self.call(id, Operation::Route).unwrap()
+        }
+    }
+
+    fn study() -> Value {
+        json!({
+            "cohorts": [{"alias": "arm-pro-ai", "name": "Pro-AI Study Arm", "capacity": 2}],
+            "routing": {"wait_timeout_seconds": 60, "groups": [
+                {"name": "High Scorers", "target_cohort": "arm-pro-ai",
+                 "composition": [{"id": "high", "condition": {"score": {"$gte": 9}}, "min_count": 1, "max_count": 5}]},
+                {"name": "Mixed Group", "require_acceptance": true,
+                 "composition": [{"id": "high", "condition": {"score": {"$gte": 7}}, "min_count": 2, "max_count": 2},
+                                 {"id": "low", "condition": {"score": {"$lt": 5}}, "min_count": 2, "max_count": 2}]}]}})
+    }
+
+    #[test]
+    fn a_high_scorer_is_assigned_directly_and_the_target_overflows_when_full() {
+        let mut lab = Lab::new(study());
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let p = lab.arrive(id, 10);
+            assert_eq!(p.status, Status::Assigned);
+            let want = if i < 2 { "def-arm-pro-ai" } else { "gen-1" };
+            assert_eq!(p.cohort_id.as_deref(), Some(want));
+        }
+        let overflow = lab.cohorts.iter().find(|c| c.id == "gen-1").unwrap();
+        assert_eq!(overflow.name, "Pro-AI Study Arm (overflow 1)");
+        assert_eq!(overflow.overflow_of.as_deref(), Some("def-arm-pro-ai"));
+        assert_eq!(
+            (overflow.capacity, overflow.alias.as_deref()),
+            (Some(2), Some("arm-pro-ai"))
+        );
+    }
+
+    #[test]
+    fn a_mixed_group_forms_pending_and_accept_or_decline_settles_each_seat() {
+        let mut lab = Lab::new(study());
+        assert_eq!(lab.arrive("h1", 8).status, Status::Waiting);
+        assert_eq!(lab.arrive("l1", 2).status, Status::Waiting);
+        assert_eq!(lab.arrive("h2", 7).status, Status::Waiting);
+        let last = lab.arrive("l2", 1);
+        assert_eq!(last.status, Status::Pending);
+        assert_eq!(
+            (last.group.as_deref(), last.entry.as_deref()),
+            (Some("Mixed Group"), Some("low"))
+        );
+        let cohort = lab
+            .cohorts
+            .iter()
+            .find(|c| Some(&c.id) == last.cohort_id.as_ref())
+            .unwrap();
+        assert_eq!(
+            (cohort.name.as_str(), cohort.pending),
+            ("Mixed Group #1", 4)
+        );
+
+        assert_eq!(
+            lab.call("h1", Operation::Accept).unwrap().status,
+            Status::Assigned
+        );
+        assert_eq!(
+            lab.call("h1", Operation::Accept).unwrap().status,
+            Status::Assigned
+        );
+        assert!(matches!(
+            lab.call("h1", Operation::Decline),
+            Err(Refusal::Conflict(_))
+        ));
+        let declined = lab.call("l1", Operation::Decline).unwrap();
+        assert_eq!(
+            (declined.status, declined.cohort_id.clone()),
+            (Status::Declined, None)
+        );
+        assert_eq!(
+            lab.call("l1", Operation::Decline).unwrap().status,
+            Status::Declined
+        );
+        let cohort = lab
+            .cohorts
+            .iter()
+            .find(|c| Some(&c.id) == last.cohort_id.as_ref())
+            .unwrap();
+        assert_eq!((cohort.assigned, cohort.pending), (1, 2));
+        let reasons: Vec<&str> = lab.events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "routed", "routed", "routed", "routed", "formed", "formed", "formed", "formed",
+                "accepted", "declined"
+            ]
+        );
+        assert!(matches!(
+            lab.call("nobody", Operation::Accept),
+            Err(Refusal::NotFound)
+        ));
+        assert!(matches!(
+            lab.call("nobody", Operation::Route),
+            Err(Refusal::NotFound)
+        ));
+    }
+
+    #[test]
+    fn an_unmatched_participant_waits_then_times_out_or_falls_back() {
+        let mut lab = Lab::new(study());
+        lab.arrive("mid", 6);
+        lab.now = T0 + time::Duration::seconds(59);
+        assert_eq!(
+            lab.call("mid", Operation::Sweep).unwrap().status,
+            Status::Waiting
+        );
+        lab.now = T0 + time::Duration::seconds(60);
+        let p = lab.call("mid", Operation::Sweep).unwrap();
+        assert_eq!(p.status, Status::TimedOut);
+        assert_eq!(lab.events.last().unwrap().reason, Reason::Timeout);
+
+        let mut doc = study();
+        doc["routing"]["fallback_cohort"] = json!("arm-pro-ai");
+        let mut lab = Lab::new(doc);
+        lab.arrive("mid", 6);
+        lab.now = T0 + time::Duration::seconds(61);
+        // Any call (here another participant's registration) applies timeouts.
+        lab.call("other", Operation::Register(json!({}))).unwrap();
+        let mid = lab.people.iter().find(|p| p.id == "mid").unwrap();
+        assert_eq!(
+            (mid.status, mid.cohort_id.as_deref()),
+            (Status::Assigned, Some("def-arm-pro-ai"))
+        );
+        assert_eq!(lab.events.last().unwrap().reason, Reason::Fallback);
+    }
+
+    #[test]
+    fn new_attributes_of_a_waiting_participant_are_matched_from_then_on() {
+        let mut lab = Lab::new(study());
+        lab.arrive("p", 6);
+        let p = lab
+            .call("p", Operation::Register(json!({"score": 9})))
+            .unwrap();
+        assert_eq!(
+            (p.status, p.group.as_deref()),
+            (Status::Assigned, Some("High Scorers"))
+        );
+        // Routing again is idempotent.
+        assert_eq!(
+            lab.call("p", Operation::Route).unwrap().status,
+            Status::Assigned
+        );
+        assert_eq!(
+            lab.events
+                .iter()
+                .filter(|e| e.participant_id == "p")
+                .count(),
+            2
+        );
+    }
+}

@@ -1,0 +1,540 @@
+//! Cohorts, per-cohort variables and participant routing (contract §5).
+//!
+//! * this file: the `cohorts`, `variables` and `routing` documents and their
+//!   validation;
+//! * [`matching`]: the pure matcher: a waiting pool in, formations out;
+//! * [`lifecycle`]: participant statuses, timeouts and the audit events a
+//!   routing call produces, as a pure plan the store then applies.
+
+pub mod lifecycle;
+pub mod matching;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::condition::{self, Condition};
+use super::flag::reject_unknown_at;
+use super::ids::Key;
+use super::problem::{pointer, Problem};
+
+/// A cohort defined in the experiment document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CohortDef {
+    pub alias: Key,
+    pub name: String,
+    pub description: String,
+    /// Most members (assigned + pending) one cohort of this alias holds;
+    /// `None` is no limit.
+    pub capacity: Option<u32>,
+}
+
+/// A variable resolved per cohort: `cohort_values[alias]`, else `default`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VariableDef {
+    pub name: Key,
+    pub default: Value,
+    pub cohort_values: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoutingConfig {
+    pub groups: Vec<GroupDef>,
+    pub balance: bool,
+    pub wait_timeout_seconds: Option<u64>,
+    pub fallback_cohort: Option<Key>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupDef {
+    pub name: String,
+    pub target_cohort: Option<Key>,
+    pub require_acceptance: bool,
+    pub composition: Vec<EntryDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EntryDef {
+    pub id: Key,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Value>,
+    pub min_count: u32,
+    pub max_count: u32,
+}
+
+/// Routing with its composition conditions compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledRouting {
+    pub config: RoutingConfig,
+    /// `conditions[group][entry]`.
+    conditions: Vec<Vec<Condition>>,
+}
+
+impl CompiledRouting {
+    pub fn new(config: RoutingConfig) -> Self {
+        let conditions = config
+            .groups
+            .iter()
+            .map(|g| {
+                g.composition
+                    .iter()
+                    .map(|e| {
+                        e.condition
+                            .as_ref()
+                            .map_or_else(Condition::always, Condition::compile)
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { config, conditions }
+    }
+
+    /// The first entry of `group` whose condition the attributes match.
+    pub fn entry_for(&self, group: usize, attributes: &Value) -> Option<usize> {
+        self.conditions
+            .get(group)?
+            .iter()
+            .position(|c| c.matches(attributes))
+    }
+}
+
+/// Resolves every variable for a cohort alias (`None`: no cohort, or a
+/// cohort without an alias, gets the defaults).
+pub fn resolve_variables(variables: &[VariableDef], alias: Option<&str>) -> Map<String, Value> {
+    variables
+        .iter()
+        .map(|v| {
+            let value = alias
+                .and_then(|a| v.cohort_values.get(a))
+                .unwrap_or(&v.default)
+                .clone();
+            (v.name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+fn text(
+    map: &Map<String, Value>,
+    field: &str,
+    at: &str,
+    required: bool,
+    problems: &mut Vec<Problem>,
+) -> String {
+    match map.get(field) {
+        None | Some(Value::Null) if !required => String::new(),
+        Some(Value::String(s)) if (!required || !s.is_empty()) && s.len() <= 10_000 => s.clone(),
+        _ => {
+            let want = if required {
+                "a non-empty string"
+            } else {
+                "a string"
+            };
+            problems.push(Problem::new(pointer(at, field), format!("must be {want}")));
+            String::new()
+        }
+    }
+}
+
+fn key_field(
+    map: &Map<String, Value>,
+    field: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Key> {
+    match map.get(field).map(Key::from_json) {
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => {
+            problems.push(Problem::new(pointer(at, field), e));
+            None
+        }
+        None => {
+            problems.push(Problem::new(pointer(at, field), "is required"));
+            None
+        }
+    }
+}
+
+fn optional_key(
+    map: &Map<String, Value>,
+    field: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Key> {
+    match map.get(field) {
+        None | Some(Value::Null) => None,
+        Some(_) => key_field(map, field, at, problems),
+    }
+}
+
+fn count(
+    map: &Map<String, Value>,
+    field: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<u32> {
+    match map.get(field).and_then(Value::as_u64) {
+        Some(n) if (1..=u64::from(u32::MAX)).contains(&n) => Some(n as u32),
+        _ => {
+            problems.push(Problem::new(pointer(at, field), "must be an integer >= 1"));
+            None
+        }
+    }
+}
+
+fn objects<'a>(
+    value: Option<&'a Value>,
+    at: &str,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<(String, &'a Map<String, Value>)> {
+    match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let here = pointer(at, i);
+                match item.as_object() {
+                    Some(m) => Some((here, m)),
+                    None => {
+                        problems.push(Problem::new(here, format!("must be {what} object")));
+                        None
+                    }
+                }
+            })
+            .collect(),
+        Some(_) => {
+            problems.push(Problem::new(at, "must be an array"));
+            Vec::new()
+        }
+    }
+}
+
+/// Parses `cohorts`: aliases unique, capacity ≥ 1 or absent.
+pub fn parse_cohorts(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<CohortDef> {
+    let mut out: Vec<CohortDef> = Vec::new();
+    for (at, map) in objects(value, "/cohorts", "a cohort", problems) {
+        reject_unknown_at(
+            map,
+            &["alias", "name", "description", "capacity"],
+            &at,
+            problems,
+        );
+        let alias = key_field(map, "alias", &at, problems);
+        let name = text(map, "name", &at, false, problems);
+        let description = text(map, "description", &at, false, problems);
+        let capacity = match map.get("capacity") {
+            None | Some(Value::Null) => None,
+            Some(_) => count(map, "capacity", &at, problems),
+        };
+        if let Some(alias) = alias {
+            if out.iter().any(|c| c.alias == alias) {
+                problems.push(Problem::new(
+                    pointer(&at, "alias"),
+                    format!("duplicate cohort alias {alias:?}"),
+                ));
+                continue;
+            }
+            let name = if name.is_empty() {
+                alias.as_str().to_owned()
+            } else {
+                name
+            };
+            out.push(CohortDef {
+                alias,
+                name,
+                description,
+                capacity,
+            });
+        }
+    }
+    out
+}
+
+fn check_alias(alias: &Key, cohorts: &[CohortDef], at: String, problems: &mut Vec<Problem>) {
+    if !cohorts.iter().any(|c| &c.alias == alias) {
+        problems.push(Problem::new(
+            at,
+            format!("names no defined cohort (no alias {alias:?})"),
+        ));
+    }
+}
+
+/// Parses `variables`: names unique, `cohort_values` keys are defined aliases.
+pub fn parse_variables(
+    value: Option<&Value>,
+    cohorts: &[CohortDef],
+    problems: &mut Vec<Problem>,
+) -> Vec<VariableDef> {
+    let mut out: Vec<VariableDef> = Vec::new();
+    for (at, map) in objects(value, "/variables", "a variable", problems) {
+        reject_unknown_at(map, &["name", "default", "cohort_values"], &at, problems);
+        let name = key_field(map, "name", &at, problems);
+        let default = map.get("default").cloned().unwrap_or(Value::Null);
+        let cohort_values = match map.get("cohort_values") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(values)) => {
+                for alias in values.keys() {
+                    let here = pointer(&pointer(&at, "cohort_values"), alias);
+                    match Key::parse(alias) {
+                        Ok(k) => check_alias(&k, cohorts, here, problems),
+                        Err(e) => problems.push(Problem::new(here, e)),
+                    }
+                }
+                values.clone()
+            }
+            Some(_) => {
+                problems.push(Problem::new(
+                    pointer(&at, "cohort_values"),
+                    "must be an object keyed by cohort alias",
+                ));
+                Map::new()
+            }
+        };
+        if let Some(name) = name {
+            if out.iter().any(|v| v.name == name) {
+                problems.push(Problem::new(
+                    pointer(&at, "name"),
+                    format!("duplicate variable {name:?}"),
+                ));
+                continue;
+            }
+            out.push(VariableDef {
+                name,
+                default,
+                cohort_values,
+            });
+        }
+    }
+    out
+}
+
+/// Parses `routing` (null or absent: no routing).
+pub fn parse_routing(
+    value: Option<&Value>,
+    cohorts: &[CohortDef],
+    problems: &mut Vec<Problem>,
+) -> Option<RoutingConfig> {
+    let map = match value {
+        None | Some(Value::Null) => return None,
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            problems.push(Problem::new("/routing", "must be an object or null"));
+            return None;
+        }
+    };
+    let at = "/routing";
+    reject_unknown_at(
+        map,
+        &[
+            "groups",
+            "balance",
+            "wait_timeout_seconds",
+            "fallback_cohort",
+        ],
+        at,
+        problems,
+    );
+    let balance = match map.get("balance") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            problems.push(Problem::new("/routing/balance", "must be true or false"));
+            false
+        }
+    };
+    let wait_timeout_seconds = match map.get("wait_timeout_seconds") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Some(n),
+            _ => {
+                problems.push(Problem::new(
+                    "/routing/wait_timeout_seconds",
+                    "must be an integer >= 1, or null for no timeout",
+                ));
+                None
+            }
+        },
+    };
+    let fallback_cohort = optional_key(map, "fallback_cohort", at, problems);
+    if let Some(alias) = &fallback_cohort {
+        check_alias(alias, cohorts, "/routing/fallback_cohort".into(), problems);
+    }
+    let mut groups: Vec<GroupDef> = Vec::new();
+    for (gat, g) in objects(map.get("groups"), "/routing/groups", "a group", problems) {
+        reject_unknown_at(
+            g,
+            &["name", "target_cohort", "require_acceptance", "composition"],
+            &gat,
+            problems,
+        );
+        let name = text(g, "name", &gat, true, problems);
+        if !name.is_empty() && groups.iter().any(|x| x.name == name) {
+            problems.push(Problem::new(
+                pointer(&gat, "name"),
+                format!("duplicate group name {name:?}"),
+            ));
+        }
+        let target_cohort = optional_key(g, "target_cohort", &gat, problems);
+        if let Some(alias) = &target_cohort {
+            check_alias(alias, cohorts, pointer(&gat, "target_cohort"), problems);
+        }
+        let require_acceptance = match g.get("require_acceptance") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                problems.push(Problem::new(
+                    pointer(&gat, "require_acceptance"),
+                    "must be true or false",
+                ));
+                false
+            }
+        };
+        let cat = pointer(&gat, "composition");
+        let mut composition: Vec<EntryDef> = Vec::new();
+        for (eat, e) in objects(g.get("composition"), &cat, "a composition entry", problems) {
+            reject_unknown_at(
+                e,
+                &["id", "condition", "min_count", "max_count"],
+                &eat,
+                problems,
+            );
+            let id = key_field(e, "id", &eat, problems);
+            let condition = match e.get("condition") {
+                None | Some(Value::Null) => None,
+                Some(c) => {
+                    problems.extend(condition::validate(c, &pointer(&eat, "condition")));
+                    Some(c.clone())
+                }
+            };
+            let min_count = count(e, "min_count", &eat, problems);
+            let max_count = count(e, "max_count", &eat, problems);
+            if let (Some(min), Some(max)) = (min_count, max_count) {
+                if min > max {
+                    problems.push(Problem::new(
+                        pointer(&eat, "max_count"),
+                        "must be >= min_count",
+                    ));
+                }
+            }
+            if let Some(id) = id {
+                if composition.iter().any(|x| x.id == id) {
+                    problems.push(Problem::new(
+                        pointer(&eat, "id"),
+                        format!("duplicate composition id {id:?} in this group"),
+                    ));
+                }
+                composition.push(EntryDef {
+                    id,
+                    condition,
+                    min_count: min_count.unwrap_or(1),
+                    max_count: max_count.unwrap_or(1),
+                });
+            }
+        }
+        // An empty (or absent) list; a list of broken entries is reported per entry.
+        let listed = g
+            .get("composition")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if listed == 0 {
+            problems.push(Problem::new(cat, "needs at least one composition entry"));
+        }
+        if let Some(capacity) = target_cohort
+            .as_ref()
+            .and_then(|a| cohorts.iter().find(|c| &c.alias == a))
+            .and_then(|c| c.capacity)
+        {
+            let needed: u64 = composition.iter().map(|e| u64::from(e.min_count)).sum();
+            if needed > u64::from(capacity) {
+                problems.push(Problem::new(
+                    pointer(&gat, "composition"),
+                    format!("the min_counts add up to {needed}, more than the target cohort's capacity {capacity}"),
+                ));
+            }
+        }
+        groups.push(GroupDef {
+            name,
+            target_cohort,
+            require_acceptance,
+            composition,
+        });
+    }
+    Some(RoutingConfig {
+        groups,
+        balance,
+        wait_timeout_seconds,
+        fallback_cohort,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    type Parsed = (Vec<CohortDef>, Vec<VariableDef>, Option<RoutingConfig>);
+
+    fn parse(doc: Value) -> Result<Parsed, Vec<String>> {
+        let mut problems = Vec::new();
+        let cohorts = parse_cohorts(doc.get("cohorts"), &mut problems);
+        let variables = parse_variables(doc.get("variables"), &cohorts, &mut problems);
+        let routing = parse_routing(doc.get("routing"), &cohorts, &mut problems);
+        if problems.is_empty() {
+            Ok((cohorts, variables, routing))
+        } else {
+            Err(problems.into_iter().map(|p| p.path).collect())
+        }
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let (cohorts, variables, routing) = parse(json!({
+            "cohorts": [{"alias": "arm-pro-ai", "name": "Pro-AI Study Arm", "description": "...", "capacity": 50},
+                        {"alias": "arm-skeptic", "name": "AI-Skeptic Arm"}],
+            "variables": [{"name": "persona", "default": "control", "cohort_values": {"arm-pro-ai": "pro_ai", "arm-skeptic": "skeptic"}}],
+            "routing": {"groups": [
+                {"name": "High Scorers", "target_cohort": "arm-pro-ai",
+                 "composition": [{"id": "high", "condition": {"score": {"$gte": 7}}, "min_count": 1, "max_count": 5}]},
+                {"name": "Mixed Group", "require_acceptance": true,
+                 "composition": [{"id": "high", "condition": {"score": {"$gte": 7}}, "min_count": 2, "max_count": 2},
+                                 {"id": "low", "condition": {"score": {"$lt": 5}}, "min_count": 2, "max_count": 2}]}],
+                "balance": false, "wait_timeout_seconds": 600, "fallback_cohort": null}}))
+        .unwrap();
+        assert_eq!(cohorts[0].capacity, Some(50));
+        assert_eq!(cohorts[1].capacity, None);
+        let routing = routing.unwrap();
+        assert_eq!(routing.groups[1].composition[1].min_count, 2);
+        assert_eq!(
+            resolve_variables(&variables, Some("arm-skeptic"))["persona"],
+            "skeptic"
+        );
+        assert_eq!(resolve_variables(&variables, None)["persona"], "control");
+    }
+
+    #[test]
+    fn every_rule_of_section_5_is_checked() {
+        let problems = parse(json!({
+            "cohorts": [{"alias": "a", "capacity": 0}, {"alias": "a"}, {"alias": "b", "capacity": 2}],
+            "variables": [{"name": "v", "cohort_values": {"nope": 1}}],
+            "routing": {"fallback_cohort": "missing", "groups": [
+                {"name": "g1", "target_cohort": "ghost", "composition": []},
+                {"name": "g2", "composition": [{"id": "x", "min_count": 3, "max_count": 2}, {"id": "x", "min_count": 0, "max_count": 1}]},
+                {"name": "g3", "target_cohort": "b", "composition": [{"id": "x", "min_count": 2, "max_count": 2}, {"id": "y", "min_count": 1, "max_count": 1}]}]}}))
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            vec![
+                "/cohorts/0/capacity",
+                "/cohorts/1/alias",
+                "/variables/0/cohort_values/nope",
+                "/routing/fallback_cohort",
+                "/routing/groups/0/target_cohort",
+                "/routing/groups/0/composition",
+                "/routing/groups/1/composition/0/max_count",
+                "/routing/groups/1/composition/1/min_count",
+                "/routing/groups/1/composition/1/id",
+                "/routing/groups/2/composition",
+            ]
+        );
+    }
+}
