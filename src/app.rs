@@ -93,6 +93,9 @@ impl Application {
         let refresher = state
             .engine
             .spawn_refresher(Duration::from_millis(settings.refresh_interval_ms));
+        let sweeper = state
+            .engine
+            .spawn_sweeper(Duration::from_millis(settings.sweep_interval_ms));
         let router = http::router(state.clone(), settings.body_limit_bytes);
         let flag = Arc::clone(&state.shutting_down);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
@@ -120,6 +123,7 @@ impl Application {
             }
         };
         refresher.abort();
+        sweeper.abort();
         result
     }
 }

@@ -31,6 +31,7 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub shutdown_timeout_secs: u64,
     pub refresh_interval_ms: u64,
+    pub sweep_interval_ms: u64,
     pub db_max_connections: u32,
     pub db_acquire_timeout_ms: u64,
     pub log_format: LogFormat,

@@ -4,9 +4,10 @@
 -- JSON documents (configs, layouts) and timestamps (RFC 3339 via sqlx) are
 -- TEXT; json_extract(config, '$.status') queries a document.
 
--- One row, bumped as the first statement of every configuration write. Its row
--- lock serialises configuration writers across replicas, and replicas poll it
--- to know when to reload their in-memory snapshot.
+-- One row, bumped as the first statement of every configuration write. Writing
+-- it first takes the database write lock up front, which serialises
+-- configuration writers, and processes poll it to know when to reload their
+-- in-memory snapshot.
 CREATE TABLE config_revision (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL

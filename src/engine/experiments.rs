@@ -125,7 +125,7 @@ impl Engine {
                 .layout_from(&previous)
                 .ranges(&config.treatment_names());
             match serde_json::to_value(&ranges) {
-                Ok(layout) => Plan::Write(NewVersion {
+                Ok(layout) => Plan::Write(Box::new(NewVersion {
                     config: document.clone(),
                     layout,
                     eligibility_flag: config
@@ -133,11 +133,12 @@ impl Engine {
                         .as_ref()
                         .map(|k| k.as_str().to_owned()),
                     actor: actor.clone(),
-                }),
+                    cohorts: config.cohorts.clone(),
+                })),
                 Err(e) => abandon(Err(EngineError::Internal(e.to_string()))),
             }
         };
-        let _guard = self.writes.lock().await;
+        let guard = self.writes.lock().await;
         let written = match self.store.write_experiment(key.as_str(), &plan).await {
             Err(StoreError::MissingReference) => {
                 let flag = config
@@ -162,6 +163,14 @@ impl Engine {
                 let patch = record.clone();
                 self.install(revision, move |s| s.with_experiment(revision, patch))
                     .await;
+                drop(guard);
+                if config.routing.is_some() {
+                    // New groups or minimums may make waiting participants
+                    // formable now; the write itself has succeeded either way.
+                    if let Err(e) = self.rematch(key.as_str()).await {
+                        tracing::warn!(experiment = %key, error = %e, "matching after a config change failed; the sweeper retries");
+                    }
+                }
                 Ok((self.record_view(record, config)?, outcome))
             }
             None => match verdict.into_inner().unwrap_or_else(|p| p.into_inner()) {

@@ -8,6 +8,7 @@
 pub mod assign;
 pub mod experiments;
 pub mod flags;
+pub mod routing;
 pub mod snapshot;
 
 use std::collections::HashMap;

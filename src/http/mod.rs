@@ -33,6 +33,8 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .merge(routes::flags::router())
         .merge(routes::experiments::router())
         .merge(routes::assign::router())
+        .merge(routes::participants::router())
+        .merge(routes::cohorts::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // Bodies over the limit are refused by the JSON extractor with a 413.

@@ -17,6 +17,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::domain::routing::lifecycle::{Changes, Cohort, Participant, Refusal, State};
+use crate::domain::routing::CohortDef;
+
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -134,13 +137,17 @@ pub struct NewVersion {
     pub layout: Value,
     pub eligibility_flag: Option<String>,
     pub actor: Option<String>,
+    /// The defined cohorts: created, updated or removed with the version
+    /// (removing one with members, or shrinking it below them, is a
+    /// [`StoreError::Conflict`] and nothing is written).
+    pub cohorts: Vec<CohortDef>,
 }
 
 /// The engine's decision, given the experiment's current version (or
 /// `None`) read under the configuration lock.
 #[derive(Debug, Clone)]
 pub enum Plan {
-    Write(NewVersion),
+    Write(Box<NewVersion>),
     /// Write nothing (unchanged document, failed precondition, …).
     Abandon,
 }
@@ -148,6 +155,34 @@ pub enum Plan {
 /// Plans a write from the current version; called once, inside the store's
 /// transaction, so nothing can change between the read and the write.
 pub type Planner<'a> = &'a (dyn Fn(Option<&ExperimentRecord>) -> Plan + Send + Sync);
+
+/// Why a routing planner wrote nothing.
+#[derive(Debug, Clone)]
+pub enum PlanError {
+    Refused(Refusal),
+    /// The planner's configuration is not the stored version it was given.
+    StaleConfig,
+}
+
+/// Plans a routing call from the experiment's stored version and its routing
+/// state, read under the experiment's routing lock.
+pub type RoutePlanner<'a> = &'a (dyn Fn(i64, State) -> Result<Changes, PlanError> + Send + Sync);
+
+/// A routing call that was applied: the changes and every cohort of the
+/// experiment afterwards (with member counts as of before the changes).
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub changes: Changes,
+    pub cohorts: Vec<Cohort>,
+}
+
+/// One stored audit event with its cursor.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub id: i64,
+    pub at: OffsetDateTime,
+    pub event: crate::domain::routing::lifecycle::Event,
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -216,6 +251,42 @@ pub trait Store: Send + Sync + 'static {
         version: i64,
         replace: Option<&str>,
     ) -> Result<String, StoreError>;
+
+    /// Runs one routing call for experiment `experiment_id` in one
+    /// transaction: lock the experiment's routing, read its state (the
+    /// participant `participant_id` as subject), plan, write the changes and
+    /// their events. Writes nothing when the planner refuses or changes nothing.
+    async fn route(
+        &self,
+        experiment_id: &str,
+        participant_id: &str,
+        planner: RoutePlanner<'_>,
+    ) -> Result<Result<Routed, PlanError>, StoreError>;
+    /// Whether some participant has waited since before `cutoff`.
+    async fn has_overdue(
+        &self,
+        experiment_id: &str,
+        cutoff: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    async fn participant(
+        &self,
+        experiment_id: &str,
+        participant_id: &str,
+    ) -> Result<Option<Participant>, StoreError>;
+    /// Every cohort of the experiment in creation order, with member counts.
+    async fn cohorts(&self, experiment_id: &str) -> Result<Vec<Cohort>, StoreError>;
+    async fn cohort_participants(
+        &self,
+        experiment_id: &str,
+        cohort_id: &str,
+    ) -> Result<Vec<Participant>, StoreError>;
+    /// Audit events, newest first, with ids below `before`.
+    async fn routing_events(
+        &self,
+        experiment_id: &str,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<EventRecord>, StoreError>;
 }
 
 /// Pool and timeout settings shared by both backends.

@@ -33,6 +33,7 @@ impl PgStore {
 // READ COMMITTED would let each query of a load see a different commit.
 impl_sql_store!(
     PgStore,
+    sqlx::Postgres,
     "postgres",
     Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 );

@@ -12,13 +12,222 @@
 /// `run_migrations` method. `$snapshot_sql` is the statement (if any) that
 /// makes a transaction read one consistent snapshot.
 macro_rules! impl_sql_store {
-    ($store:ty, $backend:literal, $snapshot_sql:expr) => {
+    ($store:ty, $db:ty, $backend:literal, $snapshot_sql:expr) => {
         use async_trait::async_trait;
         use time::OffsetDateTime;
+        use $crate::domain::routing::lifecycle::{Cohort, Event, Participant, Reason, State, Status};
+        use $crate::domain::routing::CohortDef;
         use $crate::store::{
-            ExperimentRecord, FlagRecord, FlagWritten, Loaded, OverrideRecord, Plan, Planner, Store, StoreError,
-            VersionRecord,
+            EventRecord, ExperimentRecord, FlagRecord, FlagWritten, Loaded, OverrideRecord, Plan, PlanError, Planner,
+            RoutePlanner, Routed, Store, StoreError, VersionRecord,
         };
+
+        type Tx<'t> = sqlx::Transaction<'t, $db>;
+        type ParticipantRow = (
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<OffsetDateTime>,
+            i64,
+            OffsetDateTime,
+        );
+        type CohortRow = (
+            String,
+            Option<String>,
+            String,
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+        );
+        type EventRow = (
+            i64,
+            OffsetDateTime,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            String,
+        );
+
+        const PARTICIPANT_COLUMNS: &str =
+            "participant_id, status, attributes, cohort_id, group_name, entry, waiting_since, wait_seq, updated_at";
+        const COHORT_SELECT: &str = "SELECT c.id, c.alias, c.name, c.description, c.capacity, c.overflow_of, c.group_name, \
+             (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status = 'assigned'), \
+             (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status = 'pending') \
+             FROM cohorts c WHERE c.experiment_id = $1";
+
+        fn participant_record(r: ParticipantRow) -> Result<Participant, StoreError> {
+            let status = Status::parse(&r.1)
+                .ok_or_else(|| StoreError::Other(format!("participant {:?} has unknown status {:?}", r.0, r.1)))?;
+            Ok(Participant {
+                id: r.0,
+                status,
+                attributes: serde_json::from_str(&r.2).unwrap_or(serde_json::Value::Null),
+                cohort_id: r.3,
+                group: r.4,
+                entry: r.5,
+                waiting_since: r.6,
+                wait_seq: r.7,
+                updated_at: r.8,
+            })
+        }
+
+        fn cohort_record(r: CohortRow) -> Cohort {
+            Cohort {
+                id: r.0,
+                alias: r.1,
+                name: r.2,
+                description: r.3,
+                capacity: r.4.and_then(|c| u32::try_from(c).ok()),
+                overflow_of: r.5,
+                group: r.6,
+                assigned: u32::try_from(r.7).unwrap_or(u32::MAX),
+                pending: u32::try_from(r.8).unwrap_or(u32::MAX),
+            }
+        }
+
+        fn event_record(r: EventRow) -> Result<EventRecord, StoreError> {
+            let bad = |what: &str| StoreError::Other(format!("routing event {} has an unknown {what}", r.0));
+            Ok(EventRecord {
+                id: r.0,
+                at: r.1,
+                event: Event {
+                    participant_id: r.2.clone(),
+                    status: Status::parse(&r.3).ok_or_else(|| bad("status"))?,
+                    previous: match &r.4 {
+                        Some(p) => Some(Status::parse(p).ok_or_else(|| bad("previous status"))?),
+                        None => None,
+                    },
+                    group: r.5.clone(),
+                    entry: r.6.clone(),
+                    cohort_id: r.7.clone(),
+                    reason: Reason::parse(&r.8).ok_or_else(|| bad("reason"))?,
+                },
+            })
+        }
+
+        async fn next_cohort_seq(tx: &mut Tx<'_>, experiment_id: &str) -> Result<i64, StoreError> {
+            let (seq,): (i64,) =
+                sqlx::query_as("SELECT COALESCE(MAX(created_seq), 0) + 1 FROM cohorts WHERE experiment_id = $1")
+                    .bind(experiment_id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+            Ok(seq)
+        }
+
+        async fn insert_cohort(tx: &mut Tx<'_>, experiment_id: &str, c: &Cohort, seq: i64, now: OffsetDateTime) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO cohorts (id, experiment_id, alias, name, description, capacity, overflow_of, group_name, created_seq, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&c.id)
+            .bind(experiment_id)
+            .bind(c.alias.as_deref())
+            .bind(&c.name)
+            .bind(&c.description)
+            .bind(c.capacity.map(i64::from))
+            .bind(c.overflow_of.as_deref())
+            .bind(c.group.as_deref())
+            .bind(seq)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        /// Makes the defined cohorts match `defs`: new aliases get a cohort,
+        /// kept ones are updated (their overflows inherit the capacity), and
+        /// removed ones go, unless that would strand members.
+        async fn sync_cohorts(tx: &mut Tx<'_>, experiment_id: &str, defs: &[CohortDef], now: OffsetDateTime) -> Result<(), StoreError> {
+            let existing: Vec<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+                "SELECT c.id, c.alias, c.overflow_of, \
+                 (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status IN ('assigned', 'pending')) \
+                 FROM cohorts c WHERE c.experiment_id = $1 AND c.alias IS NOT NULL",
+            )
+            .bind(experiment_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (id, alias, _, members) in &existing {
+                let alias = alias.as_deref().unwrap_or_default();
+                match defs.iter().find(|d| d.alias.as_str() == alias) {
+                    None if *members > 0 => {
+                        return Err(StoreError::Conflict(format!(
+                            "cohort {alias:?} ({id}) has {members} member(s) and cannot be removed"
+                        )))
+                    }
+                    Some(CohortDef { capacity: Some(cap), .. }) if *members > i64::from(*cap) => {
+                        return Err(StoreError::Conflict(format!(
+                            "cohort {alias:?} ({id}) has {members} member(s), more than the new capacity {cap}"
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+            let removed: Vec<&String> = existing
+                .iter()
+                .filter_map(|(_, alias, _, _)| alias.as_ref())
+                .filter(|alias| !defs.iter().any(|d| d.alias.as_str() == alias.as_str()))
+                .collect();
+            for alias in removed {
+                sqlx::query("DELETE FROM cohorts WHERE experiment_id = $1 AND alias = $2 AND overflow_of IS NOT NULL")
+                    .bind(experiment_id)
+                    .bind(alias)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("DELETE FROM cohorts WHERE experiment_id = $1 AND alias = $2")
+                    .bind(experiment_id)
+                    .bind(alias)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let mut seq = next_cohort_seq(tx, experiment_id).await?;
+            for def in defs {
+                let defined = existing
+                    .iter()
+                    .find(|(_, alias, overflow_of, _)| alias.as_deref() == Some(def.alias.as_str()) && overflow_of.is_none());
+                match defined {
+                    Some((id, ..)) => {
+                        sqlx::query("UPDATE cohorts SET name = $2, description = $3, capacity = $4 WHERE id = $1")
+                            .bind(id)
+                            .bind(&def.name)
+                            .bind(&def.description)
+                            .bind(def.capacity.map(i64::from))
+                            .execute(&mut **tx)
+                            .await?;
+                        sqlx::query("UPDATE cohorts SET description = $2, capacity = $3 WHERE overflow_of = $1")
+                            .bind(id)
+                            .bind(&def.description)
+                            .bind(def.capacity.map(i64::from))
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    None => {
+                        let cohort = Cohort {
+                            id: uuid::Uuid::new_v4().to_string(),
+                            alias: Some(def.alias.as_str().to_owned()),
+                            name: def.name.clone(),
+                            description: def.description.clone(),
+                            capacity: def.capacity,
+                            overflow_of: None,
+                            group: None,
+                            assigned: 0,
+                            pending: 0,
+                        };
+                        insert_cohort(tx, experiment_id, &cohort, seq, now).await?;
+                        seq += 1;
+                    }
+                }
+            }
+            Ok(())
+        }
 
         type FlagRow = (String, i64, String, OffsetDateTime, OffsetDateTime);
         type OverrideRow = (String, String, bool, OffsetDateTime);
@@ -27,6 +236,13 @@ macro_rules! impl_sql_store {
         const EXPERIMENT_SELECT: &str = "SELECT e.id, e.key, e.version, v.config, v.layout, e.created_at, e.updated_at \
              FROM experiments e JOIN experiment_versions v ON v.experiment_id = e.id AND v.version = e.version \
              WHERE e.deleted_at IS NULL";
+
+        /// The current time at the precision both stores keep (PostgreSQL
+        /// stores microseconds), so an answer read back equals the one given.
+        fn now_micros() -> OffsetDateTime {
+            let now = OffsetDateTime::now_utc();
+            now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000).unwrap_or(now)
+        }
 
         fn flag_record(r: FlagRow) -> FlagRecord {
             FlagRecord { key: r.0, version: r.1, config: r.2, created_at: r.3, updated_at: r.4 }
@@ -114,7 +330,7 @@ macro_rules! impl_sql_store {
                         .fetch_optional(&mut *tx)
                         .await?;
                 let text = config.to_string();
-                let now = OffsetDateTime::now_utc();
+                let now = now_micros();
                 let written = match current {
                     None if expected_version.is_some() => return Err(StoreError::Stale),
                     Some(row) if expected_version.is_some_and(|v| v != row.1) => return Err(StoreError::Stale),
@@ -195,7 +411,7 @@ macro_rules! impl_sql_store {
                 .bind(flag_key)
                 .bind(org_id)
                 .bind(enabled)
-                .bind(OffsetDateTime::now_utc())
+                .bind(now_micros())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(StoreError::from)
@@ -257,7 +473,7 @@ macro_rules! impl_sql_store {
                 let Plan::Write(new) = plan(current.as_ref()) else {
                     return Ok(None);
                 };
-                let now = OffsetDateTime::now_utc();
+                let now = now_micros();
                 let (id, version, created_at) = match &current {
                     None => {
                         let id = uuid::Uuid::new_v4().to_string();
@@ -300,6 +516,7 @@ macro_rules! impl_sql_store {
                 .bind(&layout)
                 .execute(&mut *tx)
                 .await?;
+                sync_cohorts(&mut tx, &id, &new.cohorts, now).await?;
                 tx.commit().await?;
                 let record = ExperimentRecord {
                     id,
@@ -322,7 +539,7 @@ macro_rules! impl_sql_store {
                     "UPDATE experiments SET deleted_at = $2, eligibility_flag = NULL WHERE key = $1 AND deleted_at IS NULL",
                 )
                 .bind(key)
-                .bind(OffsetDateTime::now_utc())
+                .bind(now_micros())
                 .execute(&mut *tx)
                 .await?;
                 if deleted.rows_affected() == 0 {
@@ -376,7 +593,7 @@ macro_rules! impl_sql_store {
                 version: i64,
                 replace: Option<&str>,
             ) -> Result<String, StoreError> {
-                let now = OffsetDateTime::now_utc();
+                let now = now_micros();
                 match replace {
                     None => {
                         sqlx::query(
@@ -409,6 +626,156 @@ macro_rules! impl_sql_store {
                     }
                 }
                 self.sticky_get(experiment_id, org_id, unit_id).await?.ok_or(StoreError::NotFound)
+            }
+
+            async fn route(
+                &self,
+                experiment_id: &str,
+                participant_id: &str,
+                planner: RoutePlanner<'_>,
+            ) -> Result<Result<Routed, PlanError>, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                // The experiment row is the routing lock (see migration 0002).
+                let locked: Option<(i64, i64)> = sqlx::query_as(
+                    "UPDATE experiments SET routing_seq = routing_seq + 1 WHERE id = $1 AND deleted_at IS NULL \
+                     RETURNING routing_seq, version",
+                )
+                .bind(experiment_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (seq, version) = locked.ok_or(StoreError::NotFound)?;
+                let now = now_micros();
+                let cohort_rows: Vec<CohortRow> = sqlx::query_as(&format!("{COHORT_SELECT} ORDER BY c.created_seq"))
+                    .bind(experiment_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(cohort_record).collect();
+                let waiting_rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
+                    "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' ORDER BY wait_seq"
+                ))
+                .bind(experiment_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let waiting = waiting_rows.into_iter().map(participant_record).collect::<Result<Vec<_>, _>>()?;
+                let subject: Option<ParticipantRow> = sqlx::query_as(&format!(
+                    "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND participant_id = $2"
+                ))
+                .bind(experiment_id)
+                .bind(participant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let subject = subject.map(participant_record).transpose()?;
+                let state = State { now, seq, cohorts: cohorts.clone(), waiting, subject };
+                let changes = match planner(version, state) {
+                    Ok(changes) => changes,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                if changes.is_empty() {
+                    // Nothing to write: roll back, the sequence bump included.
+                    return Ok(Ok(Routed { changes, cohorts }));
+                }
+                let mut cohort_seq = next_cohort_seq(&mut tx, experiment_id).await?;
+                for c in &changes.new_cohorts {
+                    insert_cohort(&mut tx, experiment_id, c, cohort_seq, now).await?;
+                    cohort_seq += 1;
+                }
+                for p in &changes.participants {
+                    sqlx::query(&format!(
+                        "INSERT INTO participants (experiment_id, {PARTICIPANT_COLUMNS}, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+                         ON CONFLICT (experiment_id, participant_id) DO UPDATE SET status = excluded.status, \
+                         attributes = excluded.attributes, cohort_id = excluded.cohort_id, group_name = excluded.group_name, \
+                         entry = excluded.entry, waiting_since = excluded.waiting_since, wait_seq = excluded.wait_seq, \
+                         updated_at = excluded.updated_at"
+                    ))
+                    .bind(experiment_id)
+                    .bind(&p.id)
+                    .bind(p.status.as_str())
+                    .bind(p.attributes.to_string())
+                    .bind(p.cohort_id.as_deref())
+                    .bind(p.group.as_deref())
+                    .bind(p.entry.as_deref())
+                    .bind(p.waiting_since)
+                    .bind(p.wait_seq)
+                    .bind(p.updated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for e in &changes.events {
+                    sqlx::query(
+                        "INSERT INTO routing_events (experiment_id, at, participant_id, status, previous, group_name, entry, cohort_id, reason) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(experiment_id)
+                    .bind(now)
+                    .bind(&e.participant_id)
+                    .bind(e.status.as_str())
+                    .bind(e.previous.map(Status::as_str))
+                    .bind(e.group.as_deref())
+                    .bind(e.entry.as_deref())
+                    .bind(e.cohort_id.as_deref())
+                    .bind(e.reason.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                let mut all = cohorts;
+                all.extend(changes.new_cohorts.iter().cloned());
+                Ok(Ok(Routed { changes, cohorts: all }))
+            }
+
+            async fn has_overdue(&self, experiment_id: &str, cutoff: OffsetDateTime) -> Result<bool, StoreError> {
+                let row: Option<(i64,)> = sqlx::query_as(
+                    "SELECT wait_seq FROM participants WHERE experiment_id = $1 AND status = 'waiting' AND waiting_since <= $2 LIMIT 1",
+                )
+                .bind(experiment_id)
+                .bind(cutoff)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.is_some())
+            }
+
+            async fn participant(&self, experiment_id: &str, participant_id: &str) -> Result<Option<Participant>, StoreError> {
+                let row: Option<ParticipantRow> = sqlx::query_as(&format!(
+                    "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND participant_id = $2"
+                ))
+                .bind(experiment_id)
+                .bind(participant_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(participant_record).transpose()
+            }
+
+            async fn cohorts(&self, experiment_id: &str) -> Result<Vec<Cohort>, StoreError> {
+                let rows: Vec<CohortRow> = sqlx::query_as(&format!("{COHORT_SELECT} ORDER BY c.created_seq"))
+                    .bind(experiment_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.into_iter().map(cohort_record).collect())
+            }
+
+            async fn cohort_participants(&self, experiment_id: &str, cohort_id: &str) -> Result<Vec<Participant>, StoreError> {
+                let rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
+                    "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND cohort_id = $2 ORDER BY participant_id"
+                ))
+                .bind(experiment_id)
+                .bind(cohort_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(participant_record).collect()
+            }
+
+            async fn routing_events(&self, experiment_id: &str, limit: i64, before: Option<i64>) -> Result<Vec<EventRecord>, StoreError> {
+                let rows: Vec<EventRow> = sqlx::query_as(
+                    "SELECT id, at, participant_id, status, previous, group_name, entry, cohort_id, reason FROM routing_events \
+                     WHERE experiment_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                )
+                .bind(experiment_id)
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(event_record).collect()
             }
         }
     };

@@ -49,4 +49,4 @@ impl SqliteStore {
 }
 
 // In WAL mode a transaction's first read fixes its snapshot already.
-impl_sql_store!(SqliteStore, "sqlite", None::<&str>);
+impl_sql_store!(SqliteStore, sqlx::Sqlite, "sqlite", None::<&str>);

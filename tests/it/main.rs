@@ -13,4 +13,5 @@ mod experiments;
 mod flags;
 mod hash_vectors;
 mod robustness;
+mod routing;
 mod sticky;

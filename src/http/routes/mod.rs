@@ -1,9 +1,11 @@
 //! One file per resource; handlers only translate between HTTP and the engine.
 
 pub mod assign;
+pub mod cohorts;
 pub mod experiments;
 pub mod flags;
 pub mod health;
+pub mod participants;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
