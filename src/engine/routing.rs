@@ -7,7 +7,6 @@
 //! version the lock sees; if this replica's snapshot is behind, it reloads
 //! and plans again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use crate::domain::routing::lifecycle::{
     self, Cohort, Operation, Participant, Reason, Refusal, Status, Study,
 };
 use crate::domain::routing::resolve_variables;
-use crate::store::{PlanError, Routed, StoreError};
+use crate::store::{PlanError, RouteScope, Routed, StoreError};
 
 /// How many times a call re-plans after finding its configuration stale.
 const PLAN_ATTEMPTS: usize = 3;
@@ -130,43 +129,46 @@ impl Engine {
         Ok(entry)
     }
 
-    /// Runs one routing call; returns what was written, the entry it was
-    /// planned with, and whether the participant existed before.
+    /// Runs one routing call; returns what was written and the entry it was
+    /// planned with.
     async fn run_routing(
         &self,
         key: &str,
         participant_id: &str,
         operation: Operation,
-    ) -> Result<(Routed, Arc<ExperimentEntry>, bool), EngineError> {
+    ) -> Result<(Routed, Arc<ExperimentEntry>), EngineError> {
         for _ in 0..PLAN_ATTEMPTS {
             let entry = self.routable(key)?;
-            let existed = AtomicBool::new(false);
             let outcome = {
                 let Ok(experiment) = &entry.experiment else {
                     return Err(EngineError::Internal("checked above".into()));
+                };
+                let scope = RouteScope {
+                    full_pool: operation.forms_groups(),
+                    wait_timeout_seconds: experiment
+                        .routing
+                        .as_ref()
+                        .and_then(|r| r.config.wait_timeout_seconds),
                 };
                 let planner = |version: i64, state: lifecycle::State| {
                     if version != entry.version {
                         return Err(PlanError::StaleConfig);
                     }
-                    existed.store(state.subject.is_some(), Ordering::Relaxed);
                     let study = Study {
                         routing: experiment.routing.as_ref(),
                         cohorts: &experiment.config.cohorts,
                     };
-                    lifecycle::plan(
-                        &study,
-                        state,
-                        participant_id,
-                        operation.clone(),
-                        &mut || uuid::Uuid::new_v4().to_string(),
-                    )
+                    lifecycle::plan(&study, state, participant_id, operation, &mut || {
+                        uuid::Uuid::new_v4().to_string()
+                    })
                     .map_err(PlanError::Refused)
                 };
-                self.store.route(&entry.id, participant_id, &planner).await
+                self.store
+                    .route(&entry.id, participant_id, scope, &planner)
+                    .await
             };
             match outcome {
-                Ok(Ok(routed)) => return Ok((routed, entry, existed.load(Ordering::Relaxed))),
+                Ok(Ok(routed)) => return Ok((routed, entry)),
                 Ok(Err(PlanError::Refused(Refusal::NotFound))) => {
                     return Err(no_participant(participant_id))
                 }
@@ -191,9 +193,9 @@ impl Engine {
         key: &str,
         participant_id: &str,
         operation: Operation,
-    ) -> Result<(ParticipantView, bool), EngineError> {
+    ) -> Result<ParticipantView, EngineError> {
         let id = path_id(participant_id, "participant id")?;
-        let (routed, entry, existed) = self.run_routing(key, id.as_str(), operation).await?;
+        let (routed, entry) = self.run_routing(key, id.as_str(), operation).await?;
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::Internal(
                 "routed with a broken experiment".into(),
@@ -204,19 +206,19 @@ impl Engine {
             .subject
             .as_ref()
             .ok_or_else(|| no_participant(id.as_str()))?;
-        Ok((
-            participant_view(subject, &routed.cohorts, experiment),
-            existed,
-        ))
+        Ok(participant_view(subject, &routed.cohorts, experiment))
     }
 
-    /// `PUT …/participants/{id}`: registers (201) or replaces attributes (200).
+    /// `PUT …/participants/{id}`: registers (201) or replaces attributes
+    /// (200; the status does not change). A waiting participant is matched
+    /// with its new attributes at once.
     pub async fn register_participant(
         &self,
         key: &str,
         participant_id: &str,
         body: Value,
     ) -> Result<(ParticipantView, Outcome), EngineError> {
+        let id = path_id(participant_id, "participant id")?;
         let Value::Object(mut body) = body else {
             return Err(EngineError::validation(
                 "",
@@ -234,17 +236,22 @@ impl Engine {
             Some(v @ Value::Object(_)) => v,
             Some(_) => return Err(EngineError::validation("/attributes", "must be an object")),
         };
-        let (view, existed) = self
-            .answer(key, participant_id, Operation::Register(attributes))
+        let entry = self.routable(key)?;
+        let (participant, created) = self
+            .store
+            .register(&entry.id, id.as_str(), &attributes)
             .await?;
-        Ok((
-            view,
-            if existed {
-                Outcome::Updated
-            } else {
-                Outcome::Created
-            },
-        ))
+        let outcome = if created {
+            Outcome::Created
+        } else {
+            Outcome::Updated
+        };
+        let view = if participant.status == Status::Waiting {
+            self.answer(key, id.as_str(), Operation::Sweep).await?
+        } else {
+            self.get_participant(key, id.as_str()).await?
+        };
+        Ok((view, outcome))
     }
 
     /// `POST …/route`: a new participant joins the waiting pool and matching
@@ -254,7 +261,7 @@ impl Engine {
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
-        Ok(self.answer(key, participant_id, Operation::Route).await?.0)
+        self.answer(key, participant_id, Operation::Route).await
     }
 
     pub async fn accept(
@@ -262,7 +269,7 @@ impl Engine {
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
-        Ok(self.answer(key, participant_id, Operation::Accept).await?.0)
+        self.answer(key, participant_id, Operation::Accept).await
     }
 
     pub async fn decline(
@@ -270,10 +277,7 @@ impl Engine {
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
-        Ok(self
-            .answer(key, participant_id, Operation::Decline)
-            .await?
-            .0)
+        self.answer(key, participant_id, Operation::Decline).await
     }
 
     pub async fn get_participant(

@@ -168,12 +168,21 @@ pub enum PlanError {
 /// state, read under the experiment's routing lock.
 pub type RoutePlanner<'a> = &'a (dyn Fn(i64, State) -> Result<Changes, PlanError> + Send + Sync);
 
-/// A routing call that was applied: the changes and every cohort of the
-/// experiment afterwards (with member counts as of before the changes).
+/// A routing call that was applied: the changes, and the cohorts it read
+/// (every aliased one and the subject's) plus those it created.
 #[derive(Debug, Clone)]
 pub struct Routed {
     pub changes: Changes,
     pub cohorts: Vec<Cohort>,
+}
+
+/// What a routing transaction must read beyond the subject and the cohorts.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteScope {
+    /// The whole waiting pool (for operations that can form groups);
+    /// otherwise only the participants overdue under the timeout.
+    pub full_pool: bool,
+    pub wait_timeout_seconds: Option<u64>,
 }
 
 /// One stored audit event with its cursor.
@@ -260,8 +269,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         experiment_id: &str,
         participant_id: &str,
+        scope: RouteScope,
         planner: RoutePlanner<'_>,
     ) -> Result<Result<Routed, PlanError>, StoreError>;
+    /// Registers a participant (status `new`) or replaces its attributes,
+    /// without the routing lock. Returns it and whether it was created.
+    async fn register(
+        &self,
+        experiment_id: &str,
+        participant_id: &str,
+        attributes: &Value,
+    ) -> Result<(Participant, bool), StoreError>;
     /// Whether some participant has waited since before `cutoff`.
     async fn has_overdue(
         &self,

@@ -19,7 +19,7 @@ macro_rules! impl_sql_store {
         use $crate::domain::routing::CohortDef;
         use $crate::store::{
             EventRecord, ExperimentRecord, FlagRecord, FlagWritten, Loaded, OverrideRecord, Plan, PlanError, Planner,
-            RoutePlanner, Routed, Store, StoreError, VersionRecord,
+            RoutePlanner, RouteScope, Routed, Store, StoreError, VersionRecord,
         };
 
         type Tx<'t> = sqlx::Transaction<'t, $db>;
@@ -632,6 +632,7 @@ macro_rules! impl_sql_store {
                 &self,
                 experiment_id: &str,
                 participant_id: &str,
+                scope: RouteScope,
                 planner: RoutePlanner<'_>,
             ) -> Result<Result<Routed, PlanError>, StoreError> {
                 let mut tx = self.pool.begin().await?;
@@ -645,18 +646,6 @@ macro_rules! impl_sql_store {
                 .await?;
                 let (seq, version) = locked.ok_or(StoreError::NotFound)?;
                 let now = now_micros();
-                let cohort_rows: Vec<CohortRow> = sqlx::query_as(&format!("{COHORT_SELECT} ORDER BY c.created_seq"))
-                    .bind(experiment_id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(cohort_record).collect();
-                let waiting_rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
-                    "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' ORDER BY wait_seq"
-                ))
-                .bind(experiment_id)
-                .fetch_all(&mut *tx)
-                .await?;
-                let waiting = waiting_rows.into_iter().map(participant_record).collect::<Result<Vec<_>, _>>()?;
                 let subject: Option<ParticipantRow> = sqlx::query_as(&format!(
                     "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND participant_id = $2"
                 ))
@@ -665,7 +654,48 @@ macro_rules! impl_sql_store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let subject = subject.map(participant_record).transpose()?;
-                let state = State { now, seq, cohorts: cohorts.clone(), waiting, subject };
+                let subject_cohort = subject.as_ref().and_then(|p| p.cohort_id.clone()).unwrap_or_default();
+                let cohort_rows: Vec<CohortRow> = sqlx::query_as(&format!(
+                    "{COHORT_SELECT} AND (c.alias IS NOT NULL OR c.id = $2) ORDER BY c.created_seq"
+                ))
+                .bind(experiment_id)
+                .bind(&subject_cohort)
+                .fetch_all(&mut *tx)
+                .await?;
+                let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(cohort_record).collect();
+                let made: Vec<(Option<String>, i64)> = sqlx::query_as(
+                    "SELECT group_name, COUNT(*) FROM cohorts WHERE experiment_id = $1 AND alias IS NULL GROUP BY group_name",
+                )
+                .bind(experiment_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let group_cohorts = made
+                    .into_iter()
+                    .map(|(g, n)| (g.unwrap_or_default(), u32::try_from(n).unwrap_or(u32::MAX)))
+                    .collect();
+                let cutoff = match (scope.full_pool, scope.wait_timeout_seconds) {
+                    (true, _) => None,
+                    (false, Some(t)) => Some(now - time::Duration::seconds(i64::try_from(t).unwrap_or(i64::MAX))),
+                    (false, None) => Some(OffsetDateTime::UNIX_EPOCH),
+                };
+                let waiting_rows: Vec<ParticipantRow> = match cutoff {
+                    None => sqlx::query_as(&format!(
+                        "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' ORDER BY wait_seq"
+                    ))
+                    .bind(experiment_id)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                    Some(cutoff) => sqlx::query_as(&format!(
+                        "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' \
+                         AND waiting_since <= $2 ORDER BY wait_seq"
+                    ))
+                    .bind(experiment_id)
+                    .bind(cutoff)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                };
+                let waiting = waiting_rows.into_iter().map(participant_record).collect::<Result<Vec<_>, _>>()?;
+                let state = State { now, seq, cohorts: cohorts.clone(), group_cohorts, waiting, subject };
                 let changes = match planner(version, state) {
                     Ok(changes) => changes,
                     Err(refused) => return Ok(Err(refused)),
@@ -684,7 +714,7 @@ macro_rules! impl_sql_store {
                         "INSERT INTO participants (experiment_id, {PARTICIPANT_COLUMNS}, created_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
                          ON CONFLICT (experiment_id, participant_id) DO UPDATE SET status = excluded.status, \
-                         attributes = excluded.attributes, cohort_id = excluded.cohort_id, group_name = excluded.group_name, \
+                         cohort_id = excluded.cohort_id, group_name = excluded.group_name, \
                          entry = excluded.entry, waiting_since = excluded.waiting_since, wait_seq = excluded.wait_seq, \
                          updated_at = excluded.updated_at"
                     ))
@@ -722,6 +752,36 @@ macro_rules! impl_sql_store {
                 let mut all = cohorts;
                 all.extend(changes.new_cohorts.iter().cloned());
                 Ok(Ok(Routed { changes, cohorts: all }))
+            }
+
+            async fn register(
+                &self,
+                experiment_id: &str,
+                participant_id: &str,
+                attributes: &serde_json::Value,
+            ) -> Result<(Participant, bool), StoreError> {
+                let existed: Option<(i64,)> =
+                    sqlx::query_as("SELECT wait_seq FROM participants WHERE experiment_id = $1 AND participant_id = $2")
+                        .bind(experiment_id)
+                        .bind(participant_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                let now = now_micros();
+                // Only the attributes change; routing transactions never write
+                // them, so neither overwrites the other.
+                let row: ParticipantRow = sqlx::query_as(&format!(
+                    "INSERT INTO participants (experiment_id, participant_id, status, attributes, wait_seq, created_at, updated_at) \
+                     VALUES ($1, $2, 'new', $3, 0, $4, $4) \
+                     ON CONFLICT (experiment_id, participant_id) DO UPDATE SET attributes = excluded.attributes, updated_at = excluded.updated_at \
+                     RETURNING {PARTICIPANT_COLUMNS}"
+                ))
+                .bind(experiment_id)
+                .bind(participant_id)
+                .bind(attributes.to_string())
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok((participant_record(row)?, existed.is_none()))
             }
 
             async fn has_overdue(&self, experiment_id: &str, cutoff: OffsetDateTime) -> Result<bool, StoreError> {

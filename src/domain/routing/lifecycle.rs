@@ -151,23 +151,38 @@ pub struct State {
     pub now: OffsetDateTime,
     /// Unique per routing transaction; orders arrivals in the pool.
     pub seq: i64,
-    /// Every cohort of the experiment, in creation order.
+    /// Every cohort with an alias (defined and overflow), in creation order,
+    /// plus the subject's cohort; each with its member counts.
     pub cohorts: Vec<Cohort>,
-    /// Every waiting participant, oldest first.
+    /// How many cohorts each group without a target has created so far.
+    pub group_cohorts: HashMap<String, u32>,
+    /// Waiting participants, oldest first: all of them when the operation
+    /// can form groups ([`Operation::forms_groups`]), else at least every
+    /// overdue one.
     pub waiting: Vec<Participant>,
     /// The participant the call is about, if it exists.
     pub subject: Option<Participant>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
-    /// Register a participant or replace its attributes.
-    Register(Value),
     Route,
     Accept,
     Decline,
-    /// Nothing but timeouts and matching (the background sweeper).
+    /// Timeouts and a full matching pass: the background sweeper, and after
+    /// a waiting participant's attributes or the routing config changed.
     Sweep,
+}
+
+impl Operation {
+    /// Whether the operation can form groups, and so needs the whole pool.
+    ///
+    /// After every routing call no group is ready. A route adds one member,
+    /// so a group it makes ready must include it; accepting, declining and
+    /// timing out only remove members, which never makes a group ready.
+    pub fn forms_groups(self) -> bool {
+        matches!(self, Operation::Route | Operation::Sweep)
+    }
 }
 
 /// Why an operation is refused; nothing is written.
@@ -204,6 +219,7 @@ struct Work<'a> {
     study: &'a Study<'a>,
     now: OffsetDateTime,
     cohorts: Vec<Cohort>,
+    group_cohorts: HashMap<String, u32>,
     new_cohorts: Vec<Cohort>,
     changed: Vec<Participant>,
     events: Vec<Event>,
@@ -305,12 +321,10 @@ impl Work<'_> {
 
     /// A new cohort for a group without a target: `"<group name> #<n>"`.
     fn create_for_group(&mut self, group: &str) -> String {
-        let n = self
-            .cohorts
-            .iter()
-            .filter(|c| c.alias.is_none() && c.group.as_deref() == Some(group))
-            .count()
-            + 1;
+        let made = self.group_cohorts.entry(group.to_owned()).or_default();
+        *made += 1;
+        let n = *made;
+
         let cohort = Cohort {
             id: (self.new_id)(),
             alias: None,
@@ -341,6 +355,7 @@ pub fn plan(
         now,
         seq,
         cohorts,
+        group_cohorts,
         waiting,
         subject,
     } = state;
@@ -348,6 +363,7 @@ pub fn plan(
         study,
         now,
         cohorts,
+        group_cohorts,
         new_cohorts: Vec::new(),
         changed: Vec::new(),
         events: Vec::new(),
@@ -390,31 +406,6 @@ pub fn plan(
 
     // 2. The operation.
     match operation {
-        Operation::Register(attributes) => match subject.clone() {
-            None => {
-                let p = Participant {
-                    id: subject_id.to_owned(),
-                    status: Status::New,
-                    attributes,
-                    cohort_id: None,
-                    group: None,
-                    entry: None,
-                    waiting_since: None,
-                    wait_seq: 0,
-                    updated_at: now,
-                };
-                work.keep(p);
-            }
-            Some(mut p) => {
-                p.attributes = attributes.clone();
-                p.updated_at = now;
-                if let Some(waiting) = pool.iter_mut().find(|w| w.id == p.id) {
-                    waiting.attributes = attributes;
-                    waiting.updated_at = now;
-                }
-                work.keep(p);
-            }
-        },
         Operation::Route => match subject.clone() {
             None => return Err(Refusal::NotFound),
             Some(p) if p.status == Status::New => {
@@ -467,7 +458,7 @@ pub fn plan(
     }
 
     // 3. Matching, until no group is ready.
-    if let Some(routing) = study.routing {
+    if let (Some(routing), true) = (study.routing, operation.forms_groups()) {
         let mut alias_members: HashMap<String, u64> = HashMap::new();
         for c in &work.cohorts {
             if let Some(a) = &c.alias {
@@ -576,10 +567,17 @@ mod tests {
                 .cloned()
                 .collect();
             waiting.sort_by_key(|p| p.wait_seq);
+            let mut group_cohorts = HashMap::new();
+            for c in self.cohorts.iter().filter(|c| c.alias.is_none()) {
+                *group_cohorts
+                    .entry(c.group.clone().unwrap_or_default())
+                    .or_default() += 1;
+            }
             let state = State {
                 now: self.now,
                 seq: self.seq,
                 cohorts: self.cohorts.clone(),
+                group_cohorts,
                 waiting,
                 subject: self.people.iter().find(|p| p.id == id).cloned(),
             };
@@ -621,9 +619,27 @@ mod tests {
             Ok(changes.subject.expect("a subject"))
         }
 
+        /// Registration happens outside routing transactions; here it is a
+        /// row appearing with status `new`.
+        fn register(&mut self, id: &str, attributes: Value) {
+            match self.people.iter_mut().find(|p| p.id == id) {
+                Some(p) => p.attributes = attributes,
+                None => self.people.push(Participant {
+                    id: id.to_owned(),
+                    status: Status::New,
+                    attributes,
+                    cohort_id: None,
+                    group: None,
+                    entry: None,
+                    waiting_since: None,
+                    wait_seq: 0,
+                    updated_at: self.now,
+                }),
+            }
+        }
+
         fn arrive(&mut self, id: &str, score: i64) -> Participant {
-            self.call(id, Operation::Register(json!({"score": score})))
-                .unwrap();
+            self.register(id, json!({"score": score}));
             self.call(id, Operation::Route).unwrap()
         }
     }
@@ -743,23 +759,29 @@ mod tests {
         let mut lab = Lab::new(doc);
         lab.arrive("mid", 6);
         lab.now = T0 + time::Duration::seconds(61);
-        // Any call (here another participant's registration) applies timeouts.
-        lab.call("other", Operation::Register(json!({}))).unwrap();
+        // Any routing call (here another participant's) applies timeouts.
+        lab.register("other", json!({}));
+        lab.call("other", Operation::Route).unwrap();
         let mid = lab.people.iter().find(|p| p.id == "mid").unwrap();
         assert_eq!(
             (mid.status, mid.cohort_id.as_deref()),
             (Status::Assigned, Some("def-arm-pro-ai"))
         );
-        assert_eq!(lab.events.last().unwrap().reason, Reason::Fallback);
+        let last = lab
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.participant_id == "mid")
+            .unwrap();
+        assert_eq!(last.reason, Reason::Fallback);
     }
 
     #[test]
     fn new_attributes_of_a_waiting_participant_are_matched_from_then_on() {
         let mut lab = Lab::new(study());
         lab.arrive("p", 6);
-        let p = lab
-            .call("p", Operation::Register(json!({"score": 9})))
-            .unwrap();
+        lab.register("p", json!({"score": 9}));
+        let p = lab.call("p", Operation::Sweep).unwrap();
         assert_eq!(
             (p.status, p.group.as_deref()),
             (Status::Assigned, Some("High Scorers"))
