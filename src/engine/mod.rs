@@ -26,7 +26,7 @@ use snapshot::Snapshot;
 
 /// Why an engine operation did not succeed; the HTTP layer maps each to the
 /// contract's status and code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]
     NotFound(String),
@@ -81,6 +81,8 @@ pub struct Engine {
     /// Serialises this process's writers so that patching the snapshot after
     /// a store write never races another patch.
     writes: Mutex<()>,
+    /// Routing calls queued per experiment (see `routing::Engine::answer`).
+    routing_queues: routing::RoutingQueues,
 }
 
 impl Engine {
@@ -91,6 +93,7 @@ impl Engine {
             store,
             snapshot: ArcSwap::from_pointee(Snapshot::from_loaded(loaded)),
             writes: Mutex::new(()),
+            routing_queues: routing::RoutingQueues::default(),
         })
     }
 

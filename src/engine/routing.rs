@@ -7,12 +7,14 @@
 //! version the lock sees; if this replica's snapshot is behind, it reloads
 //! and plans again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
+use tokio::sync::oneshot;
 
 use super::flags::{path_id, Outcome};
 use super::snapshot::ExperimentEntry;
@@ -22,10 +24,58 @@ use crate::domain::routing::lifecycle::{
     self, Cohort, Operation, Participant, Reason, Refusal, Status, Study,
 };
 use crate::domain::routing::resolve_variables;
-use crate::store::{PlanError, RouteScope, Routed, StoreError};
+use crate::store::{RouteScope, Routed, StaleConfig, StoreError};
 
 /// How many times a call re-plans after finding its configuration stale.
 const PLAN_ATTEMPTS: usize = 3;
+
+/// Most calls planned in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// Routing calls waiting for their experiment's next transaction, by key.
+#[derive(Default)]
+pub(crate) struct RoutingQueues(std::sync::Mutex<HashMap<String, Queue>>);
+
+impl RoutingQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Queue>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Queue {
+    calls: Vec<Call>,
+    /// A task is running this experiment's transactions.
+    draining: bool,
+}
+
+struct Call {
+    participant_id: String,
+    operation: Operation,
+    reply: oneshot::Sender<Result<ParticipantView, EngineError>>,
+}
+
+/// Forgets an experiment's queue when its drain task ends, however it ends,
+/// so that the next call starts a new one; calls still queued (only after a
+/// panic) are dropped and their callers get an error rather than waiting.
+struct DrainGuard<'a> {
+    engine: &'a Engine,
+    key: &'a str,
+}
+
+impl Drop for DrainGuard<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.engine.routing_queues.lock();
+        if queues
+            .get(self.key)
+            .is_some_and(|q| q.draining && std::thread::panicking())
+        {
+            queues.remove(self.key);
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct CohortRef {
@@ -129,14 +179,18 @@ impl Engine {
         Ok(entry)
     }
 
-    /// Runs one routing call; returns what was written and the entry it was
-    /// planned with.
+    /// Runs routing calls for experiment `key` in one store transaction;
+    /// returns what was written and the entry it was planned with.
     async fn run_routing(
         &self,
         key: &str,
-        participant_id: &str,
-        operation: Operation,
+        calls: &[(String, Operation)],
     ) -> Result<(Routed, Arc<ExperimentEntry>), EngineError> {
+        let ids: Vec<String> = calls
+            .iter()
+            .filter(|(id, _)| !id.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
         for _ in 0..PLAN_ATTEMPTS {
             let entry = self.routable(key)?;
             let outcome = {
@@ -144,7 +198,7 @@ impl Engine {
                     return Err(EngineError::Internal("checked above".into()));
                 };
                 let scope = RouteScope {
-                    full_pool: operation.forms_groups(),
+                    full_pool: calls.iter().any(|(_, op)| op.forms_groups()),
                     wait_timeout_seconds: experiment
                         .routing
                         .as_ref()
@@ -152,32 +206,23 @@ impl Engine {
                 };
                 let planner = |version: i64, state: lifecycle::State| {
                     if version != entry.version {
-                        return Err(PlanError::StaleConfig);
+                        return Err(StaleConfig);
                     }
                     let study = Study {
                         routing: experiment.routing.as_ref(),
                         cohorts: &experiment.config.cohorts,
                     };
-                    lifecycle::plan(&study, state, participant_id, operation, &mut || {
+                    Ok(lifecycle::plan(&study, state, calls, &mut || {
                         uuid::Uuid::new_v4().to_string()
-                    })
-                    .map_err(PlanError::Refused)
+                    }))
                 };
-                self.store
-                    .route(&entry.id, participant_id, scope, &planner)
-                    .await
+                self.store.route(&entry.id, &ids, scope, &planner).await
             };
             match outcome {
                 Ok(Ok(routed)) => return Ok((routed, entry)),
-                Ok(Err(PlanError::Refused(Refusal::NotFound))) => {
-                    return Err(no_participant(participant_id))
-                }
-                Ok(Err(PlanError::Refused(Refusal::Conflict(m)))) => {
-                    return Err(EngineError::Conflict(m))
-                }
                 // Our snapshot is behind the store (another replica changed or
                 // deleted the experiment): catch up and plan again.
-                Ok(Err(PlanError::StaleConfig)) | Err(StoreError::NotFound) => {
+                Ok(Err(StaleConfig)) | Err(StoreError::NotFound) => {
                     self.refresh().await?;
                 }
                 Err(e) => return Err(e.into()),
@@ -188,32 +233,93 @@ impl Engine {
         )))
     }
 
+    /// Queues a routing call for its experiment and waits for the answer.
+    ///
+    /// Calls for one experiment are serialised by the store's routing lock
+    /// anyway; instead of queueing on that lock one transaction each, the
+    /// calls that arrive while a transaction runs are planned together in the
+    /// next one, in arrival order, with the same result as one by one.
     async fn answer(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         participant_id: &str,
         operation: Operation,
     ) -> Result<ParticipantView, EngineError> {
         let id = path_id(participant_id, "participant id")?;
-        let (routed, entry) = self.run_routing(key, id.as_str(), operation).await?;
-        let Ok(experiment) = &entry.experiment else {
-            return Err(EngineError::Internal(
-                "routed with a broken experiment".into(),
-            ));
+        self.routable(key)?;
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut queues = self.routing_queues.lock();
+            let queue = queues.entry(key.to_owned()).or_default();
+            queue.calls.push(Call {
+                participant_id: id.into_string(),
+                operation,
+                reply,
+            });
+            !std::mem::replace(&mut queue.draining, true)
         };
-        let subject = routed
-            .changes
-            .subject
-            .as_ref()
-            .ok_or_else(|| no_participant(id.as_str()))?;
-        Ok(participant_view(subject, &routed.cohorts, experiment))
+        if lead {
+            let engine = Arc::clone(self);
+            let key = key.to_owned();
+            // Spawned, so that a caller who goes away does not strand the others.
+            tokio::spawn(async move { engine.drain(&key).await });
+        }
+        answer
+            .await
+            .map_err(|_| EngineError::Internal("the routing worker stopped".into()))?
+    }
+
+    /// Runs queued calls for `key`, a batch per transaction, until none are left.
+    async fn drain(&self, key: &str) {
+        let _reset = DrainGuard { engine: self, key };
+        loop {
+            let batch: Vec<Call> = {
+                let mut queues = self.routing_queues.lock();
+                let Some(queue) = queues.get_mut(key) else {
+                    return;
+                };
+                if queue.calls.is_empty() {
+                    queues.remove(key);
+                    return;
+                }
+                let n = queue.calls.len().min(MAX_BATCH);
+                queue.calls.drain(..n).collect()
+            };
+            let calls: Vec<(String, Operation)> = batch
+                .iter()
+                .map(|c| (c.participant_id.clone(), c.operation))
+                .collect();
+            match self.run_routing(key, &calls).await {
+                Ok((routed, entry)) => {
+                    let Routed { changes, cohorts } = routed;
+                    for (call, answer) in batch.into_iter().zip(changes.answers) {
+                        let view = match (&entry.experiment, answer) {
+                            (Ok(experiment), Ok(p)) => {
+                                Ok(participant_view(&p, &cohorts, experiment))
+                            }
+                            (_, Err(Refusal::NotFound)) => {
+                                Err(no_participant(&call.participant_id))
+                            }
+                            (_, Err(Refusal::Conflict(m))) => Err(EngineError::Conflict(m)),
+                            (Err(e), _) => Err(EngineError::Unavailable(e.clone())),
+                        };
+                        let _ = call.reply.send(view);
+                    }
+                }
+                Err(e) => {
+                    for call in batch {
+                        let _ = call.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// `PUT …/participants/{id}`: registers (201) or replaces attributes
     /// (200; the status does not change). A waiting participant is matched
     /// with its new attributes at once.
     pub async fn register_participant(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         participant_id: &str,
         body: Value,
@@ -257,7 +363,7 @@ impl Engine {
     /// `POST …/route`: a new participant joins the waiting pool and matching
     /// runs; any other status answers as it is.
     pub async fn route_participant(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
@@ -265,7 +371,7 @@ impl Engine {
     }
 
     pub async fn accept(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
@@ -273,7 +379,7 @@ impl Engine {
     }
 
     pub async fn decline(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
@@ -400,7 +506,8 @@ impl Engine {
             };
             let cutoff = now - time::Duration::seconds(timeout as i64);
             if self.store.has_overdue(&entry.id, cutoff).await? {
-                self.run_routing(&entry.key, "", Operation::Sweep).await?;
+                self.run_routing(&entry.key, &[(String::new(), Operation::Sweep)])
+                    .await?;
                 swept += 1;
             }
         }
@@ -409,7 +516,7 @@ impl Engine {
 
     /// Re-runs matching for one experiment (after its routing config changed).
     pub async fn rematch(&self, key: &str) -> Result<(), EngineError> {
-        self.run_routing(key, "", Operation::Sweep)
+        self.run_routing(key, &[(String::new(), Operation::Sweep)])
             .await
             .map(|_| ())
     }

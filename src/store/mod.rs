@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::domain::routing::lifecycle::{Changes, Cohort, Participant, Refusal, State};
+use crate::domain::routing::lifecycle::{Changes, Cohort, Participant, State};
 use crate::domain::routing::CohortDef;
 
 pub use postgres::PgStore;
@@ -156,17 +156,14 @@ pub enum Plan {
 /// transaction, so nothing can change between the read and the write.
 pub type Planner<'a> = &'a (dyn Fn(Option<&ExperimentRecord>) -> Plan + Send + Sync);
 
-/// Why a routing planner wrote nothing.
-#[derive(Debug, Clone)]
-pub enum PlanError {
-    Refused(Refusal),
-    /// The planner's configuration is not the stored version it was given.
-    StaleConfig,
-}
+/// The routing planner's configuration is not the stored version it was
+/// given: nothing was written; catch up and plan again.
+#[derive(Debug, Clone, Copy)]
+pub struct StaleConfig;
 
-/// Plans a routing call from the experiment's stored version and its routing
+/// Plans routing calls from the experiment's stored version and its routing
 /// state, read under the experiment's routing lock.
-pub type RoutePlanner<'a> = &'a (dyn Fn(i64, State) -> Result<Changes, PlanError> + Send + Sync);
+pub type RoutePlanner<'a> = &'a (dyn Fn(i64, State) -> Result<Changes, StaleConfig> + Send + Sync);
 
 /// A routing call that was applied: the changes, and the cohorts it read
 /// (every aliased one and the subject's) plus those it created.
@@ -261,17 +258,17 @@ pub trait Store: Send + Sync + 'static {
         replace: Option<&str>,
     ) -> Result<String, StoreError>;
 
-    /// Runs one routing call for experiment `experiment_id` in one
-    /// transaction: lock the experiment's routing, read its state (the
-    /// participant `participant_id` as subject), plan, write the changes and
-    /// their events. Writes nothing when the planner refuses or changes nothing.
+    /// Runs routing calls for experiment `experiment_id` in one transaction:
+    /// lock the experiment's routing, read its state (the participants
+    /// `participant_ids` as subjects), plan, write the changes and their
+    /// events. Writes nothing when the plan changes nothing.
     async fn route(
         &self,
         experiment_id: &str,
-        participant_id: &str,
+        participant_ids: &[String],
         scope: RouteScope,
         planner: RoutePlanner<'_>,
-    ) -> Result<Result<Routed, PlanError>, StoreError>;
+    ) -> Result<Result<Routed, StaleConfig>, StoreError>;
     /// Registers a participant (status `new`) or replaces its attributes,
     /// without the routing lock. Returns it and whether it was created.
     async fn register(

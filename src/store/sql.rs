@@ -18,7 +18,7 @@ macro_rules! impl_sql_store {
         use $crate::domain::routing::lifecycle::{Cohort, Event, Participant, Reason, State, Status};
         use $crate::domain::routing::CohortDef;
         use $crate::store::{
-            EventRecord, ExperimentRecord, FlagRecord, FlagWritten, Loaded, OverrideRecord, Plan, PlanError, Planner,
+            EventRecord, ExperimentRecord, FlagRecord, FlagWritten, Loaded, OverrideRecord, Plan, Planner, StaleConfig,
             RoutePlanner, RouteScope, Routed, Store, StoreError, VersionRecord,
         };
 
@@ -59,10 +59,11 @@ macro_rules! impl_sql_store {
 
         const PARTICIPANT_COLUMNS: &str =
             "participant_id, status, attributes, cohort_id, group_name, entry, waiting_since, wait_seq, updated_at";
-        const COHORT_SELECT: &str = "SELECT c.id, c.alias, c.name, c.description, c.capacity, c.overflow_of, c.group_name, \
+        /// Cohorts with their member counts, counted now, not cached.
+        const COHORT_COLUMNS: &str = "SELECT c.id, c.alias, c.name, c.description, c.capacity, c.overflow_of, c.group_name, \
              (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status = 'assigned'), \
              (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status = 'pending') \
-             FROM cohorts c WHERE c.experiment_id = $1";
+             FROM cohorts c";
 
         fn participant_record(r: ParticipantRow) -> Result<Participant, StoreError> {
             let status = Status::parse(&r.1)
@@ -631,10 +632,10 @@ macro_rules! impl_sql_store {
             async fn route(
                 &self,
                 experiment_id: &str,
-                participant_id: &str,
+                participant_ids: &[String],
                 scope: RouteScope,
                 planner: RoutePlanner<'_>,
-            ) -> Result<Result<Routed, PlanError>, StoreError> {
+            ) -> Result<Result<Routed, StaleConfig>, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 // The experiment row is the routing lock (see migration 0002).
                 let locked: Option<(i64, i64)> = sqlx::query_as(
@@ -646,22 +647,34 @@ macro_rules! impl_sql_store {
                 .await?;
                 let (seq, version) = locked.ok_or(StoreError::NotFound)?;
                 let now = now_micros();
-                let subject: Option<ParticipantRow> = sqlx::query_as(&format!(
-                    "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND participant_id = $2"
-                ))
-                .bind(experiment_id)
-                .bind(participant_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let subject = subject.map(participant_record).transpose()?;
-                let subject_cohort = subject.as_ref().and_then(|p| p.cohort_id.clone()).unwrap_or_default();
-                let cohort_rows: Vec<CohortRow> = sqlx::query_as(&format!(
-                    "{COHORT_SELECT} AND (c.alias IS NOT NULL OR c.id = $2) ORDER BY c.created_seq"
-                ))
-                .bind(experiment_id)
-                .bind(&subject_cohort)
-                .fetch_all(&mut *tx)
-                .await?;
+
+                let mut subjects = Vec::new();
+                if !participant_ids.is_empty() {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!("SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = "));
+                    q.push_bind(experiment_id).push(" AND participant_id IN (");
+                    let mut list = q.separated(", ");
+                    for id in participant_ids {
+                        list.push_bind(id.as_str());
+                    }
+                    q.push(")");
+                    let rows: Vec<ParticipantRow> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    subjects = rows.into_iter().map(participant_record).collect::<Result<Vec<_>, _>>()?;
+                }
+                // Every aliased cohort (joins and balance need them) and the
+                // subjects' own cohorts (their answers name them).
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!("{COHORT_COLUMNS} WHERE c.experiment_id = "));
+                q.push_bind(experiment_id).push(" AND (c.alias IS NOT NULL");
+                let own: Vec<&str> = subjects.iter().filter_map(|p| p.cohort_id.as_deref()).collect();
+                if !own.is_empty() {
+                    q.push(" OR c.id IN (");
+                    let mut list = q.separated(", ");
+                    for id in &own {
+                        list.push_bind(*id);
+                    }
+                    q.push(")");
+                }
+                q.push(") ORDER BY c.created_seq");
+                let cohort_rows: Vec<CohortRow> = q.build_query_as().fetch_all(&mut *tx).await?;
                 let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(cohort_record).collect();
                 let made: Vec<(Option<String>, i64)> = sqlx::query_as(
                     "SELECT group_name, COUNT(*) FROM cohorts WHERE experiment_id = $1 AND alias IS NULL GROUP BY group_name",
@@ -695,10 +708,10 @@ macro_rules! impl_sql_store {
                     .await?,
                 };
                 let waiting = waiting_rows.into_iter().map(participant_record).collect::<Result<Vec<_>, _>>()?;
-                let state = State { now, seq, cohorts: cohorts.clone(), group_cohorts, waiting, subject };
+                let state = State { now, seq, cohorts: cohorts.clone(), group_cohorts, waiting, subjects };
                 let changes = match planner(version, state) {
                     Ok(changes) => changes,
-                    Err(refused) => return Ok(Err(refused)),
+                    Err(stale) => return Ok(Err(stale)),
                 };
                 if changes.is_empty() {
                     // Nothing to write: roll back, the sequence bump included.
@@ -709,44 +722,49 @@ macro_rules! impl_sql_store {
                     insert_cohort(&mut tx, experiment_id, c, cohort_seq, now).await?;
                     cohort_seq += 1;
                 }
-                for p in &changes.participants {
-                    sqlx::query(&format!(
-                        "INSERT INTO participants (experiment_id, {PARTICIPANT_COLUMNS}, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
-                         ON CONFLICT (experiment_id, participant_id) DO UPDATE SET status = excluded.status, \
-                         cohort_id = excluded.cohort_id, group_name = excluded.group_name, \
-                         entry = excluded.entry, waiting_since = excluded.waiting_since, wait_seq = excluded.wait_seq, \
-                         updated_at = excluded.updated_at"
-                    ))
-                    .bind(experiment_id)
-                    .bind(&p.id)
-                    .bind(p.status.as_str())
-                    .bind(p.attributes.to_string())
-                    .bind(p.cohort_id.as_deref())
-                    .bind(p.group.as_deref())
-                    .bind(p.entry.as_deref())
-                    .bind(p.waiting_since)
-                    .bind(p.wait_seq)
-                    .bind(p.updated_at)
-                    .execute(&mut *tx)
-                    .await?;
+                // Multi-row statements, in chunks well under every bind limit.
+                for chunk in changes.participants.chunks(200) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO participants (experiment_id, {PARTICIPANT_COLUMNS}, created_at) "
+                    ));
+                    q.push_values(chunk, |mut row, p| {
+                        row.push_bind(experiment_id)
+                            .push_bind(p.id.as_str())
+                            .push_bind(p.status.as_str())
+                            .push_bind(p.attributes.to_string())
+                            .push_bind(p.cohort_id.as_deref())
+                            .push_bind(p.group.as_deref())
+                            .push_bind(p.entry.as_deref())
+                            .push_bind(p.waiting_since)
+                            .push_bind(p.wait_seq)
+                            .push_bind(p.updated_at)
+                            .push_bind(p.updated_at);
+                    });
+                    // Attributes are the registration's to write, never a
+                    // routing transaction's (see `register`).
+                    q.push(
+                        " ON CONFLICT (experiment_id, participant_id) DO UPDATE SET status = excluded.status, \
+                         cohort_id = excluded.cohort_id, group_name = excluded.group_name, entry = excluded.entry, \
+                         waiting_since = excluded.waiting_since, wait_seq = excluded.wait_seq, updated_at = excluded.updated_at",
+                    );
+                    q.build().execute(&mut *tx).await?;
                 }
-                for e in &changes.events {
-                    sqlx::query(
-                        "INSERT INTO routing_events (experiment_id, at, participant_id, status, previous, group_name, entry, cohort_id, reason) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .bind(experiment_id)
-                    .bind(now)
-                    .bind(&e.participant_id)
-                    .bind(e.status.as_str())
-                    .bind(e.previous.map(Status::as_str))
-                    .bind(e.group.as_deref())
-                    .bind(e.entry.as_deref())
-                    .bind(e.cohort_id.as_deref())
-                    .bind(e.reason.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                for chunk in changes.events.chunks(200) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO routing_events (experiment_id, at, participant_id, status, previous, group_name, entry, cohort_id, reason) ",
+                    );
+                    q.push_values(chunk, |mut row, e| {
+                        row.push_bind(experiment_id)
+                            .push_bind(now)
+                            .push_bind(e.participant_id.as_str())
+                            .push_bind(e.status.as_str())
+                            .push_bind(e.previous.map(Status::as_str))
+                            .push_bind(e.group.as_deref())
+                            .push_bind(e.entry.as_deref())
+                            .push_bind(e.cohort_id.as_deref())
+                            .push_bind(e.reason.as_str());
+                    });
+                    q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 let mut all = cohorts;
@@ -807,7 +825,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn cohorts(&self, experiment_id: &str) -> Result<Vec<Cohort>, StoreError> {
-                let rows: Vec<CohortRow> = sqlx::query_as(&format!("{COHORT_SELECT} ORDER BY c.created_seq"))
+                let rows: Vec<CohortRow> = sqlx::query_as(&format!("{COHORT_COLUMNS} WHERE c.experiment_id = $1 ORDER BY c.created_seq"))
                     .bind(experiment_id)
                     .fetch_all(&self.pool)
                     .await?;

@@ -3,12 +3,14 @@
 //! `new → waiting → (pending → assigned | declined) | assigned | timed_out`.
 //!
 //! [`plan`] is pure: given the experiment's routing state as read under its
-//! lock (cohorts with their member counts, the waiting pool, the participant
-//! the call is about) and an operation, it returns every participant change,
-//! every new cohort and every audit event. The store writes them in the same
-//! transaction it read the state in. Each call first times out overdue
-//! waiting participants, then applies the operation, then matches until no
-//! group is ready.
+//! lock (cohorts with their member counts, the waiting pool, the participants
+//! the calls are about) and the calls, in arrival order, it returns every
+//! participant change, every new cohort, every audit event and each call's
+//! answer. The store writes them in the same transaction it read the state
+//! in. Overdue waiting participants are timed out first; then each call's
+//! operation applies, followed by matching until no group is ready. Several
+//! calls in one transaction behave exactly as the same calls one after
+//! another.
 
 use std::collections::HashMap;
 
@@ -160,9 +162,12 @@ pub struct State {
     /// can form groups ([`Operation::forms_groups`]), else at least every
     /// overdue one.
     pub waiting: Vec<Participant>,
-    /// The participant the call is about, if it exists.
-    pub subject: Option<Participant>,
+    /// The participants the calls are about, those that exist.
+    pub subjects: Vec<Participant>,
 }
+
+/// Most calls planned in one transaction; `wait_seq` leaves room for them.
+pub const MAX_CALLS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -199,8 +204,9 @@ pub struct Changes {
     /// Final state of every participant that changed (insert or update).
     pub participants: Vec<Participant>,
     pub events: Vec<Event>,
-    /// The subject after the call.
-    pub subject: Option<Participant>,
+    /// Per call, in order: the participant right after its operation (and
+    /// the matching it triggered), or why it was refused.
+    pub answers: Vec<Result<Participant, Refusal>>,
 }
 
 impl Changes {
@@ -343,21 +349,21 @@ impl Work<'_> {
     }
 }
 
-/// Plans one routing call for participant `subject_id` (see the module docs).
+/// Plans the routing calls `calls` (participant id, operation), in order
+/// (see the module docs).
 pub fn plan(
     study: &Study<'_>,
     state: State,
-    subject_id: &str,
-    operation: Operation,
+    calls: &[(String, Operation)],
     new_id: &mut dyn FnMut() -> String,
-) -> Result<Changes, Refusal> {
+) -> Changes {
     let State {
         now,
         seq,
         cohorts,
         group_cohorts,
         waiting,
-        subject,
+        subjects,
     } = state;
     let mut work = Work {
         study,
@@ -369,8 +375,10 @@ pub fn plan(
         events: Vec::new(),
         new_id,
     };
-    let mut pool: Vec<Participant> = Vec::with_capacity(waiting.len() + 1);
-    let mut subject = subject;
+    // Everyone this plan knows, as it changes; the pool holds ids, oldest first.
+    let mut known: HashMap<String, Participant> =
+        subjects.into_iter().map(|p| (p.id.clone(), p)).collect();
+    let mut pool: Vec<String> = Vec::with_capacity(waiting.len() + calls.len());
 
     // 1. Timeouts, before anything else sees the pool.
     let timeout = study.routing.and_then(|r| r.config.wait_timeout_seconds);
@@ -383,125 +391,140 @@ pub fn plan(
             (Some(t), Some(since)) => now - since >= time::Duration::seconds(t as i64),
             _ => false,
         };
-        if !overdue {
-            pool.push(p);
-            continue;
-        }
-        let done = match &fallback {
-            Some(alias) => {
-                let mut p = p;
-                p.cohort_id = Some(work.join(alias, 1));
-                p.group = None;
-                p.entry = None;
-                let cohort = p.cohort_id.clone().unwrap_or_default();
-                work.count(&cohort, Status::Assigned, 1);
-                work.change(p, Status::Assigned, Reason::Fallback)
-            }
-            None => work.change(p, Status::TimedOut, Reason::Timeout),
+        let p = if !overdue {
+            pool.push(p.id.clone());
+            p
+        } else if let Some(alias) = &fallback {
+            let mut p = p;
+            let cohort = work.join(alias, 1);
+            p.cohort_id = Some(cohort.clone());
+            p.group = None;
+            p.entry = None;
+            work.count(&cohort, Status::Assigned, 1);
+            work.change(p, Status::Assigned, Reason::Fallback)
+        } else {
+            work.change(p, Status::TimedOut, Reason::Timeout)
         };
-        if done.id == subject_id {
-            subject = Some(done);
-        }
+        known.insert(p.id.clone(), p);
     }
 
-    // 2. The operation.
-    match operation {
-        Operation::Route => match subject.clone() {
-            None => return Err(Refusal::NotFound),
-            Some(p) if p.status == Status::New => {
-                let mut p = p;
+    // 2. Each call: its operation, then matching if it can form a group.
+    let mut answers = Vec::with_capacity(calls.len());
+    for (index, (id, operation)) in calls.iter().enumerate() {
+        let result = match (operation, known.get(id).cloned()) {
+            // A sweep is about the whole pool, whoever it names.
+            (Operation::Sweep, _) => Ok(()),
+            (_, None) => Err(Refusal::NotFound),
+            (Operation::Route, Some(mut p)) if p.status == Status::New => {
                 p.waiting_since = Some(now);
-                p.wait_seq = seq;
-                pool.push(work.change(p, Status::Waiting, Reason::Routed));
+                p.wait_seq = seq * MAX_CALLS as i64 + index as i64;
+                let p = work.change(p, Status::Waiting, Reason::Routed);
+                pool.push(p.id.clone());
+                known.insert(p.id.clone(), p);
+                Ok(())
             }
-            Some(_) => {}
-        },
-        Operation::Accept => match subject.clone() {
-            None => return Err(Refusal::NotFound),
-            Some(p) if p.status == Status::Pending => {
+            (Operation::Accept, Some(p)) if p.status == Status::Pending => {
                 if let Some(c) = p.cohort_id.clone() {
                     work.count(&c, Status::Pending, -1);
                     work.count(&c, Status::Assigned, 1);
                 }
-                work.change(p, Status::Assigned, Reason::Accepted);
+                let p = work.change(p, Status::Assigned, Reason::Accepted);
+                known.insert(p.id.clone(), p);
+                Ok(())
             }
-            Some(p) if p.status == Status::Assigned => {}
-            Some(p) => {
-                return Err(Refusal::Conflict(format!(
-                    "participant is {}, not pending: only a pending participant can accept",
-                    p.status.as_str()
-                )))
-            }
-        },
-        Operation::Decline => match subject.clone() {
-            None => return Err(Refusal::NotFound),
-            Some(p) if p.status == Status::Pending => {
-                let seat = p.cohort_id.clone();
-                if let Some(c) = &seat {
+            (Operation::Decline, Some(p)) if p.status == Status::Pending => {
+                if let Some(c) = &p.cohort_id {
                     work.count(c, Status::Pending, -1);
                 }
                 // The event names the seat given up; the participant then
                 // belongs to no cohort.
                 let mut declined = work.change(p, Status::Declined, Reason::Declined);
                 declined.cohort_id = None;
-                work.keep(declined);
+                work.keep(declined.clone());
+                known.insert(declined.id.clone(), declined);
+                Ok(())
             }
-            Some(p) if p.status == Status::Declined => {}
-            Some(p) => {
-                return Err(Refusal::Conflict(format!(
+            (Operation::Accept, Some(p)) if p.status != Status::Assigned => {
+                Err(Refusal::Conflict(format!(
+                    "participant is {}, not pending: only a pending participant can accept",
+                    p.status.as_str()
+                )))
+            }
+            (Operation::Decline, Some(p)) if p.status != Status::Declined => {
+                Err(Refusal::Conflict(format!(
                     "participant is {}, not pending: only a pending participant can decline",
                     p.status.as_str()
                 )))
             }
-        },
-        Operation::Sweep => {}
-    }
-
-    // 3. Matching, until no group is ready.
-    if let (Some(routing), true) = (study.routing, operation.forms_groups()) {
-        let mut alias_members: HashMap<String, u64> = HashMap::new();
-        for c in &work.cohorts {
-            if let Some(a) = &c.alias {
-                *alias_members.entry(a.clone()).or_default() += u64::from(c.members());
-            }
+            // Routing anyone but a new participant, accepting an assigned one
+            // and declining a declined one change nothing.
+            _ => Ok(()),
+        };
+        if result.is_ok() && operation.forms_groups() {
+            form_groups(&mut work, &mut known, &mut pool);
         }
-        let attributes: Vec<&Value> = pool.iter().map(|p| &p.attributes).collect();
-        let formations = form_all(routing, study.cohorts, &attributes, &mut alias_members);
-        for formation in formations {
-            let group = &routing.config.groups[formation.group];
-            let size = formation.seats.len() as u32;
-            let cohort = match &group.target_cohort {
-                Some(alias) => work.join(alias.as_str(), size),
-                None => work.create_for_group(&group.name),
-            };
-            let status = if group.require_acceptance {
-                Status::Pending
-            } else {
-                Status::Assigned
-            };
-            for seat in &formation.seats {
-                let mut p = pool[seat.member].clone();
-                p.cohort_id = Some(cohort.clone());
-                p.group = Some(group.name.clone());
-                p.entry = Some(group.composition[seat.entry].id.as_str().to_owned());
-                work.count(&cohort, status, 1);
-                work.change(p, status, Reason::Formed);
-            }
-        }
+        answers.push(result.and_then(|()| known.get(id).cloned().ok_or(Refusal::NotFound)));
     }
-
-    let subject = work
-        .changed
-        .iter()
-        .find(|p| p.id == subject_id)
-        .cloned()
-        .or(subject);
-    Ok(Changes {
+    Changes {
         new_cohorts: work.new_cohorts,
         participants: work.changed,
         events: work.events,
-        subject,
-    })
+        answers,
+    }
+}
+
+/// Matching until no group is ready; formed members leave the pool.
+fn form_groups(
+    work: &mut Work<'_>,
+    known: &mut HashMap<String, Participant>,
+    pool: &mut Vec<String>,
+) {
+    let Some(routing) = work.study.routing else {
+        return;
+    };
+    let mut alias_members: HashMap<String, u64> = HashMap::new();
+    for c in &work.cohorts {
+        if let Some(a) = &c.alias {
+            *alias_members.entry(a.clone()).or_default() += u64::from(c.members());
+        }
+    }
+    let attributes: Vec<&Value> = pool
+        .iter()
+        .filter_map(|id| known.get(id))
+        .map(|p| &p.attributes)
+        .collect();
+    let formations = form_all(routing, work.study.cohorts, &attributes, &mut alias_members);
+    let mut formed = vec![false; pool.len()];
+    for formation in formations {
+        let group = &routing.config.groups[formation.group];
+        let size = formation.seats.len() as u32;
+        let cohort = match &group.target_cohort {
+            Some(alias) => work.join(alias.as_str(), size),
+            None => work.create_for_group(&group.name),
+        };
+        let status = if group.require_acceptance {
+            Status::Pending
+        } else {
+            Status::Assigned
+        };
+        for seat in &formation.seats {
+            formed[seat.member] = true;
+            let Some(mut p) = known.get(&pool[seat.member]).cloned() else {
+                continue;
+            };
+            p.cohort_id = Some(cohort.clone());
+            p.group = Some(group.name.clone());
+            p.entry = Some(group.composition[seat.entry].id.as_str().to_owned());
+            work.count(&cohort, status, 1);
+            let p = work.change(p, status, Reason::Formed);
+            known.insert(p.id.clone(), p);
+        }
+    }
+    let mut i = 0;
+    pool.retain(|_| {
+        i += 1;
+        !formed[i - 1]
+    });
 }
 
 #[cfg(test)]
@@ -559,6 +582,11 @@ mod tests {
         }
 
         fn call(&mut self, id: &str, op: Operation) -> Result<Participant, Refusal> {
+            self.call_many(&[(id, op)]).remove(0)
+        }
+
+        /// Several calls planned in one transaction.
+        fn call_many(&mut self, calls: &[(&str, Operation)]) -> Vec<Result<Participant, Refusal>> {
             self.seq += 1;
             let mut waiting: Vec<Participant> = self
                 .people
@@ -579,17 +607,24 @@ mod tests {
                 cohorts: self.cohorts.clone(),
                 group_cohorts,
                 waiting,
-                subject: self.people.iter().find(|p| p.id == id).cloned(),
+                subjects: self
+                    .people
+                    .iter()
+                    .filter(|p| calls.iter().any(|(id, _)| *id == p.id))
+                    .cloned()
+                    .collect(),
             };
             let study = Study {
                 routing: Some(&self.routing),
                 cohorts: &self.defs,
             };
             let mut ids = self.ids;
-            let changes = plan(&study, state, id, op, &mut || {
+            let calls: Vec<(String, Operation)> =
+                calls.iter().map(|(id, op)| (id.to_string(), *op)).collect();
+            let changes = plan(&study, state, &calls, &mut || {
                 ids += 1;
                 format!("gen-{ids}")
-            })?;
+            });
             self.ids = ids;
             self.cohorts.extend(changes.new_cohorts);
             for p in changes.participants {
@@ -616,7 +651,7 @@ mod tests {
                     })
                     .count() as u32;
             }
-            Ok(changes.subject.expect("a subject"))
+            changes.answers
         }
 
         /// Registration happens outside routing transactions; here it is a
@@ -798,5 +833,60 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    use proptest::prelude::*;
+
+    fn op_strategy() -> impl Strategy<Value = (usize, Operation)> {
+        (
+            0usize..12,
+            prop_oneof![
+                4 => Just(Operation::Route),
+                1 => Just(Operation::Accept),
+                1 => Just(Operation::Decline),
+                1 => Just(Operation::Sweep),
+            ],
+        )
+    }
+
+    proptest! {
+        /// Calls planned together in one transaction leave exactly the state
+        /// and audit log the same calls leave one by one.
+        #[test]
+        fn batched_calls_equal_the_same_calls_one_by_one(
+            scores in prop::collection::vec(0i64..11, 12),
+            ops in prop::collection::vec(op_strategy(), 1..40),
+            cuts in prop::collection::vec(1usize..6, 40),
+        ) {
+            let mut one = Lab::new(study());
+            let mut many = Lab::new(study());
+            for (i, score) in scores.iter().enumerate() {
+                one.register(&format!("p{i}"), json!({"score": score}));
+                many.register(&format!("p{i}"), json!({"score": score}));
+            }
+            let calls: Vec<(String, Operation)> = ops.iter().map(|(i, op)| (format!("p{i}"), *op)).collect();
+            let mut answers_one = Vec::new();
+            for (id, op) in &calls {
+                answers_one.push(one.call(id, *op).map(|p| (p.status, p.cohort_id)));
+            }
+            let mut answers_many = Vec::new();
+            let mut rest: &[(String, Operation)] = &calls;
+            let mut cut = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*cut.next().unwrap_or(&1)).min(rest.len());
+                let batch: Vec<(&str, Operation)> = rest[..n].iter().map(|(id, op)| (id.as_str(), *op)).collect();
+                answers_many.extend(many.call_many(&batch).into_iter().map(|r| r.map(|p| (p.status, p.cohort_id))));
+                rest = &rest[n..];
+            }
+            prop_assert_eq!(answers_one, answers_many);
+            let view = |lab: &Lab| -> Vec<(String, Status, Option<String>, Option<String>)> {
+                lab.people.iter().map(|p| (p.id.clone(), p.status, p.cohort_id.clone(), p.entry.clone())).collect()
+            };
+            prop_assert_eq!(view(&one), view(&many));
+            let log = |lab: &Lab| -> Vec<(String, Status, Reason)> {
+                lab.events.iter().map(|e| (e.participant_id.clone(), e.status, e.reason)).collect()
+            };
+            prop_assert_eq!(log(&one), log(&many));
+        }
     }
 }
