@@ -96,7 +96,12 @@ impl Application {
         let sweeper = state
             .engine
             .spawn_sweeper(Duration::from_millis(settings.sweep_interval_ms));
-        let router = http::router(state.clone(), settings.body_limit_bytes);
+        let router = http::router(state.clone(), &settings);
+        if settings.auth.tokens.is_empty() {
+            tracing::warn!(
+                "no auth token is configured: every endpoint is open to anyone who can reach it"
+            );
+        }
         let flag = Arc::clone(&state.shutting_down);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {

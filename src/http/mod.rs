@@ -1,19 +1,23 @@
 //! The HTTP surface: the router and its middleware stack.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod routes;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderName;
+use axum::http::{header, HeaderName};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::config::Settings;
 use crate::engine::Engine;
 use error::ApiError;
 
@@ -26,8 +30,10 @@ pub struct AppState {
 }
 
 /// The whole application router.
-pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
+pub fn router(state: AppState, settings: &Settings) -> Router {
     let request_id = HeaderName::from_static(error::REQUEST_ID);
+    let auth = auth::Auth::new(&settings.auth);
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
     Router::new()
         .merge(routes::health::router())
         .merge(routes::flags::router())
@@ -35,14 +41,18 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         .merge(routes::assign::router())
         .merge(routes::participants::router())
         .merge(routes::cohorts::router())
+        // Matched routes only: an unknown path is a plain 404 for everyone.
+        .route_layer(axum::middleware::from_fn_with_state(auth, auth::authenticate))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // Bodies over the limit are refused by the JSON extractor with a 413.
-        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .with_state(state)
         .layer(
             // Outermost first.
             ServiceBuilder::new()
+                // Tokens never reach the logs.
+                .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
                 // Keep the client's x-request-id, or make one.
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 // Echo it on every response.
@@ -54,9 +64,25 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
                 }))
                 // Turn every ApiError into the contract's body, with the id.
                 .layer(axum::middleware::from_fn(error::render_errors))
+                // A request that runs too long answers 503 instead of hanging.
+                .layer(axum::middleware::from_fn_with_state(timeout, limit_time))
                 // A panic becomes a 500 in the same shape instead of a dropped connection.
                 .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
                     axum::response::IntoResponse::into_response(ApiError::internal("handler panicked"))
                 })),
         )
+}
+
+/// Middleware: gives up on a request after `limit`.
+async fn limit_time(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::unavailable(format!(
+            "the request did not finish within {limit:?}"
+        ))),
+    }
 }

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod assign;
+mod auth;
 mod binary;
 mod conformance;
 mod experiments;

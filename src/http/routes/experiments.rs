@@ -4,9 +4,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 use super::{versioned, write_status};
+use crate::http::auth::Actor;
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams};
 use crate::http::AppState;
@@ -37,12 +38,13 @@ async fn upsert(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     IfMatch(if_match): IfMatch,
+    actor: Option<Extension<Actor>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    // TODO(#4): the authenticated token's name becomes the actor.
+    let actor = actor.and_then(|Extension(Actor(name))| name);
     let (experiment, outcome) = state
         .engine
-        .put_experiment(&key, &body, if_match, None)
+        .put_experiment(&key, &body, if_match, actor)
         .await?;
     Ok(versioned(
         write_status(outcome),
