@@ -83,16 +83,24 @@ pub fn client_may(method: &Method, path: &str) -> bool {
         return true;
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method.as_str(), parts.as_slice()) {
-        ("POST", ["v1", "flags", _, "evaluate"]) => true,
-        ("POST", ["v1", "experiments", _, "assign"]) => true,
-        ("POST", ["v1", "assign"]) => true,
-        ("PUT", ["v1", "experiments", _, "participants", _]) => true,
-        ("POST", ["v1", "experiments", _, "participants", _, "route" | "accept" | "decline"]) => {
-            true
-        }
-        _ => false,
-    }
+    matches!(
+        (method.as_str(), parts.as_slice()),
+        ("POST", ["v1", "flags", _, "evaluate"])
+            | ("POST", ["v1", "experiments", _, "assign"])
+            | ("POST", ["v1", "assign"])
+            | ("PUT", ["v1", "experiments", _, "participants", _])
+            | (
+                "POST",
+                [
+                    "v1",
+                    "experiments",
+                    _,
+                    "participants",
+                    _,
+                    "route" | "accept" | "decline"
+                ]
+            )
+    )
 }
 
 fn unauthorized(message: &str) -> Response {
