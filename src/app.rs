@@ -63,6 +63,7 @@ impl Application {
         let state = AppState {
             engine: Arc::new(engine),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            metrics: crate::telemetry::metrics(),
         };
         Ok(Self {
             listener,

@@ -14,3 +14,62 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+
+/// The Prometheus recorder, installed once per process (several apps in one
+/// test process share it). `None` if another recorder was installed first.
+pub fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            // Latency buckets from 100 µs to 10 s.
+            let buckets = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "allot_http_requests_total",
+        "HTTP requests by method, matched route and status"
+    );
+    describe_histogram!(
+        "allot_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by method and matched route"
+    );
+    describe_counter!(
+        "allot_assignments_total",
+        "Assignment answers by experiment, treatment (empty: not in the experiment) and reason"
+    );
+    describe_counter!(
+        "allot_routing_status_changes_total",
+        "Participant status changes by experiment, new status and reason"
+    );
+    describe_counter!(
+        "allot_store_errors_total",
+        "Store operations that failed, by kind"
+    );
+    describe_gauge!(
+        "allot_db_pool_connections",
+        "Database pool connections by state (idle, in_use)"
+    );
+    describe_gauge!("allot_db_pool_max_connections", "Database pool size limit");
+    describe_gauge!(
+        "allot_config_revision",
+        "Configuration revision this replica serves"
+    );
+}

@@ -201,10 +201,18 @@ impl Engine {
         request: AssignRequest,
     ) -> Result<Assignment, EngineError> {
         let step = decide(&self.snapshot.load(), key, request)?;
-        match step {
-            Step::Done(assignment) => Ok(assignment),
-            Step::Sticky(pending) => self.assign_sticky(pending).await,
-        }
+        let assignment = match step {
+            Step::Done(assignment) => assignment,
+            Step::Sticky(pending) => self.assign_sticky(pending).await?,
+        };
+        metrics::counter!(
+            "allot_assignments_total",
+            "experiment" => assignment.experiment.clone(),
+            "treatment" => assignment.treatment.clone().unwrap_or_default(),
+            "reason" => assignment.reason.as_str()
+        )
+        .increment(1);
+        Ok(assignment)
     }
 
     /// Steps 4 and 5 for a sticky experiment: a stored assignment whose

@@ -64,6 +64,14 @@ impl EngineError {
 
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
+        let kind = match &e {
+            StoreError::Unavailable(_) => Some("unavailable"),
+            StoreError::Other(_) => Some("other"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            metrics::counter!("allot_store_errors_total", "kind" => kind).increment(1);
+        }
         match e {
             StoreError::NotFound => EngineError::NotFound("not found".into()),
             StoreError::Conflict(m) => EngineError::Conflict(m),

@@ -219,7 +219,18 @@ impl Engine {
                 self.store.route(&entry.id, &ids, scope, &planner).await
             };
             match outcome {
-                Ok(Ok(routed)) => return Ok((routed, entry)),
+                Ok(Ok(routed)) => {
+                    for e in &routed.changes.events {
+                        metrics::counter!(
+                            "allot_routing_status_changes_total",
+                            "experiment" => key.to_owned(),
+                            "status" => e.status.as_str(),
+                            "reason" => e.reason.as_str()
+                        )
+                        .increment(1);
+                    }
+                    return Ok((routed, entry));
+                }
                 // Our snapshot is behind the store (another replica changed or
                 // deleted the experiment): catch up and plan again.
                 Ok(Err(StaleConfig)) | Err(StoreError::NotFound) => {

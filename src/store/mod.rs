@@ -194,6 +194,8 @@ pub struct EventRecord {
 pub trait Store: Send + Sync + 'static {
     /// "postgres" or "sqlite", for logs and probes.
     fn backend(&self) -> &'static str;
+    /// The connection pool: (open, idle, max), for metrics.
+    fn pool_status(&self) -> (u32, u32, u32);
     async fn migrate(&self) -> Result<(), StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
     /// The configuration revision: bumped by every configuration write.

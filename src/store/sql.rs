@@ -274,6 +274,11 @@ macro_rules! impl_sql_store {
                 $backend
             }
 
+            fn pool_status(&self) -> (u32, u32, u32) {
+                let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+                (self.pool.size(), idle, self.pool.options().get_max_connections())
+            }
+
             async fn migrate(&self) -> Result<(), StoreError> {
                 self.run_migrations().await
             }

@@ -13,6 +13,7 @@ mod conformance;
 mod experiments;
 mod flags;
 mod hash_vectors;
+mod observability;
 mod robustness;
 mod routing;
 mod sticky;

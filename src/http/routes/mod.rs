@@ -5,6 +5,7 @@ pub mod cohorts;
 pub mod experiments;
 pub mod flags;
 pub mod health;
+pub mod metrics;
 pub mod participants;
 
 use axum::http::{header, HeaderValue, StatusCode};

@@ -1,0 +1,35 @@
+//! `GET /metrics`: Prometheus text (§7). Authenticated unless
+//! `auth.metrics_public` is set.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::http::error::ApiError;
+use crate::http::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(render))
+}
+
+async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let handle = state
+        .metrics
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("no metrics recorder is installed in this process"))?;
+    // Gauges that describe the moment are read now rather than kept current.
+    let (open, idle, max) = state.engine.store().pool_status();
+    metrics::gauge!("allot_db_pool_connections", "state" => "idle").set(f64::from(idle));
+    metrics::gauge!("allot_db_pool_connections", "state" => "in_use")
+        .set(f64::from(open.saturating_sub(idle)));
+    metrics::gauge!("allot_db_pool_max_connections").set(f64::from(max));
+    metrics::gauge!("allot_config_revision").set(state.engine.snapshot().revision as f64);
+    handle.run_upkeep();
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response())
+}
