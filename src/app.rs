@@ -53,6 +53,8 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = open_store(&settings).await?;
+        // Installed before the engine loads: its entries register counters.
+        let metrics = crate::telemetry::metrics();
         let engine = Engine::load(store).await.map_err(StartError::Load)?;
         let listener = TcpListener::bind(&settings.listen)
             .await
@@ -63,7 +65,7 @@ impl Application {
         let state = AppState {
             engine: Arc::new(engine),
             shutting_down: Arc::new(AtomicBool::new(false)),
-            metrics: crate::telemetry::metrics(),
+            metrics,
         };
         Ok(Self {
             listener,
@@ -94,6 +96,16 @@ impl Application {
         let refresher = state
             .engine
             .spawn_refresher(Duration::from_millis(settings.refresh_interval_ms));
+        // Histograms keep raw samples until upkeep folds them into buckets.
+        let upkeep = state.metrics.clone().map(|handle| {
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    ticker.tick().await;
+                    handle.run_upkeep();
+                }
+            })
+        });
         let sweeper = state
             .engine
             .spawn_sweeper(Duration::from_millis(settings.sweep_interval_ms));
@@ -130,6 +142,9 @@ impl Application {
         };
         refresher.abort();
         sweeper.abort();
+        if let Some(upkeep) = upkeep {
+            upkeep.abort();
+        }
         result
     }
 }

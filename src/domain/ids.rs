@@ -86,6 +86,14 @@ impl Id {
         }
     }
 
+    /// As [`Id::from_json`], taking a string's buffer instead of copying it.
+    pub fn from_json_owned(value: Value) -> Result<Self, String> {
+        match value {
+            Value::String(s) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Ok(Self(s)),
+            other => Self::from_json(&other),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -60,8 +60,8 @@ impl AssignRequest {
             }
             Err(_) => None,
         };
-        let org_id = take(body_id(&map, "org_id", at));
-        let unit_id = take(body_id(&map, "unit_id", at));
+        let org_id = take(body_id(&mut map, "org_id", at));
+        let unit_id = take(body_id(&mut map, "unit_id", at));
         let attributes = match attributes(&mut map, at) {
             Ok(a) => a,
             Err(EngineError::Validation(p)) => {
@@ -102,6 +102,7 @@ fn answer(
     bucket: Option<u16>,
     reason: Reason,
 ) -> Assignment {
+    entry.counters.count(treatment, reason);
     let chosen = treatment.and_then(|i| {
         entry
             .experiment
@@ -201,18 +202,10 @@ impl Engine {
         request: AssignRequest,
     ) -> Result<Assignment, EngineError> {
         let step = decide(&self.snapshot.load(), key, request)?;
-        let assignment = match step {
-            Step::Done(assignment) => assignment,
-            Step::Sticky(pending) => self.assign_sticky(pending).await?,
-        };
-        metrics::counter!(
-            "allot_assignments_total",
-            "experiment" => assignment.experiment.clone(),
-            "treatment" => assignment.treatment.clone().unwrap_or_default(),
-            "reason" => assignment.reason.as_str()
-        )
-        .increment(1);
-        Ok(assignment)
+        match step {
+            Step::Done(assignment) => Ok(assignment),
+            Step::Sticky(pending) => self.assign_sticky(pending).await,
+        }
     }
 
     /// Steps 4 and 5 for a sticky experiment: a stored assignment whose

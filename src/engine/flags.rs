@@ -86,14 +86,15 @@ pub fn attributes(
 }
 
 /// Parses a required id field of a request body at `at`.
-pub fn body_id(body: &Map<String, Value>, field: &str, at: &str) -> Result<Id, EngineError> {
-    match body.get(field) {
+/// Takes a required id field out of a request body at `at`.
+pub fn body_id(body: &mut Map<String, Value>, field: &str, at: &str) -> Result<Id, EngineError> {
+    match body.remove(field) {
         None => Err(EngineError::validation(
             format!("{at}/{field}"),
             "is required",
         )),
         Some(v) => {
-            Id::from_json(v).map_err(|e| EngineError::validation(format!("{at}/{field}"), e))
+            Id::from_json_owned(v).map_err(|e| EngineError::validation(format!("{at}/{field}"), e))
         }
     }
 }
@@ -291,7 +292,7 @@ impl Engine {
                 "must be an object with org_id and attributes",
             ));
         };
-        let org = body_id(&body, "org_id", "")?;
+        let org = body_id(&mut body, "org_id", "")?;
         let mut attrs = attributes(&mut body, "")?;
         let entry = self.flag_entry(key)?;
         let flag = entry

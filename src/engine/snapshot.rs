@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::domain::experiment::{Experiment, ExperimentConfig};
+use crate::domain::experiment::{Experiment, ExperimentConfig, Reason};
 use crate::domain::flag::{CompiledFlag, FlagConfig};
 use crate::domain::ids::Key;
 use crate::domain::layout::Range;
@@ -54,6 +54,51 @@ pub struct ExperimentEntry {
     /// assignment only changes once its treatment is inactive, which takes a
     /// new version, and a new version is a new entry with an empty cache.
     pub sticky: StickyCache,
+    /// `allot_assignments_total` handles, registered once per entry so that
+    /// counting an answer allocates nothing.
+    pub counters: AssignmentCounters,
+}
+
+/// One counter per (treatment or none, reason).
+#[derive(Debug, Default)]
+pub struct AssignmentCounters(Vec<metrics::Counter>);
+
+impl AssignmentCounters {
+    const REASONS: [Reason; 6] = [
+        Reason::Assigned,
+        Reason::Sticky,
+        Reason::ExperimentPaused,
+        Reason::OrgNotEligible,
+        Reason::NoActiveTreatments,
+        Reason::NotInCoverage,
+    ];
+
+    fn register(key: &str, experiment: Option<&Experiment>) -> Self {
+        let names: Vec<&str> = experiment
+            .map(|e| e.config.treatment_names())
+            .unwrap_or_default();
+        let mut counters = Vec::with_capacity((names.len() + 1) * Self::REASONS.len());
+        for treatment in std::iter::once("").chain(names) {
+            for reason in Self::REASONS {
+                counters.push(metrics::counter!(
+                    "allot_assignments_total",
+                    "experiment" => key.to_owned(),
+                    "treatment" => treatment.to_owned(),
+                    "reason" => reason.as_str()
+                ));
+            }
+        }
+        Self(counters)
+    }
+
+    /// Counts one answer: `treatment` is an index into the treatments.
+    pub fn count(&self, treatment: Option<usize>, reason: Reason) {
+        let row = treatment.map_or(0, |i| i + 1);
+        let column = Self::REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        if let Some(counter) = self.0.get(row * Self::REASONS.len() + column) {
+            counter.increment(1);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +168,7 @@ impl FlagEntry {
 impl ExperimentEntry {
     pub fn from_record(record: ExperimentRecord) -> Self {
         let experiment = parse_experiment(&record);
+        let counters = AssignmentCounters::register(&record.key, experiment.as_ref().ok());
         Self {
             id: record.id,
             key: record.key,
@@ -131,6 +177,7 @@ impl ExperimentEntry {
             updated_at: record.updated_at,
             experiment,
             sticky: StickyCache::default(),
+            counters,
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -113,7 +113,19 @@ fn unauthorized(message: &str) -> Response {
 
 /// Middleware: authenticates, authorises, and leaves the [`Actor`] in the
 /// request's extensions.
-pub async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
+///
+/// As a route layer it also sees the matched route template, which it copies
+/// into the response for the request metrics (`http::edge`).
+pub async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = check(&auth, request, next).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
+    response
+}
+
+async fn check(auth: &Auth, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let open =
         path == "/healthz" || path == "/readyz" || (path == "/metrics" && auth.metrics_public);

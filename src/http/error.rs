@@ -1,13 +1,11 @@
 //! [`ApiError`]: the one error shape of every non-2xx answer (contract §1).
 //!
 //! Handlers and extractors return an `ApiError`; it travels in the response's
-//! extensions to the [`render_errors`] middleware, which knows the request id
-//! and writes the body. 5xx causes are logged there, inside the request span,
+//! extensions to the edge middleware (`http::edge`), which knows the request
+//! id and writes the body with [`render`]. 5xx causes are logged there, inside the request span,
 //! and never shown to the client beyond a short sentence.
 
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -128,27 +126,31 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Middleware: writes the body of every [`ApiError`] with the request id.
-pub async fn render_errors(request: Request, next: Next) -> Response {
-    // A header value clone shares its bytes: the happy path copies nothing.
-    let request_id = request.headers().get(REQUEST_ID).cloned();
-    let mut response = next.run(request).await;
-    let Some(error) = response.extensions_mut().remove::<ApiError>() else {
-        return response;
-    };
-    let request_id = request_id
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+/// Writes the body of `error`, which `response` carried, with the request id.
+pub fn render(
+    error: ApiError,
+    request_id: Option<&HeaderValue>,
+    response: &Response,
+    method: &str,
+    route: &str,
+) -> Response {
+    let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or_default();
     if error.status.is_server_error() {
-        tracing::error!(status = error.status.as_u16(), cause = %error.message, "request failed");
+        tracing::error!(
+            request_id,
+            method,
+            route,
+            status = error.status.as_u16(),
+            cause = %error.message,
+            "request failed"
+        );
     }
     let mut rendered = (
         error.status,
         Json(json!({"error": error.object(request_id)})),
     )
         .into_response();
-    // Keep headers a handler set (e.g. ETag on 412), but not a stale length.
+    // Keep headers a handler set (e.g. WWW-Authenticate on 401), but not a stale length.
     for (name, value) in response.headers() {
         if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
             rendered.headers_mut().insert(name.clone(), value.clone());
