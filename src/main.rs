@@ -1,4 +1,5 @@
-//! The `allot` binary: `allot serve` (the default) or `allot migrate`.
+//! The `allot` binary: `allot serve` (the default), `allot migrate`,
+//! `allot healthcheck`.
 
 use std::process::ExitCode;
 
@@ -24,6 +25,9 @@ enum Command {
     Serve,
     /// Run the store's schema migrations and exit.
     Migrate,
+    /// Exit 0 when the local service's /readyz answers 200 (for container
+    /// health checks in images without a shell or curl).
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -40,6 +44,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Healthcheck => allot::app::healthcheck(&settings.listen).await.map_err(anyhow::Error::msg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

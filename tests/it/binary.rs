@@ -58,6 +58,16 @@ fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_
     );
     assert!(!from_file.exists());
 
+    // The image's health check: the binary probes its own /readyz.
+    let healthy = allot()
+        .arg("healthcheck")
+        .env("ALLOT_CONFIG", &file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(healthy.success());
+
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -66,6 +76,14 @@ fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
+    let gone = allot()
+        .arg("healthcheck")
+        .env("ALLOT_CONFIG", &file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!gone.success(), "healthcheck passes with nothing listening");
     assert!(lines
         .map_while(Result::ok)
         .any(|line| line.contains("stopped")));
