@@ -155,16 +155,24 @@ impl Application {
 /// a container without curl. A wildcard listen address is probed on loopback.
 pub async fn healthcheck(listen: &str) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let addr = listen
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("[::]", "[::1]");
     let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         stream
             .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
             .map_err(|e| e.to_string())?;
         let mut head = vec![0u8; 64];
         let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
-        let status_line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_owned();
+        let status_line = String::from_utf8_lossy(&head[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if status_line.starts_with("HTTP/1.1 200") {
             Ok(())
         } else {

@@ -44,7 +44,9 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
-        Command::Healthcheck => allot::app::healthcheck(&settings.listen).await.map_err(anyhow::Error::msg),
+        Command::Healthcheck => allot::app::healthcheck(&settings.listen)
+            .await
+            .map_err(anyhow::Error::msg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

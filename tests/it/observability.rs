@@ -63,3 +63,127 @@ async fn metrics_describe_the_traffic_that_passed(backend: Backend) {
 }
 
 on_both_stores!(metrics_describe_the_traffic_that_passed);
+
+/// A TCP proxy between allot and PostgreSQL that the test can cut and mend.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, l) = (open.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: the store "is gone"
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                l.lock().unwrap().push(link);
+            }
+        });
+        Self {
+            addr,
+            open,
+            links,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn mend(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+async fn wait_for_ready(app: &crate::helpers::TestApp, status: u16) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = app.get("/readyz").await;
+        if answer.status.as_u16() == status || std::time::Instant::now() > deadline {
+            assert_eq!(answer.status.as_u16(), status, "readyz: {}", answer.body);
+            return answer.body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// PostgreSQL goes away (every connection cut, new ones refused) and comes
+/// back: readiness says so both times, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_readiness_follows_the_store_going_away_and_coming_back() {
+    let Some(store) = crate::helpers::TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let proxy = Proxy::start("127.0.0.1:5432".into()).await;
+    let mut settings = store.settings();
+    let url = settings
+        .database_url
+        .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
+    assert_ne!(
+        url, settings.database_url,
+        "the test database URL names 127.0.0.1:5432"
+    );
+    settings.database_url = url;
+    settings.db_acquire_timeout_ms = 500;
+    let app = crate::helpers::TestApp::spawn_with(settings).await;
+    app.get("/readyz").await.expect(200);
+    app.put(
+        "/v1/experiments/e",
+        json!({"treatments": [{"name": "a", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
+
+    proxy.cut();
+    let down = wait_for_ready(&app, 503).await;
+    assert_eq!(down["status"], "not_ready");
+    // Non-sticky assignment needs no store: it keeps answering.
+    app.post(
+        "/v1/experiments/e/assign",
+        json!({"org_id": 1, "unit_id": "u"}),
+    )
+    .await
+    .expect(200);
+    // A write needs the store: 503 unavailable, never a hang or a 500.
+    app.put(
+        "/v1/experiments/e",
+        json!({"treatments": [{"name": "a", "weight": 2}]}),
+    )
+    .await
+    .expect_error(503, "unavailable");
+
+    proxy.mend();
+    assert_eq!(wait_for_ready(&app, 200).await["status"], "ready");
+    app.put(
+        "/v1/experiments/e",
+        json!({"treatments": [{"name": "a", "weight": 2}]}),
+    )
+    .await
+    .expect(200);
+}
