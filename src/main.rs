@@ -1,5 +1,5 @@
 //! The `allot` binary: `allot serve` (the default), `allot migrate`,
-//! `allot healthcheck`.
+//! `allot healthcheck`, `allot openapi`.
 
 use std::process::ExitCode;
 
@@ -28,6 +28,8 @@ enum Command {
     /// Exit 0 when the local service's /readyz answers 200 (for container
     /// health checks in images without a shell or curl).
     Healthcheck,
+    /// Print the OpenAPI 3.1 document.
+    Openapi,
 }
 
 #[tokio::main]
@@ -44,6 +46,10 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Openapi => allot::http::openapi_document()
+            .to_pretty_json()
+            .map(|json| println!("{json}"))
+            .map_err(anyhow::Error::from),
         Command::Healthcheck => allot::app::healthcheck(&settings.listen)
             .await
             .map_err(anyhow::Error::msg),

@@ -21,15 +21,16 @@ pub const MAX_TREATMENTS: usize = 100;
 /// Fields a client may send back from a GET answer; they are ignored on write.
 const READ_ONLY: &[&str] = &["key", "version", "created_at", "updated_at", "layout"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ExperimentStatus)]
 pub enum Status {
     Running,
     Paused,
 }
 
 /// What one unit is randomized by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HashBy {
     /// Every unit on its own: `bucket(salt, org_id, unit_id)`.
@@ -38,7 +39,7 @@ pub enum HashBy {
     Org,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Treatment {
     pub name: Key,
     #[serde(serialize_with = "super::number::compact")]
@@ -47,7 +48,7 @@ pub struct Treatment {
 }
 
 /// An experiment document as stored and served.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExperimentConfig {
     pub description: String,
     pub status: Status,
@@ -64,8 +65,9 @@ pub struct ExperimentConfig {
 }
 
 /// Why an assignment answered as it did (§4.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = AssignmentReason)]
 pub enum Reason {
     Assigned,
     Sticky,

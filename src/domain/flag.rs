@@ -11,14 +11,14 @@ use super::problem::{pointer, Problem};
 const MAX_TEXT: usize = 10_000;
 
 /// A flag document as stored and served (normalised: every default filled in).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FlagConfig {
     pub description: String,
     pub enabled: bool,
     pub rules: Vec<RuleConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RuleConfig {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,7 +28,7 @@ pub struct RuleConfig {
 }
 
 /// Why a flag evaluated as it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagReason {
     Override,

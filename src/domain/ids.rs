@@ -15,7 +15,7 @@ pub const MAX_KEY_LEN: usize = 200;
 pub const MAX_ID_BYTES: usize = 256;
 
 /// 1–200 characters of `A–Z a–z 0–9 . _ : -`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct Key(String);
 

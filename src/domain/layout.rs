@@ -15,7 +15,7 @@ const SLOTS: usize = BUCKETS as usize;
 const FREE: u16 = u16::MAX;
 
 /// A run of buckets `[start, end)` held by one treatment, as stored and served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Range {
     pub treatment: String,
     pub start: u16,

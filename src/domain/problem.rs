@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 /// One entry of the `details` array of a 422 answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// JSON Pointer into the request body ("" is the whole body).
     pub path: String,

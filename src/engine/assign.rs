@@ -20,7 +20,7 @@ use crate::domain::problem::pointer;
 pub const MAX_BATCH: usize = 1000;
 
 /// The answer for one unit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Assignment {
     pub experiment: String,
     pub version: i64,

@@ -14,7 +14,7 @@ use crate::domain::layout::Range;
 use crate::store::{ExperimentRecord, NewVersion, Plan, StoreError};
 
 /// An experiment as served: its config, identity and current layout.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExperimentView {
     pub key: String,
     #[serde(flatten)]
@@ -27,7 +27,7 @@ pub struct ExperimentView {
     pub layout: Vec<Range>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionView {
     pub version: i64,
     #[serde(with = "time::serde::rfc3339")]

@@ -13,7 +13,7 @@ use crate::domain::ids::{Id, Key};
 use crate::store::{FlagWritten, OverrideRecord, StoreError};
 
 /// A flag as served.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlagView {
     pub key: String,
     #[serde(flatten)]
@@ -25,7 +25,7 @@ pub struct FlagView {
     pub updated_at: OffsetDateTime,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OverrideView {
     pub flag: String,
     pub org_id: String,
@@ -34,14 +34,14 @@ pub struct OverrideView {
     pub updated_at: OffsetDateTime,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OverridePage {
     pub overrides: Vec<OverrideView>,
     /// Pass as `after` to get the next page; null on the last page.
     pub next: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlagEvaluation {
     pub flag: String,
     pub org_id: String,

@@ -77,7 +77,7 @@ impl Drop for DrainGuard<'_> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CohortRef {
     pub id: String,
     pub alias: Option<String>,
@@ -85,7 +85,7 @@ pub struct CohortRef {
 }
 
 /// A participant as every routing call answers it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ParticipantView {
     pub participant_id: String,
     pub status: Status,
@@ -99,13 +99,13 @@ pub struct ParticipantView {
     pub updated_at: OffsetDateTime,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Members {
     pub assigned: u32,
     pub pending: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CohortView {
     pub id: String,
     pub alias: Option<String>,
@@ -116,7 +116,7 @@ pub struct CohortView {
     pub overflow_of: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     /// Cursor: pass as `before` for older events.
     pub id: i64,
@@ -131,7 +131,7 @@ pub struct EventView {
     pub reason: Reason,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventPage {
     pub events: Vec<EventView>,
     /// Pass as `before` for the next (older) page; null on the last page.

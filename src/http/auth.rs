@@ -127,8 +127,8 @@ pub async fn authenticate(State(auth): State<Auth>, request: Request, next: Next
 
 async fn check(auth: &Auth, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let open =
-        path == "/healthz" || path == "/readyz" || (path == "/metrics" && auth.metrics_public);
+    let open = matches!(path, "/healthz" | "/readyz" | "/openapi.json")
+        || (path == "/metrics" && auth.metrics_public);
     if !auth.enabled() || open {
         request.extensions_mut().insert(Actor(None));
         return next.run(request).await;

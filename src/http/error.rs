@@ -5,10 +5,10 @@
 //! id and writes the body with [`render`]. 5xx causes are logged there, inside the request span,
 //! and never shown to the client beyond a short sentence.
 
+use super::openapi::{ErrorBody, ErrorObject};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::domain::problem::Problem;
 use crate::engine::EngineError;
@@ -69,14 +69,20 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", cause)
     }
 
-    /// The error object, as it stands in a body or in a batch result.
-    pub fn object(&self, request_id: &str) -> serde_json::Value {
+    /// The error object, as it stands in a body or in a batch result. A 500
+    /// says only that it happened; its cause goes to the log.
+    pub fn object(&self, request_id: &str) -> ErrorObject {
         let message = if self.status == StatusCode::INTERNAL_SERVER_ERROR {
-            "internal error; the request id identifies it in the server log"
+            "internal error; the request id identifies it in the server log".to_owned()
         } else {
-            &self.message
+            self.message.clone()
         };
-        json!({"code": self.code, "message": message, "details": self.details, "request_id": request_id})
+        ErrorObject {
+            code: self.code.to_owned(),
+            message,
+            details: self.details.clone(),
+            request_id: request_id.to_owned(),
+        }
     }
 }
 
@@ -147,7 +153,9 @@ pub fn render(
     }
     let mut rendered = (
         error.status,
-        Json(json!({"error": error.object(request_id)})),
+        Json(ErrorBody {
+            error: error.object(request_id),
+        }),
     )
         .into_response();
     // Keep headers a handler set (e.g. WWW-Authenticate on 401), but not a stale length.

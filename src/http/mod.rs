@@ -4,6 +4,7 @@ pub mod auth;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::atomic::AtomicBool;
@@ -16,6 +17,8 @@ use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -31,12 +34,9 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
-/// The whole application router.
-pub fn router(state: AppState, settings: &Settings) -> Router {
-    let request_id = HeaderName::from_static(error::REQUEST_ID);
-    let auth = auth::Auth::new(&settings.auth);
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
-    Router::new()
+/// Every documented route, for the router and the OpenAPI document alike.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::health::router())
         .merge(routes::flags::router())
         .merge(routes::experiments::router())
@@ -44,36 +44,62 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         .merge(routes::participants::router())
         .merge(routes::cohorts::router())
         .merge(routes::metrics::router())
-        // Matched routes only: an unknown path is a plain 404 for everyone.
-        .route_layer(axum::middleware::from_fn_with_state(
-            auth,
-            auth::authenticate,
-        ))
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        // Bodies over the limit are refused by the JSON extractor with a 413.
-        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .with_state(state)
-        .layer(
-            // Outermost first.
-            ServiceBuilder::new()
-                // Tokens never reach the logs.
-                .layer(SetSensitiveRequestHeadersLayer::new([
-                    header::AUTHORIZATION,
-                ]))
-                // Keep the client's x-request-id, or make one.
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                // Echo it on every response.
-                .layer(PropagateRequestIdLayer::new(request_id))
-                // Request span, timeout, error bodies with the request id, metrics.
-                .layer(axum::middleware::from_fn_with_state(timeout, edge::edge))
-                // A panic becomes a 500 in the same shape instead of a dropped connection.
-                .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-                    |_: Box<dyn std::any::Any + Send>| {
-                        axum::response::IntoResponse::into_response(ApiError::internal(
-                            "handler panicked",
-                        ))
-                    },
-                )),
-        )
+}
+
+/// The OpenAPI 3.1 document of every endpoint (`allot openapi`, `/openapi.json`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The whole application router.
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let request_id = HeaderName::from_static(error::REQUEST_ID);
+    let auth = auth::Auth::new(&settings.auth);
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    let (api, document) = api().split_for_parts();
+    let document: Arc<str> = document.to_pretty_json().unwrap_or_default().into();
+    api.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let document = Arc::clone(&document);
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document.to_string(),
+                )
+            }
+        }),
+    )
+    // Matched routes only: an unknown path is a plain 404 for everyone.
+    .route_layer(axum::middleware::from_fn_with_state(
+        auth,
+        auth::authenticate,
+    ))
+    .fallback(|| async { ApiError::not_found("no such route") })
+    .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+    // Bodies over the limit are refused by the JSON extractor with a 413.
+    .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+    .with_state(state)
+    .layer(
+        // Outermost first.
+        ServiceBuilder::new()
+            // Tokens never reach the logs.
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+            ]))
+            // Keep the client's x-request-id, or make one.
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            // Echo it on every response.
+            .layer(PropagateRequestIdLayer::new(request_id))
+            // Request span, timeout, error bodies with the request id, metrics.
+            .layer(axum::middleware::from_fn_with_state(timeout, edge::edge))
+            // A panic becomes a 500 in the same shape instead of a dropped connection.
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                |_: Box<dyn std::any::Any + Send>| {
+                    axum::response::IntoResponse::into_response(ApiError::internal(
+                        "handler panicked",
+                    ))
+                },
+            )),
+    )
 }

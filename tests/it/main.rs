@@ -14,6 +14,7 @@ mod experiments;
 mod flags;
 mod hash_vectors;
 mod observability;
+mod openapi;
 mod robustness;
 mod routing;
 mod sticky;

@@ -21,8 +21,9 @@ use time::OffsetDateTime;
 use super::matching::form_all;
 use super::{CohortDef, CompiledRouting};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ParticipantStatus)]
 pub enum Status {
     New,
     Waiting,
@@ -58,8 +59,9 @@ impl Status {
 }
 
 /// Why a status changed, as the audit log says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = RoutingReason)]
 pub enum Reason {
     Routed,
     Formed,

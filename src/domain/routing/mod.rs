@@ -18,7 +18,7 @@ use super::ids::Key;
 use super::problem::{pointer, Problem};
 
 /// A cohort defined in the experiment document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CohortDef {
     pub alias: Key,
     pub name: String,
@@ -29,14 +29,14 @@ pub struct CohortDef {
 }
 
 /// A variable resolved per cohort: `cohort_values[alias]`, else `default`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VariableDef {
     pub name: Key,
     pub default: Value,
     pub cohort_values: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RoutingConfig {
     pub groups: Vec<GroupDef>,
     pub balance: bool,
@@ -44,7 +44,7 @@ pub struct RoutingConfig {
     pub fallback_cohort: Option<Key>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GroupDef {
     pub name: String,
     pub target_cohort: Option<Key>,
@@ -52,7 +52,7 @@ pub struct GroupDef {
     pub composition: Vec<EntryDef>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EntryDef {
     pub id: Key,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,22 +2,28 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Serialize;
-use serde_json::Value;
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::engine::assign::{AssignRequest, Assignment};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, PathParams, RequestId};
+use crate::http::openapi::{AssignInput, BatchAnswer, BatchInput, BatchResult, ErrorBody};
 use crate::http::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/experiments/{key}/assign", post(assign))
-        .route("/v1/assign", post(assign_batch))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(assign))
+        .routes(routes!(assign_batch))
 }
 
+/// The treatment of one unit of work, with the reason.
+#[utoipa::path(post, path = "/v1/experiments/{key}/assign", tag = "assignment", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key")),
+    request_body = AssignInput,
+    responses((status = 200, body = Assignment), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn assign(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -27,6 +33,11 @@ async fn assign(
     Ok(Json(state.engine.assign(&key, request).await?).into_response())
 }
 
+/// Up to 1000 assignments in request order; an item's error does not fail the others.
+#[utoipa::path(post, path = "/v1/assign", tag = "assignment", security(("bearer" = [])),
+    request_body = BatchInput,
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn assign_batch(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
@@ -39,23 +50,10 @@ async fn assign_batch(
         .into_iter()
         .map(|r| match r {
             Ok(a) => BatchResult::Assigned(a),
-            Err(e) => BatchResult::Failed {
+            Err(e) => BatchResult::Failed(ErrorBody {
                 error: ApiError::from(e).object(&request_id),
-            },
+            }),
         })
         .collect();
     Ok(Json(BatchAnswer { results }).into_response())
-}
-
-#[derive(Serialize)]
-struct BatchAnswer {
-    results: Vec<BatchResult>,
-}
-
-/// One item's answer: the assignment, or `{"error": {...}}`.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum BatchResult {
-    Assigned(Assignment),
-    Failed { error: Value },
 }

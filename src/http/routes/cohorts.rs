@@ -2,24 +2,30 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::engine::routing::{CohortView, EventPage, ParticipantView};
 use crate::http::error::ApiError;
 use crate::http::extract::{PathParams, QueryParams};
+use crate::http::openapi::ErrorBody;
 use crate::http::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/experiments/{key}/cohorts", get(list))
-        .route(
-            "/v1/experiments/{key}/cohorts/{cohort_id}/participants",
-            get(members),
-        )
-        .route("/v1/experiments/{key}/routing/events", get(events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(members))
+        .routes(routes!(events))
 }
 
+/// Every cohort of the experiment with its member counts.
+#[utoipa::path(get, path = "/v1/experiments/{key}/cohorts", tag = "routing", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key")),
+    responses((status = 200, body = Vec<CohortView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -27,6 +33,12 @@ async fn list(
     Ok(Json(state.engine.cohorts(&key).await?).into_response())
 }
 
+/// The participants of one cohort.
+#[utoipa::path(get, path = "/v1/experiments/{key}/cohorts/{cohort_id}/participants", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("cohort_id" = String, Path)),
+    responses((status = 200, body = Vec<ParticipantView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn members(
     State(state): State<AppState>,
     PathParams((key, cohort)): PathParams<(String, String)>,
@@ -34,12 +46,20 @@ async fn members(
     Ok(Json(state.engine.cohort_participants(&key, &cohort).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// 1 to 1000, default 100.
     limit: Option<i64>,
+    /// The `next_before` of the previous page.
     before: Option<i64>,
 }
 
+/// Every status change, newest first, in pages.
+#[utoipa::path(get, path = "/v1/experiments/{key}/routing/events", tag = "routing", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), Page),
+    responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn events(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,

@@ -3,29 +3,38 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{versioned, write_status};
+use crate::domain::experiment::ExperimentConfig;
+use crate::engine::experiments::{ExperimentView, VersionView};
 use crate::http::auth::Actor;
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams};
+use crate::http::openapi::ErrorBody;
 use crate::http::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/experiments", get(list))
-        .route(
-            "/v1/experiments/{key}",
-            get(read).put(upsert).delete(remove),
-        )
-        .route("/v1/experiments/{key}/versions", get(versions))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read, upsert, remove))
+        .routes(routes!(versions))
 }
 
+/// Every experiment, by key.
+#[utoipa::path(get, path = "/v1/experiments", tag = "experiments", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ExperimentView>), (status = 401, body = ErrorBody)))]
 async fn list(State(state): State<AppState>) -> Response {
     Json(state.engine.list_experiments()).into_response()
 }
 
+/// One experiment with its current layout (`ETag` is its version).
+#[utoipa::path(get, path = "/v1/experiments/{key}", tag = "experiments", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key")),
+    responses((status = 200, body = ExperimentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -34,6 +43,16 @@ async fn read(
     Ok(versioned(StatusCode::OK, experiment.version, experiment))
 }
 
+/// Creates (201) or updates (200) an experiment: a new version with its
+/// layout; an identical document makes no new version.
+#[utoipa::path(put, path = "/v1/experiments/{key}", tag = "experiments", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"),
+           ("If-Match" = Option<String>, Header, description = "Only if this is the current version")),
+    request_body = ExperimentConfig,
+    responses((status = 200, body = ExperimentView), (status = 201, body = ExperimentView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 412, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn upsert(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -53,6 +72,12 @@ async fn upsert(
     ))
 }
 
+/// Takes an experiment out of service; its history, assignments and
+/// participants are kept.
+#[utoipa::path(delete, path = "/v1/experiments/{key}", tag = "experiments", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -61,6 +86,11 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every accepted version, newest first, with its config and layout.
+#[utoipa::path(get, path = "/v1/experiments/{key}/versions", tag = "experiments", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key")),
+    responses((status = 200, body = Vec<VersionView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn versions(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,

@@ -3,31 +3,41 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{versioned, write_status};
+use crate::domain::flag::FlagConfig;
+use crate::engine::flags::{FlagEvaluation, FlagView, OverridePage, OverrideView};
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams, QueryParams};
+use crate::http::openapi::{ErrorBody, EvaluateInput, OverrideInput};
 use crate::http::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/flags", get(list))
-        .route("/v1/flags/{key}", get(read).put(upsert).delete(remove))
-        .route("/v1/flags/{key}/orgs", get(list_overrides))
-        .route(
-            "/v1/flags/{key}/orgs/{org_id}",
-            put(set_override).delete(remove_override),
-        )
-        .route("/v1/flags/{key}/evaluate", post(evaluate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read, upsert, remove))
+        .routes(routes!(list_overrides))
+        .routes(routes!(set_override, remove_override))
+        .routes(routes!(evaluate))
 }
 
+/// Every flag, by key.
+#[utoipa::path(get, path = "/v1/flags", tag = "flags", security(("bearer" = [])),
+    responses((status = 200, body = Vec<FlagView>), (status = 401, body = ErrorBody)))]
 async fn list(State(state): State<AppState>) -> Response {
     Json(state.engine.list_flags()).into_response()
 }
 
+/// One flag (`ETag` is its version).
+#[utoipa::path(get, path = "/v1/flags/{key}", tag = "flags", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Flag key")),
+    responses((status = 200, body = FlagView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -36,6 +46,14 @@ async fn read(
     Ok(versioned(StatusCode::OK, flag.version, flag))
 }
 
+/// Creates (201) or updates (200) a flag; an identical document makes no new version.
+#[utoipa::path(put, path = "/v1/flags/{key}", tag = "flags", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Flag key"),
+           ("If-Match" = Option<String>, Header, description = "Only if this is the current version")),
+    request_body = FlagConfig,
+    responses((status = 200, body = FlagView), (status = 201, body = FlagView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 412, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn upsert(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -46,6 +64,11 @@ async fn upsert(
     Ok(versioned(write_status(outcome), flag.version, flag))
 }
 
+/// Deletes a flag and its overrides (409 while an experiment uses it).
+#[utoipa::path(delete, path = "/v1/flags/{key}", tag = "flags", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Flag key")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -54,12 +77,20 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// 1 to 1000, default 100.
     limit: Option<i64>,
+    /// The `next` of the previous page.
     after: Option<String>,
 }
 
+/// A flag's per-org overrides, by org id, in pages.
+#[utoipa::path(get, path = "/v1/flags/{key}/orgs", tag = "flags", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Flag key"), Page),
+    responses((status = 200, body = OverridePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_overrides(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -76,6 +107,13 @@ async fn list_overrides(
     Ok(Json(page).into_response())
 }
 
+/// Sets an org's explicit decision (201 new, 200 replaced).
+#[utoipa::path(put, path = "/v1/flags/{key}/orgs/{org_id}", tag = "flags", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Flag key"), ("org_id" = String, Path, description = "Org id")),
+    request_body = OverrideInput,
+    responses((status = 200, body = OverrideView), (status = 201, body = OverrideView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn set_override(
     State(state): State<AppState>,
     PathParams((key, org_id)): PathParams<(String, String)>,
@@ -85,6 +123,11 @@ async fn set_override(
     Ok((write_status(outcome), Json(view)).into_response())
 }
 
+/// Removes an org's override.
+#[utoipa::path(delete, path = "/v1/flags/{key}/orgs/{org_id}", tag = "flags", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Flag key"), ("org_id" = String, Path, description = "Org id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn remove_override(
     State(state): State<AppState>,
     PathParams((key, org_id)): PathParams<(String, String)>,
@@ -93,6 +136,12 @@ async fn remove_override(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Evaluates the flag for an org, with the reason.
+#[utoipa::path(post, path = "/v1/flags/{key}/evaluate", tag = "flags", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Flag key")),
+    request_body = EvaluateInput,
+    responses((status = 200, body = FlagEvaluation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn evaluate(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,

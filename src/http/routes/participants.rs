@@ -3,36 +3,36 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::write_status;
+use crate::engine::routing::ParticipantView;
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, PathParams};
+use crate::http::openapi::{ErrorBody, ParticipantInput};
 use crate::http::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/experiments/{key}/participants/{participant_id}",
-            put(register).get(read),
-        )
-        .route(
-            "/v1/experiments/{key}/participants/{participant_id}/route",
-            post(route),
-        )
-        .route(
-            "/v1/experiments/{key}/participants/{participant_id}/accept",
-            post(accept),
-        )
-        .route(
-            "/v1/experiments/{key}/participants/{participant_id}/decline",
-            post(decline),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register, read))
+        .routes(routes!(route))
+        .routes(routes!(accept))
+        .routes(routes!(decline))
 }
 
 type Ids = PathParams<(String, String)>;
 
+/// Registers a participant (201, status `new`) or replaces its attributes
+/// (200; the status does not change).
+#[utoipa::path(put, path = "/v1/experiments/{key}/participants/{participant_id}", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    request_body = ParticipantInput,
+    responses((status = 200, body = ParticipantView), (status = 201, body = ParticipantView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn register(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
@@ -42,6 +42,12 @@ async fn register(
     Ok((write_status(outcome), Json(view)).into_response())
 }
 
+/// A participant's status, cohort and resolved variables.
+#[utoipa::path(get, path = "/v1/experiments/{key}/participants/{participant_id}", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn read(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
@@ -49,6 +55,13 @@ async fn read(
     Ok(Json(state.engine.get_participant(&key, &id).await?).into_response())
 }
 
+/// Puts a new participant in the waiting pool and runs matching; any other
+/// status answers as it is.
+#[utoipa::path(post, path = "/v1/experiments/{key}/participants/{participant_id}/route", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn route(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
@@ -56,6 +69,12 @@ async fn route(
     Ok(Json(state.engine.route_participant(&key, &id).await?).into_response())
 }
 
+/// A pending participant accepts its seat (an assigned one answers as it is).
+#[utoipa::path(post, path = "/v1/experiments/{key}/participants/{participant_id}/accept", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn accept(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
@@ -63,6 +82,12 @@ async fn accept(
     Ok(Json(state.engine.accept(&key, &id).await?).into_response())
 }
 
+/// A pending participant declines; its seat is freed (a declined one answers as it is).
+#[utoipa::path(post, path = "/v1/experiments/{key}/participants/{participant_id}/decline", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn decline(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,

@@ -1,0 +1,132 @@
+//! The OpenAPI 3.1 document, generated from the handlers (`#[utoipa::path]`
+//! on each) and the types they serve. Request bodies are validated by hand
+//! (every problem reported with its JSON Pointer), so their shapes are
+//! described here by document-only types.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::domain::problem::Problem;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "allot",
+        description = "Deterministic experiment assignment and participant-to-cohort routing.",
+        license(name = "MIT")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "flags", description = "Eligibility flags (contract §2)"),
+        (name = "experiments", description = "Experiments and their versions (§3)"),
+        (name = "assignment", description = "Pull request → treatment (§4)"),
+        (name = "routing", description = "Participants, cohorts and the routing audit log (§5)"),
+        (name = "operations", description = "Probes and metrics (§7)")
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every non-2xx answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`,
+    /// `conflict`, `version_mismatch`, `payload_too_large`, `validation_failed`,
+    /// `unavailable` or `internal`.
+    pub code: String,
+    pub message: String,
+    pub details: Vec<Problem>,
+    pub request_id: String,
+}
+
+/// An org, unit or participant id: a string of 1–256 bytes or a
+/// non-negative integer (`42` ≡ `"42"`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum IdInput {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EvaluateInput {
+    pub org_id: IdInput,
+    /// Attributes for rule conditions; `org_id` is always added.
+    pub attributes: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverrideInput {
+    pub enabled: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssignInput {
+    pub org_id: IdInput,
+    pub unit_id: IdInput,
+    pub attributes: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchItem {
+    pub experiment: String,
+    pub org_id: IdInput,
+    pub unit_id: IdInput,
+    pub attributes: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchInput {
+    /// At most 1000.
+    pub items: Vec<BatchItem>,
+}
+
+/// One batch item's answer: the assignment, or `{"error": {...}}`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchResult {
+    Assigned(crate::engine::assign::Assignment),
+    Failed(ErrorBody),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchAnswer {
+    pub results: Vec<BatchResult>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ParticipantInput {
+    pub attributes: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`
+    pub status: String,
+    /// Why it is not ready.
+    pub reason: Option<String>,
+}

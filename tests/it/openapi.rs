@@ -1,0 +1,73 @@
+//! The OpenAPI document is generated from the handlers; the committed copy
+//! (`docs/openapi.json`) must match it, so the two cannot drift.
+
+use crate::helpers::Backend;
+use crate::{on_both_stores, start};
+
+#[test]
+fn the_committed_openapi_document_matches_the_code() {
+    let generated = allot::http::openapi_document().to_pretty_json().unwrap();
+    let committed = include_str!("../../docs/openapi.json");
+    assert!(
+        generated.trim() == committed.trim(),
+        "docs/openapi.json is out of date: run `cargo run -- openapi > docs/openapi.json`"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every endpoint of the contract is documented.
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/healthz", &["get"][..]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/v1/flags", &["get"]),
+        ("/v1/flags/{key}", &["get", "put", "delete"]),
+        ("/v1/flags/{key}/orgs", &["get"]),
+        ("/v1/flags/{key}/orgs/{org_id}", &["put", "delete"]),
+        ("/v1/flags/{key}/evaluate", &["post"]),
+        ("/v1/experiments", &["get"]),
+        ("/v1/experiments/{key}", &["get", "put", "delete"]),
+        ("/v1/experiments/{key}/versions", &["get"]),
+        ("/v1/experiments/{key}/assign", &["post"]),
+        ("/v1/assign", &["post"]),
+        (
+            "/v1/experiments/{key}/participants/{participant_id}",
+            &["get", "put"],
+        ),
+        (
+            "/v1/experiments/{key}/participants/{participant_id}/route",
+            &["post"],
+        ),
+        (
+            "/v1/experiments/{key}/participants/{participant_id}/accept",
+            &["post"],
+        ),
+        (
+            "/v1/experiments/{key}/participants/{participant_id}/decline",
+            &["post"],
+        ),
+        ("/v1/experiments/{key}/cohorts", &["get"]),
+        (
+            "/v1/experiments/{key}/cohorts/{cohort_id}/participants",
+            &["get"],
+        ),
+        ("/v1/experiments/{key}/routing/events", &["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(*method)).is_some(),
+                "{method} {path} is not documented"
+            );
+        }
+    }
+}
+
+async fn the_server_serves_its_document(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let served = app.get("/openapi.json").await.expect(200).body;
+    let generated: serde_json::Value =
+        serde_json::from_str(&allot::http::openapi_document().to_json().unwrap()).unwrap();
+    assert_eq!(served, generated);
+}
+
+on_both_stores!(the_server_serves_its_document);
