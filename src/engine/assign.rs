@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use super::flags::{attributes, body_id};
 use super::snapshot::{ExperimentEntry, Snapshot};
@@ -201,10 +202,17 @@ impl Engine {
         key: &str,
         request: AssignRequest,
     ) -> Result<Assignment, EngineError> {
-        let step = decide(&self.snapshot.load(), key, request)?;
+        // At DEBUG only: a span per assignment would cost the hot path.
+        let span = tracing::debug_span!(
+            "assign",
+            experiment = key,
+            org_id = request.org_id.as_str(),
+            unit_id = request.unit_id.as_str()
+        );
+        let step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
         match step {
             Step::Done(assignment) => Ok(assignment),
-            Step::Sticky(pending) => self.assign_sticky(pending).await,
+            Step::Sticky(pending) => self.assign_sticky(pending).instrument(span).await,
         }
     }
 
