@@ -152,14 +152,31 @@ impl Engine {
 
     /// Polls the store's revision every `every` until the task is dropped.
     pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        self.spawn_every(every, "configuration refresh", |engine| async move {
+            engine.refresh().await.map(|_| ())
+        })
+    }
+
+    /// Runs `job` every `every` until the task is aborted; a failure is
+    /// logged (as `what`) and the job runs again on the next tick.
+    pub(crate) fn spawn_every<F, Fut>(
+        self: &Arc<Self>,
+        every: Duration,
+        what: &'static str,
+        job: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), EngineError>> + Send,
+    {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                if let Err(e) = engine.refresh().await {
-                    tracing::warn!(error = %e, "configuration refresh failed; serving the previous snapshot");
+                if let Err(e) = job(Arc::clone(&engine)).await {
+                    tracing::warn!(error = %e, "{what} failed; it runs again on the next tick");
                 }
             }
         })

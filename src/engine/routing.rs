@@ -534,16 +534,8 @@ impl Engine {
 
     /// Sweeps every `every` until the task is dropped.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let engine = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if let Err(e) = engine.sweep().await {
-                    tracing::warn!(error = %e, "routing timeout sweep failed; retrying on the next tick");
-                }
-            }
+        self.spawn_every(every, "routing timeout sweep", |engine| async move {
+            engine.sweep().await.map(|_| ())
         })
     }
 }

@@ -65,10 +65,7 @@ async fn events(
     PathParams(key): PathParams<String>,
     QueryParams(page): QueryParams<Page>,
 ) -> Result<Response, ApiError> {
-    let limit = page.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
-    }
+    let limit = super::page_limit(page.limit)?;
     Ok(Json(
         state
             .engine

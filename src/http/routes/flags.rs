@@ -96,10 +96,7 @@ async fn list_overrides(
     PathParams(key): PathParams<String>,
     QueryParams(page): QueryParams<Page>,
 ) -> Result<Response, ApiError> {
-    let limit = page.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
-    }
+    let limit = super::page_limit(page.limit)?;
     let page = state
         .engine
         .list_overrides(&key, limit, page.after.as_deref())

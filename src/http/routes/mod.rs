@@ -31,3 +31,15 @@ pub(crate) fn write_status(outcome: Outcome) -> StatusCode {
         Outcome::Updated | Outcome::Unchanged => StatusCode::OK,
     }
 }
+
+/// A page size from the query string: 1 to 1000, default 100.
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, crate::http::error::ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(crate::http::error::ApiError::bad_request(
+            "limit must be from 1 to 1000",
+        ))
+    }
+}
