@@ -4,6 +4,7 @@
 //! sticky experiment goes on to read (through a per-version cache) and write
 //! its stored assignment.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -299,22 +300,221 @@ impl Engine {
                 format!("at most {MAX_BATCH} items per batch"),
             ));
         }
-        let mut results = Vec::with_capacity(items.len());
-        for (i, mut item) in items.into_iter().enumerate() {
-            let key = match item.as_object_mut().and_then(|m| m.remove("experiment")) {
-                Some(Value::String(k)) => Ok(k),
-                _ => Err(EngineError::validation(
-                    "/experiment",
-                    "must be an experiment key",
-                )),
-            };
-            let result = match key.and_then(|k| AssignRequest::parse(item, "").map(|r| (k, r))) {
-                Ok((key, request)) => self.assign(&key, request).await,
-                Err(e) => Err(e),
-            };
-            // Pointers are built only for the items that failed.
-            results.push(result.map_err(|e| e.within(&pointer("/items", i))));
+        // Every decision from one snapshot; sticky ones are then resolved
+        // together (see `assign_sticky_many`).
+        let mut results: Vec<Option<Result<Assignment, EngineError>>> =
+            Vec::with_capacity(items.len());
+        let mut sticky = Vec::new();
+        {
+            let snapshot = self.snapshot.load();
+            for (i, mut item) in items.into_iter().enumerate() {
+                let key = match item.as_object_mut().and_then(|m| m.remove("experiment")) {
+                    Some(Value::String(k)) => Ok(k),
+                    _ => Err(EngineError::validation(
+                        "/experiment",
+                        "must be an experiment key",
+                    )),
+                };
+                let step = key.and_then(|k| {
+                    let request = AssignRequest::parse(item, "")?;
+                    decide(&snapshot, &k, request)
+                });
+                match step {
+                    Ok(Step::Done(assignment)) => results.push(Some(Ok(assignment))),
+                    Ok(Step::Sticky(pending)) => {
+                        results.push(None);
+                        sticky.push((i, pending));
+                    }
+                    Err(e) => results.push(Some(Err(e))),
+                }
+            }
         }
-        Ok(results)
+        for (i, answer) in self.assign_sticky_many(sticky).await {
+            results[i] = Some(answer);
+        }
+        Ok(results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| {
+                    Err(EngineError::Internal(
+                        "a batch item was not answered".into(),
+                    ))
+                })
+                // Pointers are built only for the items that failed.
+                .map_err(|e| e.within(&pointer("/items", i)))
+            })
+            .collect())
+    }
+
+    /// Sticky items of a batch, resolved with a few queries per experiment
+    /// instead of a few per item: one read of the stored rows (after the
+    /// per-version cache), one multi-row insert of the new claims, one read
+    /// of the winners. The rare cases (a unit repeated in the batch, a stored
+    /// treatment since deactivated, a lost race) take the one-by-one path, so
+    /// every answer is what the items would have got one after another.
+    async fn assign_sticky_many(
+        &self,
+        pendings: Vec<(usize, StickyPending)>,
+    ) -> Vec<(usize, Result<Assignment, EngineError>)> {
+        if pendings.is_empty() {
+            return Vec::new();
+        }
+        /// (experiment id, org id, unit id).
+        type UnitKey = (String, String, String);
+        /// Per experiment id: its version and the (org, unit, treatment) rows to claim.
+        type Claims = HashMap<String, (i64, Vec<(String, String, String)>)>;
+        let key_of = |p: &StickyPending| -> UnitKey {
+            (
+                p.entry.id.clone(),
+                p.org_id.as_str().to_owned(),
+                p.unit_id.as_str().to_owned(),
+            )
+        };
+        let mut out = Vec::with_capacity(pendings.len());
+        let mut deferred = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stored: HashMap<UnitKey, String> = HashMap::new();
+        let mut misses: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut first = Vec::with_capacity(pendings.len());
+        for (i, p) in pendings {
+            let key = key_of(&p);
+            if !seen.insert(key.clone()) {
+                deferred.push((i, p));
+                continue;
+            }
+            match p.entry.sticky.get(&key.1, &key.2) {
+                Some(t) => {
+                    stored.insert(key, t);
+                }
+                None => misses
+                    .entry(key.0.clone())
+                    .or_default()
+                    .push((key.1, key.2)),
+            }
+            first.push((i, p));
+        }
+        let result: Result<(), EngineError> = async {
+            for (id, keys) in &misses {
+                for (org, unit, t) in self.store.sticky_get_many(id, keys).await? {
+                    stored.insert((id.clone(), org, unit), t);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            return first
+                .into_iter()
+                .chain(deferred)
+                .map(|(i, _)| (i, Err(e.clone())))
+                .collect();
+        }
+
+        let mut claims: Claims = HashMap::new();
+        let mut claimed = Vec::new();
+        for (i, p) in first {
+            let Ok(experiment) = &p.entry.experiment else {
+                out.push((
+                    i,
+                    Err(EngineError::Internal(
+                        "sticky item of a broken experiment".into(),
+                    )),
+                ));
+                continue;
+            };
+            let key = key_of(&p);
+            match stored.get(&key) {
+                Some(t) => match experiment.active_treatment(t) {
+                    Some(index) => {
+                        p.entry.sticky.put(&key.1, &key.2, t);
+                        out.push((
+                            i,
+                            Ok(answer(
+                                &p.entry,
+                                p.org_id,
+                                p.unit_id,
+                                Some(index),
+                                None,
+                                Reason::Sticky,
+                            )),
+                        ));
+                    }
+                    None => deferred.push((i, p)),
+                },
+                None => match experiment.treatment_at(p.bucket) {
+                    None => {
+                        let bucket = Some(p.bucket);
+                        out.push((
+                            i,
+                            Ok(answer(
+                                &p.entry,
+                                p.org_id,
+                                p.unit_id,
+                                None,
+                                bucket,
+                                Reason::NotInCoverage,
+                            )),
+                        ));
+                    }
+                    Some(index) => {
+                        let name = experiment.config.treatments[index].name.as_str().to_owned();
+                        let (_, rows) = claims
+                            .entry(key.0.clone())
+                            .or_insert((p.entry.version, Vec::new()));
+                        rows.push((key.1, key.2, name));
+                        claimed.push((i, p, index));
+                    }
+                },
+            }
+        }
+        let mut winners: HashMap<UnitKey, String> = HashMap::new();
+        let result: Result<(), EngineError> = async {
+            for (id, (version, rows)) in &claims {
+                self.store.sticky_insert_many(id, *version, rows).await?;
+                let keys: Vec<(String, String)> = rows
+                    .iter()
+                    .map(|(o, u, _)| (o.clone(), u.clone()))
+                    .collect();
+                for (org, unit, t) in self.store.sticky_get_many(id, &keys).await? {
+                    winners.insert((id.clone(), org, unit), t);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            out.extend(claimed.into_iter().map(|(i, _, _)| (i, Err(e.clone()))));
+            claimed = Vec::new();
+        }
+        for (i, p, index) in claimed {
+            let key = key_of(&p);
+            let Ok(experiment) = &p.entry.experiment else {
+                continue;
+            };
+            let name = experiment.config.treatments[index].name.as_str();
+            match winners.get(&key) {
+                Some(w) if w == name => {
+                    p.entry.sticky.put(&key.1, &key.2, name);
+                    let bucket = Some(p.bucket);
+                    out.push((
+                        i,
+                        Ok(answer(
+                            &p.entry,
+                            p.org_id,
+                            p.unit_id,
+                            Some(index),
+                            bucket,
+                            Reason::Assigned,
+                        )),
+                    ));
+                }
+                _ => deferred.push((i, p)),
+            }
+        }
+        for (i, p) in deferred {
+            out.push((i, self.assign_sticky(p).await));
+        }
+        out
     }
 }

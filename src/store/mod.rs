@@ -247,6 +247,20 @@ pub trait Store: Send + Sync + 'static {
         org_id: &str,
         unit_id: &str,
     ) -> Result<Option<String>, StoreError>;
+    /// The stored sticky treatments of several units, as (org, unit, treatment).
+    async fn sticky_get_many(
+        &self,
+        experiment_id: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Stores (org, unit, treatment) rows where none exists (first write
+    /// wins); read them back with [`Store::sticky_get_many`] to learn the winners.
+    async fn sticky_insert_many(
+        &self,
+        experiment_id: &str,
+        version: i64,
+        rows: &[(String, String, String)],
+    ) -> Result<(), StoreError>;
     /// First write wins: stores `treatment` unless a row exists, or, with
     /// `replace = Some(old)`, replaces the row only while it still holds
     /// `old`. Returns what is stored afterwards.

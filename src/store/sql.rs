@@ -590,6 +590,54 @@ macro_rules! impl_sql_store {
                 Ok(row.map(|r| r.0))
             }
 
+            async fn sticky_get_many(
+                &self,
+                experiment_id: &str,
+                keys: &[(String, String)],
+            ) -> Result<Vec<(String, String, String)>, StoreError> {
+                let mut found = Vec::new();
+                for chunk in keys.chunks(400) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT org_id, unit_id, treatment FROM sticky_assignments WHERE experiment_id = ",
+                    );
+                    q.push_bind(experiment_id).push(" AND (org_id, unit_id) IN (");
+                    let mut list = q.separated(", ");
+                    for (org, unit) in chunk {
+                        list.push("(").push_bind_unseparated(org.as_str()).push_unseparated(", ");
+                        list.push_bind_unseparated(unit.as_str()).push_unseparated(")");
+                    }
+                    q.push(")");
+                    let rows: Vec<(String, String, String)> = q.build_query_as().fetch_all(&self.pool).await?;
+                    found.extend(rows);
+                }
+                Ok(found)
+            }
+
+            async fn sticky_insert_many(
+                &self,
+                experiment_id: &str,
+                version: i64,
+                rows: &[(String, String, String)],
+            ) -> Result<(), StoreError> {
+                let now = now_micros();
+                for chunk in rows.chunks(200) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO sticky_assignments (experiment_id, org_id, unit_id, treatment, version, assigned_at) ",
+                    );
+                    q.push_values(chunk, |mut row, (org, unit, treatment)| {
+                        row.push_bind(experiment_id)
+                            .push_bind(org.as_str())
+                            .push_bind(unit.as_str())
+                            .push_bind(treatment.as_str())
+                            .push_bind(version)
+                            .push_bind(now);
+                    });
+                    q.push(" ON CONFLICT (experiment_id, org_id, unit_id) DO NOTHING");
+                    q.build().execute(&self.pool).await?;
+                }
+                Ok(())
+            }
+
             async fn sticky_claim(
                 &self,
                 experiment_id: &str,

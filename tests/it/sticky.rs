@@ -144,7 +144,67 @@ async fn concurrent_first_requests_agree_on_one_stored_answer(backend: Backend) 
     }
 }
 
+/// A batch resolves its sticky items together, with the answers the same
+/// items get one by one: stored units answer `sticky`, new ones `assigned`
+/// (and are stored), a unit repeated in the batch is `sticky` the second time.
+async fn a_batch_of_sticky_items_answers_as_one_by_one(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put("/v1/experiments/s", sticky([1, 1]))
+        .await
+        .expect(201);
+    app.put(
+        "/v1/experiments/plain",
+        json!({"treatments": [{"name": "a", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
+    let before: Vec<Value> = {
+        let mut v = Vec::new();
+        for unit in 0..5 {
+            v.push(assign(&app, unit).await);
+        }
+        v
+    };
+    let item =
+        |unit: usize| json!({"experiment": "s", "org_id": 7, "unit_id": format!("pr-{unit}")});
+    let items = vec![
+        item(0),
+        item(10),
+        item(1),
+        item(11),
+        item(10),
+        json!({"experiment": "plain", "org_id": 7, "unit_id": "x"}),
+        item(12),
+    ];
+    let results = app
+        .post("/v1/assign", json!({"items": items}))
+        .await
+        .expect(200)
+        .body["results"]
+        .clone();
+    assert_eq!(results[0]["reason"], "sticky");
+    assert_eq!(results[0]["treatment"], before[0]["treatment"]);
+    assert_eq!(results[2]["treatment"], before[1]["treatment"]);
+    assert_eq!(results[1]["reason"], "assigned");
+    assert_eq!(results[3]["reason"], "assigned");
+    assert_eq!(
+        results[4]["reason"], "sticky",
+        "the repeat sees the first one's stored answer"
+    );
+    assert_eq!(results[4]["treatment"], results[1]["treatment"]);
+    assert_eq!(results[5]["reason"], "assigned");
+    assert_eq!(results[6]["reason"], "assigned");
+    for (position, unit) in [(1, 10), (3, 11), (6, 12)] {
+        let single = assign(&app, unit).await;
+        assert_eq!(
+            (single["reason"].clone(), single["treatment"].clone()),
+            (json!("sticky"), results[position]["treatment"].clone())
+        );
+    }
+}
+
 on_both_stores!(
+    a_batch_of_sticky_items_answers_as_one_by_one,
     sticky_answers_survive_reweighting_and_restarts,
     non_sticky_answers_are_reproduced_after_a_restart,
     concurrent_first_requests_agree_on_one_stored_answer,
