@@ -62,8 +62,6 @@ async fn metrics_describe_the_traffic_that_passed(backend: Backend) {
     }
 }
 
-on_both_stores!(metrics_describe_the_traffic_that_passed);
-
 /// A TCP proxy between allot and PostgreSQL that the test can cut and mend.
 struct Proxy {
     addr: std::net::SocketAddr,
@@ -187,3 +185,44 @@ async fn postgres_readiness_follows_the_store_going_away_and_coming_back() {
     .await
     .expect(200);
 }
+
+/// `/readyz` turns 503 the moment shutdown begins (the flag the shutdown
+/// signal sets), before the listener has even stopped.
+async fn readiness_turns_503_as_soon_as_shutdown_begins(backend: Backend) {
+    use tower::ServiceExt;
+    let Some(store) = crate::helpers::TestStore::new(backend).await else {
+        return;
+    };
+    let app = crate::helpers::TestApp::spawn(&store).await;
+    let state = allot::http::AppState {
+        engine: app.engine.clone(),
+        shutting_down: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        metrics: None,
+    };
+    let router = allot::http::router(state.clone(), &store.settings());
+    let ask = |router: axum::Router| async move {
+        let request = axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        router.oneshot(request).await.unwrap()
+    };
+    assert_eq!(ask(router.clone()).await.status(), 200);
+    state
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let answer = ask(router).await;
+    assert_eq!(answer.status(), 503);
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "not_ready", "reason": "shutting down"})
+    );
+}
+
+on_both_stores!(
+    metrics_describe_the_traffic_that_passed,
+    readiness_turns_503_as_soon_as_shutdown_begins,
+);
