@@ -49,10 +49,16 @@ impl From<sqlx::Error> for StoreError {
         use sqlx::error::ErrorKind;
         match &e {
             sqlx::Error::RowNotFound => StoreError::NotFound,
+            // A connection that broke or never came up (a reset, a refused or
+            // garbled handshake, a crashed worker) is the store being
+            // unreachable, not the client's fault.
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Database(db) => match db.kind() {
                 ErrorKind::ForeignKeyViolation => StoreError::MissingReference,
                 ErrorKind::UniqueViolation => StoreError::Stale,
