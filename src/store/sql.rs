@@ -59,11 +59,10 @@ macro_rules! impl_sql_store {
 
         const PARTICIPANT_COLUMNS: &str =
             "participant_id, status, attributes, cohort_id, group_name, entry, waiting_since, wait_seq, updated_at";
-        /// Cohorts with their member counts, counted now, not cached.
+        /// Cohorts with their member counts (kept by the routing
+        /// transactions, see migration 0003).
         const COHORT_COLUMNS: &str = "SELECT c.id, c.alias, c.name, c.description, c.capacity, c.overflow_of, c.group_name, \
-             (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status = 'assigned'), \
-             (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status = 'pending') \
-             FROM cohorts c";
+             c.assigned_members, c.pending_members FROM cohorts c";
 
         fn participant_record(r: ParticipantRow) -> Result<Participant, StoreError> {
             let status = Status::parse(&r.1)
@@ -801,6 +800,40 @@ macro_rules! impl_sql_store {
                          waiting_since = excluded.waiting_since, wait_seq = excluded.wait_seq, updated_at = excluded.updated_at",
                     );
                     q.build().execute(&mut *tx).await?;
+                }
+                // Member counters follow the status changes: -1 for the status
+                // left, +1 for the status taken, on the event's cohort.
+                let mut deltas: Vec<(&str, i64, i64)> = Vec::new();
+                for e in &changes.events {
+                    let Some(cohort) = e.cohort_id.as_deref() else { continue };
+                    let weight = |s: Status| match s {
+                        Status::Assigned => (1, 0),
+                        Status::Pending => (0, 1),
+                        _ => (0, 0),
+                    };
+                    let (a_new, p_new) = weight(e.status);
+                    let (a_old, p_old) = e.previous.map_or((0, 0), weight);
+                    let (da, dp) = (a_new - a_old, p_new - p_old);
+                    if da == 0 && dp == 0 {
+                        continue;
+                    }
+                    match deltas.iter_mut().find(|d| d.0 == cohort) {
+                        Some(d) => {
+                            d.1 += da;
+                            d.2 += dp;
+                        }
+                        None => deltas.push((cohort, da, dp)),
+                    }
+                }
+                for (cohort, da, dp) in deltas {
+                    sqlx::query(
+                        "UPDATE cohorts SET assigned_members = assigned_members + $2, pending_members = pending_members + $3 WHERE id = $1",
+                    )
+                    .bind(cohort)
+                    .bind(da)
+                    .bind(dp)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 for chunk in changes.events.chunks(200) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
