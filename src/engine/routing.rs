@@ -21,7 +21,7 @@ use super::snapshot::ExperimentEntry;
 use super::{Engine, EngineError};
 use crate::domain::experiment::Experiment;
 use crate::domain::routing::lifecycle::{
-    self, Cohort, Operation, Participant, Reason, Refusal, Status, Study,
+    self, Cohort, Operation, Participant, Refusal, Status, Study,
 };
 use crate::domain::routing::resolve_variables;
 use crate::store::{RouteScope, Routed, StaleConfig, StoreError};
@@ -122,13 +122,8 @@ pub struct EventView {
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-    pub participant_id: String,
-    pub status: Status,
-    pub previous: Option<Status>,
-    pub group: Option<String>,
-    pub entry: Option<String>,
-    pub cohort_id: Option<String>,
-    pub reason: Reason,
+    #[serde(flatten)]
+    pub event: lifecycle::Event,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -482,13 +477,7 @@ impl Engine {
             .map(|r| EventView {
                 id: r.id,
                 at: r.at,
-                participant_id: r.event.participant_id,
-                status: r.event.status,
-                previous: r.event.previous,
-                group: r.event.group,
-                entry: r.event.entry,
-                cohort_id: r.event.cohort_id,
-                reason: r.event.reason,
+                event: r.event,
             })
             .collect();
         Ok(EventPage {

@@ -138,7 +138,8 @@ impl Cohort {
 }
 
 /// An entry of the audit log.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = RoutingEvent)]
 pub struct Event {
     pub participant_id: String,
     pub status: Status,
