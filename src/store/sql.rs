@@ -267,6 +267,24 @@ macro_rules! impl_sql_store {
         /// The first statement of every configuration write (see the store module docs).
         const BUMP_REVISION: &str = "UPDATE config_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision";
 
+        /// Begins a configuration write: the transaction and its new revision
+        /// (bumping it first takes the configuration lock).
+        async fn config_write(pool: &sqlx::Pool<$db>) -> Result<(Tx<'static>, i64), StoreError> {
+            let mut tx = pool.begin().await?;
+            let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+            Ok((tx, revision))
+        }
+
+        /// Ends a write that removed `rows` rows: none is [`StoreError::NotFound`]
+        /// (and the transaction rolls back), else it commits.
+        async fn finish_removal(tx: Tx<'static>, rows: u64, revision: i64) -> Result<i64, StoreError> {
+            if rows == 0 {
+                return Err(StoreError::NotFound);
+            }
+            tx.commit().await?;
+            Ok(revision)
+        }
+
         #[async_trait]
         impl Store for $store {
             fn backend(&self) -> &'static str {
@@ -327,8 +345,7 @@ macro_rules! impl_sql_store {
                 config: &serde_json::Value,
                 expected_version: Option<i64>,
             ) -> Result<FlagWritten, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+                let (mut tx, revision) = config_write(&self.pool).await?;
                 let current: Option<FlagRow> =
                     sqlx::query_as("SELECT key, version, config, created_at, updated_at FROM flags WHERE key = $1")
                         .bind(key)
@@ -374,8 +391,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn delete_flag(&self, key: &str) -> Result<i64, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+                let (mut tx, revision) = config_write(&self.pool).await?;
                 let deleted = sqlx::query("DELETE FROM flags WHERE key = $1")
                     .bind(key)
                     .execute(&mut *tx)
@@ -387,11 +403,7 @@ macro_rules! impl_sql_store {
                         }
                         other => other,
                     })?;
-                if deleted.rows_affected() == 0 {
-                    return Err(StoreError::NotFound);
-                }
-                tx.commit().await?;
-                Ok(revision)
+                finish_removal(tx, deleted.rows_affected(), revision).await
             }
 
             async fn set_override(
@@ -400,8 +412,7 @@ macro_rules! impl_sql_store {
                 org_id: &str,
                 enabled: bool,
             ) -> Result<(OverrideRecord, bool, i64), StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+                let (mut tx, revision) = config_write(&self.pool).await?;
                 let existing: Option<(bool,)> =
                     sqlx::query_as("SELECT enabled FROM flag_overrides WHERE flag_key = $1 AND org_id = $2")
                         .bind(flag_key)
@@ -429,18 +440,13 @@ macro_rules! impl_sql_store {
             }
 
             async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+                let (mut tx, revision) = config_write(&self.pool).await?;
                 let deleted = sqlx::query("DELETE FROM flag_overrides WHERE flag_key = $1 AND org_id = $2")
                     .bind(flag_key)
                     .bind(org_id)
                     .execute(&mut *tx)
                     .await?;
-                if deleted.rows_affected() == 0 {
-                    return Err(StoreError::NotFound);
-                }
-                tx.commit().await?;
-                Ok(revision)
+                finish_removal(tx, deleted.rows_affected(), revision).await
             }
 
             async fn list_overrides(
@@ -466,10 +472,9 @@ macro_rules! impl_sql_store {
                 key: &str,
                 plan: Planner<'_>,
             ) -> Result<Option<(ExperimentRecord, i64)>, StoreError> {
-                let mut tx = self.pool.begin().await?;
                 // Taking the configuration lock first means the read below
                 // sees every earlier write and nothing changes before ours.
-                let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+                let (mut tx, revision) = config_write(&self.pool).await?;
                 let current: Option<ExperimentRow> = sqlx::query_as(&format!("{EXPERIMENT_SELECT} AND e.key = $1"))
                     .bind(key)
                     .fetch_optional(&mut *tx)
@@ -536,8 +541,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn delete_experiment(&self, key: &str) -> Result<i64, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+                let (mut tx, revision) = config_write(&self.pool).await?;
                 // The row and its versions stay for analysis; clearing the
                 // flag reference lets that flag be deleted later.
                 let deleted = sqlx::query(
@@ -547,11 +551,7 @@ macro_rules! impl_sql_store {
                 .bind(now_micros())
                 .execute(&mut *tx)
                 .await?;
-                if deleted.rows_affected() == 0 {
-                    return Err(StoreError::NotFound);
-                }
-                tx.commit().await?;
-                Ok(revision)
+                finish_removal(tx, deleted.rows_affected(), revision).await
             }
 
             async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError> {
