@@ -10,6 +10,7 @@ pub mod flag;
 pub mod hash;
 pub mod ids;
 pub mod layout;
+pub mod limits;
 pub mod number;
 pub mod problem;
 pub mod routing;

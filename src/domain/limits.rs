@@ -1,0 +1,143 @@
+//! The bounds of contract §1 ("Bounded work"): every request finishes in time
+//! bounded by these, whatever its content.
+//!
+//! Each limit is checked where the value enters (the request body, a stored
+//! document being validated) and answered with 422 naming the limit, so the
+//! rules that evaluate the value later never meet anything larger.
+
+use serde_json::Value;
+
+/// `attributes` (of an evaluation, an assignment or a participant): at most
+/// this many bytes of JSON, as serialised compactly.
+pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
+/// `attributes`: at most this many levels of nesting (`{}` is one level).
+pub const MAX_ATTRIBUTES_DEPTH: usize = 32;
+/// One condition (a flag rule's or a composition entry's): at most this many
+/// bytes of JSON.
+pub const MAX_CONDITION_BYTES: usize = 64 * 1024;
+/// `$in`, `$nin`, `$ini`, `$nini`, `$all`, `$alli`: at most this many entries.
+pub const MAX_LIST_ENTRIES: usize = 10_000;
+/// Any request body: at most this many levels of nesting. Deeper documents
+/// are refused while they are parsed, before anything recurses over them.
+pub const MAX_BODY_DEPTH: usize = 64;
+/// Durations (`*_seconds` fields): whole seconds from 1 to one year.
+pub const MAX_DURATION_SECONDS: u64 = 31_536_000;
+
+/// The length of `value` serialised as compact JSON, without building the text.
+pub fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Levels of nesting: a scalar is 0, `{}` and `[]` are 1, `{"a": []}` is 2.
+pub fn json_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Checks an `attributes` value against its size and depth limits; the error
+/// names the limit that was passed.
+pub fn check_attributes(value: &Value) -> Result<(), String> {
+    let depth = json_depth(value);
+    if depth > MAX_ATTRIBUTES_DEPTH {
+        return Err(format!(
+            "is nested {depth} levels deep; the limit is {MAX_ATTRIBUTES_DEPTH}"
+        ));
+    }
+    let size = json_size(value);
+    if size > MAX_ATTRIBUTES_BYTES {
+        return Err(format!(
+            "is {size} bytes of JSON; the limit is {MAX_ATTRIBUTES_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a duration field: a whole number of seconds from 1 to one year
+/// (`600` and `600.0` alike; `1.5`, `0`, `-1` and anything larger are refused).
+pub fn duration_seconds(value: &Value) -> Result<u64, String> {
+    let want = || format!("must be a whole number of seconds from 1 to {MAX_DURATION_SECONDS}");
+    let seconds = match value {
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(s), _) => s,
+            (None, Some(f)) if f.fract() == 0.0 && f >= 1.0 && f <= MAX_DURATION_SECONDS as f64 => {
+                f as u64
+            }
+            _ => return Err(want()),
+        },
+        _ => return Err(want()),
+    };
+    if (1..=MAX_DURATION_SECONDS).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(want())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn size_is_the_compact_serialisation() {
+        let v = json!({"a": [1, "x"], "b": null});
+        assert_eq!(json_size(&v), serde_json::to_string(&v).unwrap().len());
+    }
+
+    #[test]
+    fn depth_counts_containers() {
+        assert_eq!(json_depth(&json!(1)), 0);
+        assert_eq!(json_depth(&json!({})), 1);
+        assert_eq!(json_depth(&json!({"a": [{"b": 1}]})), 3);
+    }
+
+    #[test]
+    fn attributes_over_a_limit_name_it() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_ATTRIBUTES_DEPTH {
+            deep = json!({ "a": deep });
+        }
+        assert!(check_attributes(&deep).is_ok());
+        let deeper = json!({ "a": deep });
+        assert!(check_attributes(&deeper).unwrap_err().contains("32"));
+        let big = json!({"a": "x".repeat(MAX_ATTRIBUTES_BYTES)});
+        assert!(check_attributes(&big).unwrap_err().contains("16384"));
+    }
+
+    #[test]
+    fn durations_are_whole_seconds_up_to_a_year() {
+        assert_eq!(duration_seconds(&json!(1)), Ok(1));
+        assert_eq!(duration_seconds(&json!(600.0)), Ok(600));
+        assert_eq!(duration_seconds(&json!(31_536_000)), Ok(31_536_000));
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!(31_536_001),
+            json!(1_000_000_000_000u64),
+            json!(u64::MAX),
+            json!(1e300),
+            json!(5e-324),
+            json!("600"),
+            json!(null),
+        ] {
+            assert!(duration_seconds(&bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
