@@ -334,9 +334,27 @@ impl Experiment {
         }
     }
 
-    /// Rebuilds an experiment from its stored layout ranges.
+    /// Rebuilds an experiment from its stored layout ranges, checking them:
+    /// every range inside 0..10000, no overlap, only listed treatments, and
+    /// every treatment holding exactly its §4.2 target (a layout edited by
+    /// hand would otherwise hand units to a disabled or unlisted arm).
     pub fn from_stored(config: ExperimentConfig, ranges: &[Range]) -> Result<Self, String> {
         let layout = Layout::from_ranges(ranges, &config.treatment_names())?;
+        let weights: Vec<f64> = config.treatments.iter().map(|t| t.weight).collect();
+        let want = super::layout::targets(&weights, config.coverage);
+        let mut have = layout.counts_by_index();
+        have.resize(want.len(), 0);
+        if let Some((i, (h, w))) = have
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .find(|(_, (h, w))| h != w)
+        {
+            return Err(format!(
+                "layout gives treatment {:?} {h} buckets, but its weight and the coverage call for {w}",
+                config.treatments[i].name.as_str()
+            ));
+        }
         Ok(Self::new(config, layout))
     }
 

@@ -12,5 +12,6 @@ pub mod ids;
 pub mod layout;
 pub mod limits;
 pub mod number;
+pub mod precondition;
 pub mod problem;
 pub mod routing;

@@ -7,10 +7,11 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::flags::{path_key, Outcome};
-use super::snapshot::ExperimentEntry;
+use super::snapshot::{parse_experiment, parse_stored, ExperimentEntry};
 use super::{Engine, EngineError};
 use crate::domain::experiment::ExperimentConfig;
 use crate::domain::layout::Range;
+use crate::domain::precondition::Precondition;
 use crate::store::{ExperimentRecord, NewVersion, Plan, StoreError};
 
 /// An experiment as served: its config, identity and current layout.
@@ -89,13 +90,20 @@ impl Engine {
         &self,
         key: &str,
         doc: &Value,
-        if_match: Option<i64>,
+        if_match: Option<Precondition>,
         actor: Option<String>,
     ) -> Result<(ExperimentView, Outcome), EngineError> {
         let key = path_key(key, "experiment")?;
         let config = ExperimentConfig::parse(&key, doc).map_err(EngineError::Validation)?;
         let document =
             serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
+        // A stored version that cannot be used (edited by hand) is repaired by
+        // any valid write, an identical document included. Its layout then
+        // grows from the newest version that was valid, or from empty.
+        let fallback: Vec<Range> = match self.snapshot().experiments.get(key.as_str()) {
+            Some(entry) if entry.experiment.is_err() => self.last_valid_layout(key.as_str()).await,
+            _ => Vec::new(),
+        };
         // Why the planner abandoned, when it did.
         let verdict: Mutex<Option<Result<ExperimentRecord, EngineError>>> = Mutex::new(None);
         let plan = |current: Option<&ExperimentRecord>| -> Plan {
@@ -103,22 +111,26 @@ impl Engine {
                 *verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 Plan::Abandon
             };
-            if let Some(expected) = if_match {
-                if current.map(|c| c.version) != Some(expected) {
+            if let Some(expected) = &if_match {
+                if !expected.admits(current.map(|c| c.version)) {
                     return abandon(Err(EngineError::VersionMismatch {
-                        expected,
+                        expected: expected.clone(),
                         current: current.map(|c| c.version),
                     }));
                 }
             }
-            let previous: Vec<Range> = match current {
-                Some(c) if serde_json::from_str::<Value>(&c.config).ok().as_ref() == Some(&document) => {
-                    return abandon(Ok(c.clone()));
+            let previous: Vec<Range> = match current.map(|c| (c, parse_experiment(c))) {
+                Some((c, Ok(stored))) => {
+                    if serde_json::from_str::<Value>(&c.config).ok().as_ref() == Some(&document) {
+                        return abandon(Ok(c.clone()));
+                    }
+                    stored.ranges()
                 }
-                Some(c) => serde_json::from_str(&c.layout).unwrap_or_else(|e| {
-                    tracing::warn!(experiment = %c.key, error = %e, "stored layout is malformed; the new layout starts empty");
-                    Vec::new()
-                }),
+                Some((c, Err(why))) => {
+                    tracing::warn!(experiment = %c.key, version = c.version, problem = %why,
+                        "the stored version cannot be used; this write repairs it");
+                    fallback.clone()
+                }
                 None => Vec::new(),
             };
             let ranges = config
@@ -204,6 +216,23 @@ impl Engine {
             updated_at: record.updated_at,
             layout,
         })
+    }
+
+    /// The layout of the newest stored version that can be used, or none.
+    /// A failure to read the history only costs movement: the new layout
+    /// then starts empty.
+    async fn last_valid_layout(&self, key: &str) -> Vec<Range> {
+        match self.store.experiment_versions(key).await {
+            Ok(versions) => versions
+                .iter()
+                .find_map(|v| parse_stored(key, &v.config, &v.layout).ok())
+                .map(|e| e.ranges())
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(experiment = key, error = %e, "cannot read the history to repair from; the new layout starts empty");
+                Vec::new()
+            }
+        }
     }
 
     pub async fn delete_experiment(&self, key: &str) -> Result<(), EngineError> {

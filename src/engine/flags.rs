@@ -10,6 +10,8 @@ use super::snapshot::FlagEntry;
 use super::{Engine, EngineError};
 use crate::domain::flag::{FlagConfig, FlagReason};
 use crate::domain::ids::{Id, Key};
+use crate::domain::limits;
+use crate::domain::precondition::Precondition;
 use crate::store::{FlagWritten, OverrideRecord, StoreError};
 
 /// A flag as served.
@@ -70,14 +72,24 @@ pub fn path_id(raw: &str, what: &str) -> Result<Id, EngineError> {
     Id::parse(raw).map_err(|e| EngineError::validation("", format!("the {what} in the URL {e}")))
 }
 
-/// Takes the optional `attributes` object out of a request body at `at`.
+/// Takes the optional `attributes` object out of a request body at `at`,
+/// within the size and depth limits of §1 (so that evaluating conditions
+/// and matching against them is bounded work).
 pub fn attributes(
     body: &mut Map<String, Value>,
     at: &str,
 ) -> Result<Map<String, Value>, EngineError> {
     match body.remove("attributes") {
         None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(m)) => Ok(m),
+        Some(Value::Object(m)) if m.is_empty() => Ok(m),
+        Some(value @ Value::Object(_)) => {
+            limits::check_attributes(&value)
+                .map_err(|e| EngineError::validation(format!("{at}/attributes"), e))?;
+            match value {
+                Value::Object(m) => Ok(m),
+                _ => Ok(Map::new()),
+            }
+        }
         Some(_) => Err(EngineError::validation(
             format!("{at}/attributes"),
             "must be an object",
@@ -140,17 +152,21 @@ impl Engine {
         &self,
         key: &str,
         doc: &Value,
-        if_match: Option<i64>,
+        if_match: Option<Precondition>,
     ) -> Result<(FlagView, Outcome), EngineError> {
         let key = path_key(key, "flag")?;
         let config = FlagConfig::parse(doc).map_err(EngineError::Validation)?;
         let document =
             serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
         let _guard = self.writes.lock().await;
-        let written = match self.store.put_flag(key.as_str(), &document, if_match).await {
+        let written = match self
+            .store
+            .put_flag(key.as_str(), &document, if_match.as_ref())
+            .await
+        {
             Err(StoreError::Stale) => {
                 return Err(EngineError::VersionMismatch {
-                    expected: if_match.unwrap_or_default(),
+                    expected: if_match.unwrap_or(Precondition::Exists),
                     current: self.snapshot().flags.get(key.as_str()).map(|f| f.version),
                 })
             }

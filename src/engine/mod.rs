@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
+use crate::domain::precondition::Precondition;
 use crate::domain::problem::Problem;
 use crate::store::{Store, StoreError};
 use snapshot::Snapshot;
@@ -32,12 +33,21 @@ pub enum EngineError {
     NotFound(String),
     #[error("the request breaks {} rule(s)", .0.len())]
     Validation(Vec<Problem>),
-    #[error("If-Match names version {expected}, but the current version is {}", current.map_or("none".to_owned(), |v| v.to_string()))]
-    VersionMismatch { expected: i64, current: Option<i64> },
+    #[error("If-Match is {expected}, but {}", current.map_or("there is no current version".to_owned(), |v| format!("the current version is {v}")))]
+    VersionMismatch {
+        expected: Precondition,
+        current: Option<i64>,
+    },
     #[error("{0}")]
     Conflict(String),
+    /// Unavailable for a reason that may be shown (a broken stored config
+    /// names its problem, §3).
     #[error("{0}")]
     Unavailable(String),
+    /// The store failed; the cause is kept, typed, for the log only.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// An invariant of allot's own broke; the message is for the log only.
     #[error("{0}")]
     Internal(String),
 }
@@ -62,23 +72,24 @@ impl EngineError {
     }
 }
 
+/// Counts a store failure in `allot_store_errors_total` (the outcomes that
+/// are answers, like "not found", are not failures).
+pub(crate) fn count_store_error(e: &StoreError) {
+    let kind = match e {
+        StoreError::Unavailable(_) => "unavailable",
+        StoreError::Database(_) | StoreError::Other(_) => "other",
+        _ => return,
+    };
+    metrics::counter!("allot_store_errors_total", "kind" => kind).increment(1);
+}
+
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
-        let kind = match &e {
-            StoreError::Unavailable(_) => Some("unavailable"),
-            StoreError::Other(_) => Some("other"),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            metrics::counter!("allot_store_errors_total", "kind" => kind).increment(1);
-        }
+        count_store_error(&e);
         match e {
             StoreError::NotFound => EngineError::NotFound("not found".into()),
             StoreError::Conflict(m) => EngineError::Conflict(m),
-            StoreError::Unavailable(m) => {
-                EngineError::Unavailable(format!("the store is unavailable: {m}"))
-            }
-            other => EngineError::Internal(other.to_string()),
+            other => EngineError::Store(Arc::new(other)),
         }
     }
 }

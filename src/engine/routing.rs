@@ -186,7 +186,9 @@ impl Engine {
             .filter(|(id, _)| !id.is_empty())
             .map(|(id, _)| id.clone())
             .collect();
-        for _ in 0..PLAN_ATTEMPTS {
+        let mut stale = 0;
+        let mut retried = false;
+        loop {
             let entry = self.routable(key)?;
             let outcome = {
                 let Ok(experiment) = &entry.experiment else {
@@ -229,14 +231,27 @@ impl Engine {
                 // Our snapshot is behind the store (another replica changed or
                 // deleted the experiment): catch up and plan again.
                 Ok(Err(StaleConfig)) | Err(StoreError::NotFound) => {
+                    stale += 1;
+                    if stale >= PLAN_ATTEMPTS {
+                        return Err(EngineError::Unavailable(format!(
+                            "experiment {key:?} kept changing while routing; try again"
+                        )));
+                    }
                     self.refresh().await?;
+                }
+                // The connection or the server went away mid-transaction
+                // (a failover, a fast shutdown): nothing was committed, or
+                // the commit's answer was lost, and every routing operation
+                // is idempotent on the state it left. One more try in a new
+                // transaction turns a blip into a success.
+                Err(e @ StoreError::Unavailable(_)) if !retried => {
+                    super::count_store_error(&e);
+                    tracing::warn!(experiment = key, error = %e, "routing transaction interrupted; retrying once");
+                    retried = true;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(EngineError::Unavailable(format!(
-            "experiment {key:?} kept changing while routing; try again"
-        )))
     }
 
     /// Queues a routing call for its experiment and waits for the answer.
@@ -339,15 +354,11 @@ impl Engine {
         };
         if let Some(extra) = body.keys().find(|k| k.as_str() != "attributes") {
             return Err(EngineError::validation(
-                format!("/{extra}"),
+                crate::domain::problem::pointer("", extra),
                 "unknown field",
             ));
         }
-        let attributes = match body.remove("attributes") {
-            None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(v @ Value::Object(_)) => v,
-            Some(_) => return Err(EngineError::validation("/attributes", "must be an object")),
-        };
+        let attributes = Value::Object(super::flags::attributes(&mut body, "")?);
         let entry = self.routable(key)?;
         let (participant, created) = self
             .store

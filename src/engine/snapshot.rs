@@ -182,10 +182,16 @@ impl ExperimentEntry {
     }
 }
 
-fn parse_experiment(record: &ExperimentRecord) -> Result<Experiment, String> {
-    let name = &record.key;
+/// The experiment a stored record holds, or why it cannot be used: the same
+/// verdict on every replica, since it depends on the record alone.
+pub(crate) fn parse_experiment(record: &ExperimentRecord) -> Result<Experiment, String> {
+    parse_stored(&record.key, &record.config, &record.layout)
+}
+
+/// As [`parse_experiment`], for any stored version's config and layout text.
+pub(crate) fn parse_stored(name: &str, config: &str, layout: &str) -> Result<Experiment, String> {
     let key = Key::parse(name).map_err(|e| format!("stored experiment key {name:?} {e}"))?;
-    let doc: Value = serde_json::from_str(&record.config)
+    let doc: Value = serde_json::from_str(config)
         .map_err(|e| format!("stored config of experiment {name:?} is not valid JSON: {e}"))?;
     let config = ExperimentConfig::parse(&key, &doc).map_err(|p| {
         format!(
@@ -193,7 +199,7 @@ fn parse_experiment(record: &ExperimentRecord) -> Result<Experiment, String> {
             describe(&p)
         )
     })?;
-    let ranges: Vec<Range> = serde_json::from_str(&record.layout)
+    let ranges: Vec<Range> = serde_json::from_str(layout)
         .map_err(|e| format!("stored layout of experiment {name:?} is malformed: {e}"))?;
     Experiment::from_stored(config, &ranges)
         .map_err(|e| format!("stored layout of experiment {name:?}: {e}"))

@@ -103,6 +103,14 @@ pub fn client_may(method: &Method, path: &str) -> bool {
     )
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` work too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 fn unauthorized(message: &str) -> Response {
     let mut response = ApiError::unauthorized(message).into_response();
     response
@@ -137,11 +145,7 @@ async fn check(auth: &Auth, mut request: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer_token);
     let Some(presented) = presented else {
         return unauthorized("send Authorization: Bearer <token>");
     };
@@ -185,6 +189,17 @@ mod tests {
             (Method::POST, "/v1/experiments/e/participants/p/steal"),
         ] {
             assert!(!client_may(&m, p), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_the_token_is_not() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr \t abc  "] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
+        }
+        assert_eq!(bearer_token("Bearer ABC"), Some("ABC"));
+        for value in ["Basic abc", "Bearer", "Bearer   ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
         }
     }
 

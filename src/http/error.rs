@@ -2,8 +2,13 @@
 //!
 //! Handlers and extractors return an `ApiError`; it travels in the response's
 //! extensions to the edge middleware (`http::edge`), which knows the request
-//! id and writes the body with [`render`]. 5xx causes are logged there, inside the request span,
-//! and never shown to the client beyond a short sentence.
+//! id and writes the body with [`render`]. A 5xx keeps its typed cause (a
+//! store error with its driver error, a panic, an invariant of allot's own);
+//! the cause is logged there with the request id and never shown to the
+//! client, whose body says only what happened and which id to look for.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
 
 use super::openapi::{ErrorBody, ErrorObject};
 use axum::http::{HeaderValue, StatusCode};
@@ -12,6 +17,10 @@ use axum::Json;
 
 use crate::domain::problem::Problem;
 use crate::engine::EngineError;
+use crate::store::StoreError;
+
+/// Why a request failed on the server's side: for the log, never the body.
+pub type Cause = Arc<dyn StdError + Send + Sync>;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -21,6 +30,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Vec<Problem>,
+    /// The cause of a 5xx, logged with the request id.
+    pub cause: Option<Cause>,
 }
 
 impl ApiError {
@@ -30,7 +41,13 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            cause: None,
         }
+    }
+
+    fn with_cause(mut self, cause: Cause) -> Self {
+        self.cause = Some(cause);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -65,21 +82,33 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// A failure of allot's own: the body says only that it happened.
     pub fn internal(cause: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", cause)
+        let cause: Box<dyn StdError + Send + Sync> = cause.into().into();
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the request id identifies it in the server log",
+        )
+        .with_cause(Arc::from(cause))
     }
 
-    /// The error object, as it stands in a body or in a batch result. A 500
-    /// says only that it happened; its cause goes to the log.
-    pub fn object(&self, request_id: &str) -> ErrorObject {
-        let message = if self.status == StatusCode::INTERNAL_SERVER_ERROR {
-            "internal error; the request id identifies it in the server log".to_owned()
-        } else {
-            self.message.clone()
+    /// The store failed: 503 when it went away (try again), else 500.
+    fn store(e: Arc<StoreError>) -> Self {
+        let error = match &*e {
+            StoreError::Unavailable(_) => Self::unavailable(
+                "the store is unavailable; try again shortly (the request id identifies the cause in the server log)",
+            ),
+            _ => Self::internal(""),
         };
+        error.with_cause(e)
+    }
+
+    /// The error object, as it stands in a body or in a batch result.
+    pub fn object(&self, request_id: &str) -> ErrorObject {
         ErrorObject {
             code: self.code.to_owned(),
-            message,
+            message: self.message.clone(),
             details: self.details.clone(),
             request_id: request_id.to_owned(),
         }
@@ -108,6 +137,7 @@ impl From<EngineError> for ApiError {
                     code: "validation_failed",
                     message,
                     details,
+                    cause: None,
                 }
             }
             e @ EngineError::VersionMismatch { .. } => Self::new(
@@ -119,6 +149,7 @@ impl From<EngineError> for ApiError {
             EngineError::Unavailable(m) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
+            EngineError::Store(e) => Self::store(e),
             EngineError::Internal(m) => Self::internal(m),
         }
     }
@@ -129,6 +160,28 @@ impl IntoResponse for ApiError {
         let mut response = self.status.into_response();
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+/// A cause and its sources, `a: b: c`, for one log field.
+struct Chain<'a>(Option<&'a (dyn StdError + Send + Sync)>);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(cause) = self.0 else {
+            return f.write_str("-");
+        };
+        write!(f, "{cause}")?;
+        let mut source = cause.source();
+        while let Some(s) = source {
+            // thiserror's `{0}` with `#[source]` already shows the source.
+            let text = s.to_string();
+            if !cause.to_string().ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            source = s.source();
+        }
+        Ok(())
     }
 }
 
@@ -147,7 +200,8 @@ pub fn render(
             method,
             route,
             status = error.status.as_u16(),
-            cause = %error.message,
+            message = %error.message,
+            cause = %Chain(error.cause.as_deref()),
             "request failed"
         );
     }

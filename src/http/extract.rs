@@ -1,41 +1,69 @@
 //! Extractors whose rejections are [`ApiError`]s in the contract's shape.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::body::BodyError;
 use super::error::ApiError;
+use crate::domain::precondition::Precondition;
+use crate::engine::EngineError;
 
 /// A JSON request body, as a value: the engine validates it and reports every
-/// problem with its JSON Pointer, which typed deserialisation cannot do.
+/// problem with its JSON Pointer, which typed deserialisation cannot do. The
+/// rules of §1 that hold everywhere (no U+0000, no overflowing number, bounded
+/// nesting) are checked here, while parsing (see [`super::body`]).
 pub struct JsonBody(pub Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<Value>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json(req.headers()) {
+            return Err(ApiError::bad_request(
+                "the body must be JSON with content-type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large("the body is larger than the configured limit")
+            } else {
+                ApiError::bad_request(format!("the body could not be read: {}", r.body_text()))
+            }
+        })?;
+        match super::body::parse(&bytes) {
+            Ok(value) => Ok(Self(value)),
+            Err(BodyError::Syntax(e)) => Err(ApiError::bad_request(format!(
+                "the body is not valid JSON: {e}"
+            ))),
+            Err(BodyError::Invalid { path, message }) => {
+                Err(EngineError::validation(path, message).into())
+            }
         }
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::bad_request("the body must be JSON with content-type: application/json")
-        }
-        JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::payload_too_large("the body is larger than the configured limit")
-        }
-        other => {
-            ApiError::bad_request(format!("the body is not valid JSON: {}", other.body_text()))
-        }
-    }
+/// `application/json`, or any `application/*+json`, with any parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5
+                && subtype.is_char_boundary(subtype.len() - 5)
+                && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
 /// Path parameters; a rejection (e.g. bad percent-encoding) is a 400.
@@ -49,10 +77,25 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        reject_nul_in_url(parts.uri.path(), "path")?;
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Self(p.0))
             .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// Ids and cursors in the URL follow the string rule of §1 like the body:
+/// U+0000 (only expressible as `%00`) is a 422.
+fn reject_nul_in_url(part: &str, which: &str) -> Result<(), ApiError> {
+    if part.contains("%00") {
+        Err(EngineError::validation(
+            "",
+            format!("the URL's {which} must not contain U+0000 (%00)"),
+        )
+        .into())
+    } else {
+        Ok(())
     }
 }
 
@@ -67,6 +110,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        reject_nul_in_url(parts.uri.query().unwrap_or_default(), "query string")?;
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
@@ -76,22 +120,26 @@ where
     }
 }
 
-/// The `If-Match` header as a version: `"3"`, `3` or `W/"3"`.
-pub struct IfMatch(pub Option<i64>);
+/// The `If-Match` header (§1 "Versions"): `"3"`, `3`, `W/"3"`, a list of
+/// those, or `*`.
+pub struct IfMatch(pub Option<Precondition>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Some(raw) = parts.headers.get(axum::http::header::IF_MATCH) else {
+        let Some(raw) = parts.headers.get(header::IF_MATCH) else {
             return Ok(Self(None));
         };
-        let text = raw.to_str().unwrap_or_default().trim();
-        let text = text.strip_prefix("W/").unwrap_or(text);
-        let text = text.trim_matches('"');
-        text.parse::<i64>()
-            .map(|v| Self(Some(v)))
-            .map_err(|_| ApiError::bad_request("If-Match must name a version, like \"3\""))
+        raw.to_str()
+            .ok()
+            .and_then(Precondition::parse)
+            .map(|p| Self(Some(p)))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "If-Match must be * or a version like \"3\" (or a list of them)",
+                )
+            })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP surface: the router and its middleware stack.
 
 pub mod auth;
+pub mod body;
 pub mod edge;
 pub mod error;
 pub mod extract;
@@ -95,10 +96,15 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
             .layer(axum::middleware::from_fn_with_state(timeout, edge::edge))
             // A panic becomes a 500 in the same shape instead of a dropped connection.
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-                |_: Box<dyn std::any::Any + Send>| {
-                    axum::response::IntoResponse::into_response(ApiError::internal(
-                        "handler panicked",
-                    ))
+                |panic: Box<dyn std::any::Any + Send>| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    axum::response::IntoResponse::into_response(ApiError::internal(format!(
+                        "handler panicked: {what}"
+                    )))
                 },
             )),
     )

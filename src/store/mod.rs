@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::domain::precondition::Precondition;
 use crate::domain::routing::lifecycle::{Changes, Cohort, Participant, State};
 use crate::domain::routing::CohortDef;
 
@@ -37,9 +38,16 @@ pub enum StoreError {
     /// The change would break a reference (e.g. deleting a flag in use).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// The database cannot be reached or answered too late.
+    /// The database cannot be reached, went away (a restart, a fast
+    /// shutdown, a broken connection) or is out of capacity: not the
+    /// client's fault, and worth retrying.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] sqlx::Error),
+    /// The database refused a statement for a reason that is allot's, not
+    /// the client's.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Stored data allot cannot read, or a setup step that failed.
     #[error("store error: {0}")]
     Other(String),
 }
@@ -58,22 +66,48 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::BeginFailed => StoreError::Unavailable(e.to_string()),
+            | sqlx::Error::BeginFailed => StoreError::Unavailable(e),
             sqlx::Error::Database(db) => match db.kind() {
                 ErrorKind::ForeignKeyViolation => StoreError::MissingReference,
                 ErrorKind::UniqueViolation => StoreError::Stale,
-                _ if is_busy(db.code().as_deref()) => StoreError::Unavailable(e.to_string()),
-                _ => StoreError::Other(e.to_string()),
+                _ if went_away(db.as_ref()) => StoreError::Unavailable(e),
+                _ => StoreError::Database(e),
             },
-            _ => StoreError::Other(e.to_string()),
+            _ => StoreError::Database(e),
         }
     }
 }
 
-/// SQLite's "database is locked" past the busy timeout, PostgreSQL's
-/// "cannot connect now" and friends: transient, not the client's fault.
-fn is_busy(code: Option<&str>) -> bool {
-    matches!(code, Some("5" | "6" | "517" | "57P03" | "53300"))
+/// Database errors that mean "the server or the connection went away, or is
+/// out of capacity": transient, and never the client's fault.
+fn went_away(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let code = db.code();
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        sqlite_went_away(code.as_deref())
+    } else {
+        postgres_went_away(code.as_deref())
+    }
+}
+
+/// SQLSTATEs: class 08 (connection exception), 57P0x (admin or crash
+/// shutdown, cannot connect now, database dropped), class 53 (insufficient
+/// resources: too many connections, disk full, out of memory), 40001 and
+/// 40P01 (serialization failure, deadlock: retryable by definition), 55P03
+/// (lock not available) and 57014 (statement cancelled, e.g. by a timeout).
+fn postgres_went_away(code: Option<&str>) -> bool {
+    code.is_some_and(|code| {
+        code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P0")
+            || matches!(code, "40001" | "40P01" | "55P03" | "57014")
+    })
+}
+
+/// Extended result codes, the primary code in the low byte: BUSY (5),
+/// LOCKED (6), IOERR (10), FULL (13), CANTOPEN (14).
+fn sqlite_went_away(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
 }
 
 #[derive(Debug, Clone)]
@@ -208,14 +242,14 @@ pub trait Store: Send + Sync + 'static {
     async fn revision(&self) -> Result<i64, StoreError>;
     async fn load(&self) -> Result<Loaded, StoreError>;
 
-    /// Creates or updates a flag. `expected_version` (If-Match) must equal the
+    /// Creates or updates a flag. `expected` (If-Match) must admit the
     /// stored version, else [`StoreError::Stale`]; a document equal to the
     /// stored one changes nothing.
     async fn put_flag(
         &self,
         key: &str,
         config: &Value,
-        expected_version: Option<i64>,
+        expected: Option<&Precondition>,
     ) -> Result<FlagWritten, StoreError>;
     /// Deletes a flag and its overrides; [`StoreError::Conflict`] while a live
     /// experiment names it. Returns the new revision.
@@ -324,6 +358,31 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
         before: Option<i64>,
     ) -> Result<Vec<EventRecord>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{postgres_went_away, sqlite_went_away};
+
+    #[test]
+    fn codes_that_mean_the_store_went_away_are_recognised() {
+        for code in [
+            "57P01", "57P02", "57P03", "08006", "08003", "08P01", "53300", "53100", "40001",
+            "40P01",
+        ] {
+            assert!(postgres_went_away(Some(code)), "{code}");
+        }
+        for code in ["23505", "23503", "42P01", "22021", "5", "10"] {
+            assert!(!postgres_went_away(Some(code)), "{code}");
+        }
+        for code in ["5", "6", "517", "261", "10", "266", "13", "14"] {
+            assert!(sqlite_went_away(Some(code)), "{code}");
+        }
+        for code in ["19", "2067", "1", "11", "08006"] {
+            assert!(!sqlite_went_away(Some(code)), "{code}");
+        }
+        assert!(!postgres_went_away(None) && !sqlite_went_away(None));
+    }
 }
 
 /// Pool and timeout settings shared by both backends.

@@ -343,7 +343,7 @@ macro_rules! impl_sql_store {
                 &self,
                 key: &str,
                 config: &serde_json::Value,
-                expected_version: Option<i64>,
+                expected: Option<&$crate::domain::precondition::Precondition>,
             ) -> Result<FlagWritten, StoreError> {
                 let (mut tx, revision) = config_write(&self.pool).await?;
                 let current: Option<FlagRow> =
@@ -354,8 +354,8 @@ macro_rules! impl_sql_store {
                 let text = config.to_string();
                 let now = now_micros();
                 let written = match current {
-                    None if expected_version.is_some() => return Err(StoreError::Stale),
-                    Some(row) if expected_version.is_some_and(|v| v != row.1) => return Err(StoreError::Stale),
+                    None if expected.is_some() => return Err(StoreError::Stale),
+                    Some(row) if expected.is_some_and(|p| !p.admits(Some(row.1))) => return Err(StoreError::Stale),
                     Some(row) if serde_json::from_str::<serde_json::Value>(&row.2).ok().as_ref() == Some(config) => {
                         // Nothing to write: the transaction rolls back on drop
                         // and the revision stays as it was.
@@ -864,28 +864,40 @@ macro_rules! impl_sql_store {
                 participant_id: &str,
                 attributes: &serde_json::Value,
             ) -> Result<(Participant, bool), StoreError> {
-                let existed: Option<(i64,)> =
-                    sqlx::query_as("SELECT wait_seq FROM participants WHERE experiment_id = $1 AND participant_id = $2")
-                        .bind(experiment_id)
-                        .bind(participant_id)
-                        .fetch_optional(&self.pool)
-                        .await?;
                 let now = now_micros();
-                // Only the attributes change; routing transactions never write
-                // them, so neither overwrites the other.
-                let row: ParticipantRow = sqlx::query_as(&format!(
+                let attributes = attributes.to_string();
+                // Insert-or-nothing first: of any number of concurrent
+                // registrations (through any replicas) exactly one inserts,
+                // so exactly one answers "created". A check-then-insert would
+                // let several see "no row yet".
+                let inserted: Option<ParticipantRow> = sqlx::query_as(&format!(
                     "INSERT INTO participants (experiment_id, participant_id, status, attributes, wait_seq, created_at, updated_at) \
                      VALUES ($1, $2, 'new', $3, 0, $4, $4) \
-                     ON CONFLICT (experiment_id, participant_id) DO UPDATE SET attributes = excluded.attributes, updated_at = excluded.updated_at \
+                     ON CONFLICT (experiment_id, participant_id) DO NOTHING \
                      RETURNING {PARTICIPANT_COLUMNS}"
                 ))
                 .bind(experiment_id)
                 .bind(participant_id)
-                .bind(attributes.to_string())
+                .bind(&attributes)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(row) = inserted {
+                    return Ok((participant_record(row)?, true));
+                }
+                // Only the attributes change; routing transactions never write
+                // them, so neither overwrites the other.
+                let row: ParticipantRow = sqlx::query_as(&format!(
+                    "UPDATE participants SET attributes = $3, updated_at = $4 \
+                     WHERE experiment_id = $1 AND participant_id = $2 RETURNING {PARTICIPANT_COLUMNS}"
+                ))
+                .bind(experiment_id)
+                .bind(participant_id)
+                .bind(&attributes)
                 .bind(now)
                 .fetch_one(&self.pool)
                 .await?;
-                Ok((participant_record(row)?, existed.is_none()))
+                Ok((participant_record(row)?, false))
             }
 
             async fn has_overdue(&self, experiment_id: &str, cutoff: OffsetDateTime) -> Result<bool, StoreError> {

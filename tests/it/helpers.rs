@@ -168,6 +168,22 @@ impl TestApp {
         }
     }
 
+    /// A GET whose body is not JSON (e.g. `/metrics`), as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.text().await.expect("body")
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         self.send(self.client.get(self.url(path))).await
     }

@@ -12,6 +12,7 @@ mod binary;
 mod conformance;
 mod experiments;
 mod flags;
+mod hardening;
 mod hash_vectors;
 mod observability;
 mod openapi;

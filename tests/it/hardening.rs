@@ -1,0 +1,877 @@
+//! Hostile input on both stores (contract §1): U+0000 anywhere, numbers at
+//! the edges of their types, the bounded-work limits, `If-Match: *`, the
+//! bearer scheme in any case, concurrent registrations, and a stored
+//! configuration broken by hand. Every refusal is the contract's error shape
+//! and changes nothing; nothing here is ever a 500.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{Backend, TestApp};
+use crate::{on_both_stores, start};
+
+fn study() -> Value {
+    json!({
+        "treatments": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}],
+        "sticky": true,
+        "cohorts": [{"alias": "arm", "name": "Arm", "capacity": 10}],
+        "routing": {"groups": [{"name": "solo", "target_cohort": "arm",
+            "composition": [{"id": "any", "min_count": 1, "max_count": 1}]}]}
+    })
+}
+
+/// Every string position a client can write, with a NUL in it, answers 422
+/// pointing at it, and nothing is stored: PostgreSQL and SQLite alike.
+async fn nul_is_refused_everywhere_with_a_pointer(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put("/v1/flags/f", json!({"rules": [{"rollout": 100}]}))
+        .await
+        .expect(201);
+    app.put("/v1/experiments/s", study()).await.expect(201);
+
+    let nul = "x\u{0}y";
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "PUT",
+            "/v1/flags/g",
+            json!({"description": nul}),
+            "/description",
+        ),
+        (
+            "PUT",
+            "/v1/flags/g",
+            json!({"rules": [{"name": nul, "rollout": 1}]}),
+            "/rules/0/name",
+        ),
+        (
+            "PUT",
+            "/v1/flags/g",
+            json!({"rules": [{"condition": {"plan": nul}, "rollout": 1}]}),
+            "/rules/0/condition/plan",
+        ),
+        (
+            "PUT",
+            "/v1/flags/g",
+            json!({"rules": [{"condition": {nul: 1}, "rollout": 1}]}),
+            "/rules/0/condition/x\u{0}y",
+        ),
+        (
+            "PUT",
+            "/v1/experiments/t",
+            json!({"description": nul}),
+            "/description",
+        ),
+        ("PUT", "/v1/experiments/t", json!({"salt": nul}), "/salt"),
+        (
+            "PUT",
+            "/v1/experiments/t",
+            json!({"treatments": [{"name": "a", "weight": 1, "payload": {"deep": [nul]}}]}),
+            "/treatments/0/payload/deep/0",
+        ),
+        (
+            "PUT",
+            "/v1/experiments/t",
+            json!({"cohorts": [{"alias": "c", "name": nul}]}),
+            "/cohorts/0/name",
+        ),
+        (
+            "PUT",
+            "/v1/experiments/t",
+            json!({"cohorts": [{"alias": "c", "description": nul}]}),
+            "/cohorts/0/description",
+        ),
+        (
+            "PUT",
+            "/v1/experiments/t",
+            json!({"routing": {"groups": [{"name": "g\u{0}", "composition": [{"id": "x", "min_count": 1, "max_count": 1}]}]}}),
+            "/routing/groups/0/name",
+        ),
+        (
+            "PUT",
+            "/v1/experiments/t",
+            json!({"variables": [{"name": "v", "default": nul}]}),
+            "/variables/0/default",
+        ),
+        (
+            "POST",
+            "/v1/experiments/s/assign",
+            json!({"org_id": nul, "unit_id": "u"}),
+            "/org_id",
+        ),
+        (
+            "POST",
+            "/v1/experiments/s/assign",
+            json!({"org_id": 1, "unit_id": nul}),
+            "/unit_id",
+        ),
+        (
+            "POST",
+            "/v1/experiments/s/assign",
+            json!({"org_id": 1, "unit_id": "u", "attributes": {"k": nul}}),
+            "/attributes/k",
+        ),
+        (
+            "POST",
+            "/v1/assign",
+            json!({"items": [{"experiment": "s", "org_id": 1, "unit_id": nul}]}),
+            "/items/0/unit_id",
+        ),
+        (
+            "POST",
+            "/v1/flags/f/evaluate",
+            json!({"org_id": 1, "attributes": {"a": [nul]}}),
+            "/attributes/a/0",
+        ),
+        (
+            "PUT",
+            "/v1/flags/f/orgs/1",
+            json!({"enabled": true, "note": nul}),
+            "/note",
+        ),
+        (
+            "PUT",
+            "/v1/experiments/s/participants/p",
+            json!({"attributes": {"score": nul}}),
+            "/attributes/score",
+        ),
+    ];
+    for (method, path, body, pointer) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let answer = app
+            .send(app.client.request(method, app.url(path)).json(&body))
+            .await
+            .expect_error(422, "validation_failed");
+        assert_eq!(
+            answer.detail_paths(),
+            vec![pointer.to_owned()],
+            "{path} {body}"
+        );
+    }
+    // In the URL: ids and cursors.
+    for (method, path) in [
+        ("PUT", "/v1/experiments/s/participants/p%00"),
+        ("POST", "/v1/experiments/s/participants/p%00/route"),
+        ("GET", "/v1/experiments/s/participants/p%00"),
+        ("PUT", "/v1/flags/f/orgs/o%00"),
+        ("DELETE", "/v1/flags/f/orgs/o%00"),
+        ("GET", "/v1/flags/f/orgs?after=a%00"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        app.send(
+            app.client
+                .request(method, app.url(path))
+                .json(&json!({"enabled": true})),
+        )
+        .await
+        .expect_error(422, "validation_failed");
+    }
+    // Nothing was stored, and everything still works.
+    app.get("/v1/flags/g").await.expect_error(404, "not_found");
+    app.get("/v1/experiments/t")
+        .await
+        .expect_error(404, "not_found");
+    app.get("/v1/experiments/s/participants/p")
+        .await
+        .expect_error(404, "not_found");
+    assert_eq!(
+        app.get("/v1/flags/f/orgs").await.expect(200).body["overrides"],
+        json!([])
+    );
+    app.post(
+        "/v1/experiments/s/assign",
+        json!({"org_id": 1, "unit_id": "u"}),
+    )
+    .await
+    .expect(200);
+    app.put("/v1/experiments/s/participants/p", json!({}))
+        .await
+        .expect(201);
+    let routed = app
+        .post("/v1/experiments/s/participants/p/route", json!({}))
+        .await
+        .expect(200);
+    assert_eq!(routed.body["status"], "assigned");
+}
+
+/// Numbers at the edges of their types either work correctly or are 422,
+/// on every path; none is a 400, a 500 or a hang.
+async fn numbers_at_the_edges_work_or_are_refused(backend: Backend) {
+    let (_store, app) = start!(backend);
+    // Weights are relative: any finite weights give a correct layout.
+    let one = app
+        .put(
+            "/v1/experiments/big",
+            json!({"treatments": [{"name": "a", "weight": 1e305}]}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(
+        one.body["layout"],
+        json!([{"treatment": "a", "start": 0, "end": 10000}])
+    );
+    let two = app
+        .put(
+            "/v1/experiments/huge",
+            json!({"treatments": [{"name": "a", "weight": 1e308}, {"name": "b", "weight": 1e308}]}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(
+        two.body["layout"],
+        json!([{"treatment": "a", "start": 0, "end": 5000}, {"treatment": "b", "start": 5000, "end": 10000}])
+    );
+    let tiny = app
+        .put(
+            "/v1/experiments/tiny",
+            json!({"treatments": [{"name": "a", "weight": 5e-324}, {"name": "b", "weight": 0}], "coverage": 5e-324}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(tiny.body["layout"], json!([]));
+    app.put(
+        "/v1/experiments/tiny",
+        json!({"treatments": [{"name": "a", "weight": 5e-324}, {"name": "b", "weight": 0}], "coverage": -0.0}),
+    )
+    .await
+    .expect(200);
+
+    // Literals no f64 holds, and fractions or negatives where a whole number is meant.
+    let raw = |path: &str, body: &'static str| {
+        app.client
+            .put(app.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let overflow = app
+        .send(raw(
+            "/v1/experiments/x",
+            r#"{"treatments": [{"name": "a", "weight": 1e400}]}"#,
+        ))
+        .await
+        .expect_error(422, "validation_failed");
+    assert_eq!(overflow.detail_paths(), vec!["/treatments/0/weight"]);
+    app.send(raw("/v1/flags/x", r#"{"rules": [{"rollout": -1e999}]}"#))
+        .await
+        .expect_error(422, "validation_failed");
+    for (doc, pointer) in [
+        (json!({"coverage": 1.0000001}), "/coverage"),
+        (json!({"coverage": -1e-300}), "/coverage"),
+        (
+            json!({"treatments": [{"name": "a", "weight": -5e-324}]}),
+            "/treatments/0/weight",
+        ),
+        (
+            json!({"cohorts": [{"alias": "c", "capacity": 4_294_967_296u64}]}),
+            "/cohorts/0/capacity",
+        ),
+        (
+            json!({"cohorts": [{"alias": "c", "capacity": 1.5}]}),
+            "/cohorts/0/capacity",
+        ),
+        (
+            json!({"cohorts": [{"alias": "c", "capacity": -1}]}),
+            "/cohorts/0/capacity",
+        ),
+    ] {
+        let answer = app
+            .put("/v1/experiments/x", doc.clone())
+            .await
+            .expect_error(422, "validation_failed");
+        assert_eq!(answer.detail_paths(), vec![pointer.to_owned()], "{doc}");
+    }
+    app.put(
+        "/v1/experiments/cap",
+        json!({"cohorts": [{"alias": "c", "capacity": 4_294_967_295u64}]}),
+    )
+    .await
+    .expect(201);
+    for rollout in [json!(100.001), json!(-0.01), json!(1e308)] {
+        app.put("/v1/flags/x", json!({"rules": [{"rollout": rollout}]}))
+            .await
+            .expect_error(422, "validation_failed");
+    }
+    app.put(
+        "/v1/flags/x",
+        json!({"rules": [{"rollout": -0.0}, {"rollout": 100}]}),
+    )
+    .await
+    .expect(201);
+
+    // Ids: non-negative integers up to u64::MAX mean their decimal string.
+    let max = app
+        .post(
+            "/v1/experiments/big/assign",
+            json!({"org_id": u64::MAX, "unit_id": 0}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(max.body["org_id"], "18446744073709551615");
+    assert_eq!(max.body["unit_id"], "0");
+    for org in [
+        json!(-1),
+        json!(1.5),
+        json!(18446744073709551616.0),
+        json!(1e300),
+    ] {
+        let answer = app
+            .post(
+                "/v1/experiments/big/assign",
+                json!({"org_id": org, "unit_id": "u"}),
+            )
+            .await
+            .expect_error(422, "validation_failed");
+        assert_eq!(answer.detail_paths(), vec!["/org_id"], "{org}");
+    }
+
+    // Durations: whole seconds from 1 to a year.
+    let routing = |timeout: Value| {
+        json!({"cohorts": [{"alias": "c"}], "routing": {"wait_timeout_seconds": timeout,
+            "groups": [{"name": "g", "composition": [{"id": "x", "min_count": 2, "max_count": 2}]}]}})
+    };
+    for timeout in [
+        json!(1_000_000_000_000u64),
+        json!(u64::MAX),
+        json!(31_536_001),
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(1e300),
+        json!("600"),
+    ] {
+        let answer = app
+            .put("/v1/experiments/timed", routing(timeout.clone()))
+            .await
+            .expect_error(422, "validation_failed");
+        assert_eq!(
+            answer.detail_paths(),
+            vec!["/routing/wait_timeout_seconds"],
+            "{timeout}"
+        );
+    }
+    app.put("/v1/experiments/timed", routing(json!(31_536_000)))
+        .await
+        .expect(201);
+    app.put("/v1/experiments/timed/participants/p", json!({}))
+        .await
+        .expect(201);
+    let waiting = app
+        .post("/v1/experiments/timed/participants/p/route", json!({}))
+        .await
+        .expect(200);
+    assert_eq!(waiting.body["status"], "waiting");
+
+    // Paging numbers at their edges are a bad query, never a crash.
+    for query in [
+        "limit=9223372036854775807",
+        "limit=0",
+        "limit=-9223372036854775808",
+        "limit=99999999999999999999",
+        "before=99999999999999999999",
+        "limit=1.5",
+    ] {
+        app.get(&format!("/v1/experiments/timed/routing/events?{query}"))
+            .await
+            .expect_error(400, "bad_request");
+    }
+    for before in ["-9223372036854775808", "9223372036854775807", "0"] {
+        app.get(&format!(
+            "/v1/experiments/timed/routing/events?limit=1000&before={before}"
+        ))
+        .await
+        .expect(200);
+    }
+}
+
+/// Over a limit of §1 is 422 (413 for the body) with a message naming it.
+async fn the_limits_of_bounded_work_are_enforced_and_named(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put(
+        "/v1/experiments/e",
+        json!({"treatments": [{"name": "a", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
+    app.put("/v1/experiments/r", study()).await.expect(201);
+    app.put("/v1/flags/f", json!({"rules": [{"rollout": 100}]}))
+        .await
+        .expect(201);
+
+    let big = json!({"blob": "x".repeat(16 * 1024)});
+    let mut deep = json!(1);
+    for _ in 0..33 {
+        deep = json!({ "a": deep });
+    }
+    for (path, body, pointer, limit) in [
+        (
+            "/v1/experiments/e/assign",
+            json!({"org_id": 1, "unit_id": "u", "attributes": big}),
+            "/attributes",
+            "16384",
+        ),
+        (
+            "/v1/experiments/e/assign",
+            json!({"org_id": 1, "unit_id": "u", "attributes": deep}),
+            "/attributes",
+            "32",
+        ),
+        (
+            "/v1/assign",
+            json!({"items": [{"experiment": "e", "org_id": 1, "unit_id": "u", "attributes": big}]}),
+            "/items/0/attributes",
+            "16384",
+        ),
+        (
+            "/v1/flags/f/evaluate",
+            json!({"org_id": 1, "attributes": big}),
+            "/attributes",
+            "16384",
+        ),
+    ] {
+        let answer = app.post(path, body).await;
+        let answer = if path == "/v1/assign" {
+            let item = &answer.expect(200).body["results"][0]["error"];
+            assert_eq!(item["code"], "validation_failed");
+            assert_eq!(item["details"][0]["path"], pointer);
+            assert!(item["message"].as_str().unwrap().contains(limit), "{item}");
+            continue;
+        } else {
+            answer.expect_error(422, "validation_failed")
+        };
+        assert_eq!(answer.detail_paths(), vec![pointer.to_owned()]);
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(limit),
+            "{}",
+            answer.body
+        );
+    }
+    let answer = app
+        .put(
+            "/v1/experiments/r/participants/p",
+            json!({"attributes": {"blob": "x".repeat(16 * 1024)}}),
+        )
+        .await
+        .expect_error(422, "validation_failed");
+    assert_eq!(answer.detail_paths(), vec!["/attributes"]);
+    app.get("/v1/experiments/r/participants/p")
+        .await
+        .expect_error(404, "not_found");
+
+    // A list over 10 000 entries, and a condition over 64 KiB.
+    let long: Vec<u32> = (0..10_001).collect();
+    let answer = app
+        .put(
+            "/v1/flags/g",
+            json!({"rules": [{"condition": {"n": {"$nin": long}}, "rollout": 100}]}),
+        )
+        .await
+        .expect_error(422, "validation_failed");
+    assert_eq!(answer.detail_paths(), vec!["/rules/0/condition/n/$nin"]);
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("10000"));
+    let wide: serde_json::Map<String, Value> = (0..3000)
+        .map(|i| (format!("field-{i:05}"), json!("some value here")))
+        .collect();
+    let answer = app
+        .put(
+            "/v1/flags/g",
+            json!({"rules": [{"condition": wide, "rollout": 100}]}),
+        )
+        .await
+        .expect_error(422, "validation_failed");
+    assert_eq!(answer.detail_paths(), vec!["/rules/0/condition"]);
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("65536"));
+    app.get("/v1/flags/g").await.expect_error(404, "not_found");
+
+    // Nesting deeper than a body may go is refused with the limit named.
+    let abyss = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let answer = app
+        .send(
+            app.client
+                .post(app.url("/v1/assign"))
+                .header("content-type", "application/json")
+                .body(abyss),
+        )
+        .await
+        .expect_error(422, "validation_failed");
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("64"));
+}
+
+/// The worst requests the limits allow finish, and `/healthz` answers while
+/// they run.
+async fn the_worst_allowed_requests_leave_the_probes_answering(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let list: Vec<u32> = (0..10_000).collect();
+    app.put(
+        "/v1/flags/heavy",
+        json!({"rules": [{"condition": {"tags": {"$nin": list.clone()}, "ids": {"$all": list[..5000].to_vec()}}, "rollout": 100}]}),
+    )
+    .await
+    .expect(201);
+    // As many numbers as 16 KiB of attributes hold.
+    let tags: Vec<u32> = (20_000..22_700).collect();
+    let body = json!({"org_id": 1, "attributes": {"tags": tags, "ids": tags}});
+    assert!(serde_json::to_string(&body["attributes"]).unwrap().len() <= 16 * 1024);
+    let app = Arc::new(app);
+    let heavy: Vec<_> = (0..16)
+        .map(|_| {
+            let app = Arc::clone(&app);
+            let body = body.clone();
+            tokio::spawn(async move { app.post("/v1/flags/heavy/evaluate", body).await })
+        })
+        .collect();
+    for _ in 0..20 {
+        app.get("/healthz").await.expect(200);
+    }
+    for task in heavy {
+        let answer = task.await.unwrap().expect(200);
+        assert_eq!(answer.body["reason"], "rule");
+    }
+}
+
+/// `If-Match: *` means "exists"; a list matches any of its versions; a
+/// version no store could hold is stale, not malformed.
+async fn if_match_star_and_lists(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let doc = json!({"rules": [{"rollout": 10}]});
+    app.put_if("/v1/flags/f", "*", doc.clone())
+        .await
+        .expect_error(412, "version_mismatch");
+    app.get("/v1/flags/f").await.expect_error(404, "not_found");
+    app.put("/v1/flags/f", doc.clone()).await.expect(201);
+    let star = app
+        .put_if("/v1/flags/f", "*", json!({"rules": [{"rollout": 20}]}))
+        .await
+        .expect(200);
+    assert_eq!(star.body["version"], 2);
+    app.put_if(
+        "/v1/flags/f",
+        "\"1\", \"2\"",
+        json!({"rules": [{"rollout": 30}]}),
+    )
+    .await
+    .expect(200);
+    for stale in ["\"99999999999999999999\"", "\"abc\"", "W/\"2\""] {
+        app.put_if("/v1/flags/f", stale, doc.clone())
+            .await
+            .expect_error(412, "version_mismatch");
+    }
+    app.put_if("/v1/flags/f", "", doc.clone())
+        .await
+        .expect_error(400, "bad_request");
+
+    let experiment = json!({"treatments": [{"name": "a", "weight": 1}]});
+    app.put_if("/v1/experiments/e", "*", experiment.clone())
+        .await
+        .expect_error(412, "version_mismatch");
+    app.get("/v1/experiments/e")
+        .await
+        .expect_error(404, "not_found");
+    app.put("/v1/experiments/e", experiment).await.expect(201);
+    app.put_if(
+        "/v1/experiments/e",
+        "*",
+        json!({"treatments": [{"name": "a", "weight": 2}]}),
+    )
+    .await
+    .expect(200);
+}
+
+/// The bearer scheme is matched in any case; the token is not.
+async fn the_bearer_scheme_is_case_insensitive(backend: Backend) {
+    let Some(store) = crate::helpers::TestStore::new(backend).await else {
+        return;
+    };
+    let mut settings = store.settings();
+    settings.auth.tokens = allot::config::parse_tokens("ops:admin:s3cret-token").unwrap();
+    let app = TestApp::spawn_with(settings).await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        app.send(
+            app.client
+                .get(app.url("/v1/flags"))
+                .header("authorization", format!("{scheme} s3cret-token")),
+        )
+        .await
+        .expect(200);
+    }
+    for value in [
+        "Bearer S3CRET-TOKEN",
+        "Basic s3cret-token",
+        "Bearer",
+        "s3cret-token",
+    ] {
+        app.send(
+            app.client
+                .get(app.url("/v1/flags"))
+                .header("authorization", value),
+        )
+        .await
+        .expect_error(401, "unauthorized");
+    }
+}
+
+/// Registering one new participant many times at once, through two
+/// replicas, answers 201 exactly once.
+async fn concurrent_registrations_create_once(backend: Backend) {
+    let (store, a) = start!(backend);
+    a.put("/v1/experiments/s", study()).await.expect(201);
+    let b = Arc::new(TestApp::spawn(&store).await);
+    let a = Arc::new(a);
+    for round in 0..5 {
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let app = if i % 2 == 0 {
+                    Arc::clone(&a)
+                } else {
+                    Arc::clone(&b)
+                };
+                tokio::spawn(async move {
+                    app.put(
+                        &format!("/v1/experiments/s/participants/p{round}"),
+                        json!({"attributes": {"i": i}}),
+                    )
+                    .await
+                    .status
+                    .as_u16()
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for call in calls {
+            statuses.push(call.await.unwrap());
+        }
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 201).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 201 || *s == 200),
+            "{statuses:?}"
+        );
+    }
+}
+
+/// A layout edited by hand is detected on load, answers 503 on every
+/// replica alike, and re-sending the valid document repairs it from the
+/// last valid layout (so no unit moves).
+async fn a_broken_stored_layout_is_detected_and_repaired(backend: Backend) {
+    let (store, app) = start!(backend);
+    let doc = json!({"treatments": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]});
+    let created = app.put("/v1/experiments/e", doc.clone()).await.expect(201);
+    let layout = created.body["layout"].clone();
+    let disabled = json!({"treatments": [{"name": "a", "weight": 1}, {"name": "b", "weight": 0}]});
+    app.put("/v1/experiments/w", disabled.clone())
+        .await
+        .expect(201);
+    app.stop().await;
+    store
+        .execute(
+            "UPDATE experiment_versions SET layout = '[{\"treatment\": \"ghost\", \"start\": 0, \"end\": 20000}]' \
+             WHERE experiment_id = (SELECT id FROM experiments WHERE key = 'e')",
+        )
+        .await;
+    // Valid ranges, but a disabled arm holding buckets.
+    store
+        .execute(
+            "UPDATE experiment_versions SET layout = '[{\"treatment\": \"a\", \"start\": 0, \"end\": 5000}, {\"treatment\": \"b\", \"start\": 5000, \"end\": 10000}]' \
+             WHERE experiment_id = (SELECT id FROM experiments WHERE key = 'w')",
+        )
+        .await;
+    let a = TestApp::spawn(&store).await;
+    let b = TestApp::spawn(&store).await;
+    for app in [&a, &b] {
+        for key in ["e", "w"] {
+            app.get(&format!("/v1/experiments/{key}"))
+                .await
+                .expect_error(503, "unavailable");
+            app.post(
+                &format!("/v1/experiments/{key}/assign"),
+                json!({"org_id": 1, "unit_id": "u"}),
+            )
+            .await
+            .expect_error(503, "unavailable");
+        }
+    }
+    // The same document again repairs it: a new version, the old layout.
+    let repaired = a.put("/v1/experiments/e", doc).await.expect(200);
+    assert_eq!(repaired.body["version"], 2);
+    assert_eq!(repaired.body["layout"], layout);
+    let fixed = a.put("/v1/experiments/w", disabled).await.expect(200);
+    assert_eq!(
+        fixed.body["layout"],
+        json!([{"treatment": "a", "start": 0, "end": 10000}])
+    );
+    a.post(
+        "/v1/experiments/e/assign",
+        json!({"org_id": 1, "unit_id": "u"}),
+    )
+    .await
+    .expect(200);
+}
+
+on_both_stores!(
+    nul_is_refused_everywhere_with_a_pointer,
+    numbers_at_the_edges_work_or_are_refused,
+    the_limits_of_bounded_work_are_enforced_and_named,
+    the_worst_allowed_requests_leave_the_probes_answering,
+    if_match_star_and_lists,
+    the_bearer_scheme_is_case_insensitive,
+    concurrent_registrations_create_once,
+    a_broken_stored_layout_is_detected_and_repaired,
+);
+
+/// The application's backends waiting on a lock, once there is one.
+async fn blocked_backend(admin: &sqlx::PgPool, application: &str) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let pid: Option<(i32,)> = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' LIMIT 1",
+        )
+        .bind(application)
+        .fetch_optional(admin)
+        .await
+        .unwrap();
+        if let Some((pid,)) = pid {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never blocked on the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn terminate(admin: &sqlx::PgPool, pid: i32) {
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
+fn unavailable_count(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("allot_store_errors_total{kind=\"unavailable\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A PostgreSQL backend terminated mid-call (SQLSTATE 57P01, as in a fast
+/// shutdown or a failover) is never a 500: a routing call is retried once in
+/// a new transaction, a sticky assignment answers 503, the 503 body carries
+/// no driver text, and every such error is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_terminated_mid_call_is_retried_or_503() {
+    let Some(store) = crate::helpers::TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let application = format!("allot_{}", uuid::Uuid::new_v4().simple());
+    let mut settings = store.settings();
+    settings.database_url = format!("{}&application_name={application}", store.url);
+    let app = Arc::new(TestApp::spawn_with(settings).await);
+    app.put("/v1/experiments/s", study()).await.expect(201);
+    for p in ["p1", "p2"] {
+        app.put(&format!("/v1/experiments/s/participants/{p}"), json!({}))
+            .await
+            .expect(201);
+    }
+    let admin = sqlx::PgPool::connect(&store.url).await.unwrap();
+    let counted = unavailable_count(app.get_text("/metrics").await.as_str());
+    let lock_routing = || async {
+        let mut tx = admin.begin().await.unwrap();
+        sqlx::query(
+            "SELECT routing_seq FROM experiments WHERE key = 's' AND deleted_at IS NULL FOR UPDATE",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx
+    };
+
+    // Terminated once: the retry succeeds once the lock is released.
+    let lock = lock_routing().await;
+    let call = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            app.post("/v1/experiments/s/participants/p1/route", json!({}))
+                .await
+        })
+    };
+    terminate(&admin, blocked_backend(&admin, &application).await).await;
+    blocked_backend(&admin, &application).await;
+    lock.commit().await.unwrap();
+    let routed = call.await.unwrap().expect(200);
+    assert_eq!(routed.body["status"], "assigned");
+
+    // Terminated twice: 503, opaque, and nothing changed.
+    let lock = lock_routing().await;
+    let call = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            app.post("/v1/experiments/s/participants/p2/route", json!({}))
+                .await
+        })
+    };
+    terminate(&admin, blocked_backend(&admin, &application).await).await;
+    terminate(&admin, blocked_backend(&admin, &application).await).await;
+    let refused = call.await.unwrap().expect_error(503, "unavailable");
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains("terminat") && !message.contains("administrator"),
+        "{message}"
+    );
+    lock.commit().await.unwrap();
+    let p2 = app
+        .get("/v1/experiments/s/participants/p2")
+        .await
+        .expect(200);
+    assert_eq!(p2.body["status"], "new");
+
+    // A sticky claim waiting on a concurrent insert of the same unit.
+    let mut claim = admin.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO sticky_assignments (experiment_id, org_id, unit_id, treatment, version, assigned_at) \
+         SELECT id, '1', 'u', 'a', 1, now() FROM experiments WHERE key = 's' AND deleted_at IS NULL",
+    )
+    .execute(&mut *claim)
+    .await
+    .unwrap();
+    let call = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            app.post(
+                "/v1/experiments/s/assign",
+                json!({"org_id": 1, "unit_id": "u"}),
+            )
+            .await
+        })
+    };
+    terminate(&admin, blocked_backend(&admin, &application).await).await;
+    call.await.unwrap().expect_error(503, "unavailable");
+    claim.rollback().await.unwrap();
+    app.post(
+        "/v1/experiments/s/assign",
+        json!({"org_id": 1, "unit_id": "u"}),
+    )
+    .await
+    .expect(200);
+
+    let now = unavailable_count(app.get_text("/metrics").await.as_str());
+    assert!(now >= counted + 4.0, "counted {counted} then {now}");
+}
