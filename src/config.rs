@@ -48,6 +48,9 @@ pub struct Settings {
     pub log_level: String,
     /// A request still running after this long answers 503.
     pub request_timeout_ms: u64,
+    /// A connection that has not sent a complete request head this long after
+    /// it opened (or after its previous response) is closed.
+    pub header_read_timeout_ms: u64,
     pub auth: AuthSettings,
 }
 
@@ -290,8 +293,8 @@ impl Settings {
         if self.refresh_interval_ms == 0 || self.sweep_interval_ms == 0 {
             return invalid("refresh_interval_ms and sweep_interval_ms must be at least 1");
         }
-        if self.request_timeout_ms == 0 {
-            return invalid("request_timeout_ms must be at least 1");
+        if self.request_timeout_ms == 0 || self.header_read_timeout_ms == 0 {
+            return invalid("request_timeout_ms and header_read_timeout_ms must be at least 1");
         }
         let tokens = &self.auth.tokens;
         for (i, t) in tokens.iter().enumerate() {
@@ -403,6 +406,7 @@ mod tests {
             "ALLOT_LISTEN",
             "ALLOT_DATABASE_URL",
             "ALLOT_REQUEST_TIMEOUT_MS",
+            "ALLOT_HEADER_READ_TIMEOUT_MS",
             "ALLOT_AUTH",
             "ALLOT_AUTH__METRICS_PUBLIC",
             "ALLOT_AUTH__TOKENS",

@@ -15,6 +15,7 @@ mod flags;
 mod hash_vectors;
 mod observability;
 mod openapi;
+mod operations;
 mod robustness;
 mod routing;
 mod sticky;
