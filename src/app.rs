@@ -58,7 +58,6 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = open_store(&settings).await?;
-        // Installed before the engine loads: its entries register counters.
         let metrics = crate::telemetry::metrics();
         let engine = Engine::load(store).await.map_err(StartError::Load)?;
         let listener = TcpListener::bind(&settings.listen)

@@ -216,13 +216,9 @@ impl Engine {
             match outcome {
                 Ok(Ok(routed)) => {
                     for e in &routed.changes.events {
-                        metrics::counter!(
-                            "allot_routing_status_changes_total",
-                            "experiment" => key.to_owned(),
-                            "status" => e.status.as_str(),
-                            "reason" => e.reason.as_str()
-                        )
-                        .increment(1);
+                        entry
+                            .counters
+                            .count_routing(e.status.as_str(), e.reason.as_str());
                     }
                     return Ok((routed, entry));
                 }

@@ -1,12 +1,15 @@
 //! Operating the service under hostile or long-lived conditions: clients that
-//! never finish a request head.
+//! never finish a request head, experiments created and deleted by the
+//! thousand (their metrics must go with them).
 
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{Backend, TestApp, TestStore};
+use crate::{on_both_stores, start};
 
 /// The header-read timeout these tests configure: short, so they run fast.
 const HEAD_TIMEOUT: Duration = Duration::from_millis(300);
@@ -147,3 +150,156 @@ async fn a_slow_body_after_a_complete_head_is_not_cut_by_the_header_timeout() {
     assert_eq!(answer, r#"{"results":[]}"#);
     app.stop().await;
 }
+
+async fn metrics(app: &TestApp) -> String {
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// The lines of `/metrics` labelled with experiment `key`.
+fn series_of(text: &str, key: &str) -> Vec<String> {
+    let label = format!("experiment=\"{key}\"");
+    text.lines()
+        .filter(|l| l.contains(&label))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An experiment with one treatment and a one-person group, so that one
+/// assignment and one routed participant give it a series of each kind.
+fn counted() -> Value {
+    json!({
+        "treatments": [{"name": "only", "weight": 1}],
+        "routing": {"groups": [{"name": "solo", "composition": [{"id": "any", "min_count": 1, "max_count": 1}]}]}
+    })
+}
+
+async fn assign_and_route(app: &TestApp, key: &str, participant: &str) {
+    app.post(
+        &format!("/v1/experiments/{key}/assign"),
+        json!({"org_id": 1, "unit_id": participant}),
+    )
+    .await
+    .expect(200);
+    app.put(
+        &format!("/v1/experiments/{key}/participants/{participant}"),
+        json!({"attributes": {}}),
+    )
+    .await
+    .expect(201);
+    app.post(
+        &format!("/v1/experiments/{key}/participants/{participant}/route"),
+        json!({}),
+    )
+    .await
+    .expect(200);
+}
+
+async fn an_experiments_series_keep_counting_across_versions_and_leave_with_it(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put("/v1/experiments/gone", counted()).await.expect(201);
+    assign_and_route(&app, "gone", "p1").await;
+    let mut changed = counted();
+    changed["description"] = json!("a new version");
+    app.put("/v1/experiments/gone", changed).await.expect(200);
+    assign_and_route(&app, "gone", "p2").await;
+
+    let text = metrics(&app).await;
+    let series = series_of(&text, "gone");
+    for line in [
+        r#"allot_assignments_total{experiment="gone",treatment="only",reason="assigned"} 2"#,
+        r#"allot_routing_status_changes_total{experiment="gone",status="assigned",reason="formed"} 2"#,
+    ] {
+        assert!(
+            series.iter().any(|l| l == line),
+            "missing {line} in:\n{text}"
+        );
+    }
+
+    app.delete("/v1/experiments/gone").await.expect(204);
+    let text = metrics(&app).await;
+    assert_eq!(series_of(&text, "gone"), Vec::<String>::new(), "{text}");
+    // Both families are still described, for the experiments that remain.
+    assert!(text.contains("# TYPE allot_assignments_total counter"));
+
+    // Created afresh, the key is a new experiment and counts from zero.
+    app.put("/v1/experiments/gone", counted()).await.expect(201);
+    assert!(series_of(&metrics(&app).await, "gone").iter().any(|l| l
+        == r#"allot_assignments_total{experiment="gone",treatment="only",reason="assigned"} 0"#));
+}
+
+async fn series_leave_the_metrics_of_a_replica_that_did_not_delete_the_experiment(
+    backend: Backend,
+) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let deleter = TestApp::spawn(&store).await;
+    let other = TestApp::spawn(&store).await;
+    deleter
+        .put("/v1/experiments/elsewhere", counted())
+        .await
+        .expect(201);
+    // What the other replica's refresher does on its next tick, done now so
+    // that the test does not wait for it.
+    assert!(other.engine.refresh().await.unwrap());
+    assign_and_route(&other, "elsewhere", "p").await;
+    assert!(!series_of(&metrics(&other).await, "elsewhere").is_empty());
+
+    deleter
+        .delete("/v1/experiments/elsewhere")
+        .await
+        .expect(204);
+    assert!(other.engine.refresh().await.unwrap());
+    let text = metrics(&other).await;
+    assert_eq!(
+        series_of(&text, "elsewhere"),
+        Vec::<String>::new(),
+        "{text}"
+    );
+}
+
+async fn create_and_delete_cycles_do_not_grow_the_metrics(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put("/v1/experiments/stays", counted())
+        .await
+        .expect(201);
+    assign_and_route(&app, "stays", "p").await;
+    let cycle = |i: usize| {
+        let app = &app;
+        async move {
+            let key = format!("cycle-{i}");
+            app.put(&format!("/v1/experiments/{key}"), counted())
+                .await
+                .expect(201);
+            assign_and_route(app, &key, "p").await;
+            app.delete(&format!("/v1/experiments/{key}"))
+                .await
+                .expect(204);
+        }
+    };
+    // The first cycle creates the request series every later cycle reuses.
+    cycle(0).await;
+    let before = metrics(&app).await;
+    for i in 1..=200 {
+        cycle(i).await;
+    }
+    let after = metrics(&app).await;
+    // Only this engine's experiment-labelled lines are compared: the request
+    // series come from a recorder that every test in this process shares.
+    let labelled = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("experiment=\""))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(labelled(&after), labelled(&before));
+    assert_eq!(labelled(&after), series_of(&after, "stays"));
+}
+
+on_both_stores!(
+    an_experiments_series_keep_counting_across_versions_and_leave_with_it,
+    series_leave_the_metrics_of_a_replica_that_did_not_delete_the_experiment,
+    create_and_delete_cycles_do_not_grow_the_metrics,
+);
