@@ -1,6 +1,7 @@
 //! Operating the service under hostile or long-lived conditions: clients that
 //! never finish a request head, experiments created and deleted by the
-//! thousand (their metrics must go with them).
+//! thousand (their metrics must go with them), many studies whose timeouts
+//! the sweeper must all meet.
 
 use std::time::{Duration, Instant};
 
@@ -298,7 +299,96 @@ async fn create_and_delete_cycles_do_not_grow_the_metrics(backend: Backend) {
     assert_eq!(labelled(&after), series_of(&after, "stays"));
 }
 
+/// An RFC 3339 time from an answer.
+fn instant(value: &Value) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(
+        value.as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+}
+
+async fn every_studys_waiting_participant_times_out_without_a_client_call(backend: Backend) {
+    const STUDIES: usize = 30;
+    let (_store, app) = start!(backend);
+    // A group of two never forms around one participant: only the timeout
+    // moves it. Every other study has a fallback cohort.
+    let study = |i: usize| {
+        json!({
+            "cohorts": [{"alias": "fallback"}],
+            "routing": {
+                "groups": [{"name": "pair", "composition": [{"id": "any", "min_count": 2, "max_count": 2}]}],
+                "wait_timeout_seconds": 1,
+                "fallback_cohort": if i % 2 == 0 { json!("fallback") } else { Value::Null }
+            }
+        })
+    };
+    for i in 0..STUDIES {
+        let key = format!("study-{i}");
+        app.put(&format!("/v1/experiments/{key}"), study(i))
+            .await
+            .expect(201);
+        let path = format!("/v1/experiments/{key}/participants/p");
+        app.put(&path, json!({"attributes": {}})).await.expect(201);
+        let routed = app
+            .post(&format!("{path}/route"), json!({}))
+            .await
+            .expect(200);
+        assert_eq!(routed.body["status"], "waiting");
+    }
+
+    // Poll every participant until none is waiting (a deadline, not a sleep:
+    // the server moves them on its own clock).
+    let deadline = Instant::now() + PATIENCE;
+    let mut waiting: Vec<usize> = (0..STUDIES).collect();
+    while !waiting.is_empty() {
+        assert!(Instant::now() < deadline, "still waiting: {waiting:?}");
+        let mut still = Vec::new();
+        for i in waiting {
+            let p = app
+                .get(&format!("/v1/experiments/study-{i}/participants/p"))
+                .await
+                .expect(200)
+                .body;
+            if p["status"] == "waiting" {
+                still.push(i);
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    for i in 0..STUDIES {
+        let events = app
+            .get(&format!("/v1/experiments/study-{i}/routing/events"))
+            .await
+            .expect(200)
+            .body;
+        let (moved, routed) = (&events["events"][0], &events["events"][1]);
+        let expected = if i % 2 == 0 {
+            ("assigned", "fallback")
+        } else {
+            ("timed_out", "timeout")
+        };
+        assert_eq!(
+            (moved["status"].as_str(), moved["reason"].as_str()),
+            (Some(expected.0), Some(expected.1)),
+            "study-{i}: {events}"
+        );
+        assert_eq!(routed["reason"], "routed", "study-{i}: {events}");
+        // Within a second of the deadline, by the server's own clock.
+        let waited = instant(&moved["at"]) - instant(&routed["at"]);
+        assert!(
+            waited >= time::Duration::seconds(1) && waited < time::Duration::seconds(2),
+            "study-{i} waited {waited}"
+        );
+    }
+}
+
 on_both_stores!(
+    every_studys_waiting_participant_times_out_without_a_client_call,
     an_experiments_series_keep_counting_across_versions_and_leave_with_it,
     series_leave_the_metrics_of_a_replica_that_did_not_delete_the_experiment,
     create_and_delete_cycles_do_not_grow_the_metrics,
