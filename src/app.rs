@@ -1,6 +1,11 @@
 //! Building and running the service: settings → store → engine → router →
 //! bound listener. [`Application::build`] binds (port 0 works, for tests);
 //! [`Application::run_until`] serves until a shutdown future completes.
+//!
+//! Connections are served with hyper directly rather than `axum::serve`,
+//! which has no way to bound how long a client may take to send a request
+//! head: without that bound, connections that send half a head stay open
+//! forever and exhaust the process's file descriptors.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,7 +58,6 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = open_store(&settings).await?;
-        // Installed before the engine loads: its entries register counters.
         let metrics = crate::telemetry::metrics();
         let engine = Engine::load(store).await.map_err(StartError::Load)?;
         let listener = TcpListener::bind(&settings.listen)
@@ -124,7 +128,8 @@ impl Application {
             let _ = began_tx.send(());
         };
         tracing::info!(addr = %listener.local_addr()?, store = state.engine.store().backend(), "allot is serving");
-        let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let header_read_timeout = Duration::from_millis(settings.header_read_timeout_ms);
+        let serve = serve(listener, router, header_read_timeout, signal);
         let grace = Duration::from_secs(settings.shutdown_timeout_secs);
         let deadline = async move {
             if began_rx.await.is_ok() {
@@ -134,7 +139,7 @@ impl Application {
             }
         };
         let result = tokio::select! {
-            r = serve => r,
+            () = serve => Ok(()),
             () = deadline => {
                 tracing::warn!(?grace, "in-flight requests did not finish in time; exiting anyway");
                 Ok(())
@@ -147,6 +152,65 @@ impl Application {
         }
         result
     }
+}
+
+/// Serves HTTP/1.1 on `listener` until `signal` completes; then stops
+/// accepting and waits until every open connection has finished its
+/// in-flight request and closed (idle ones close at once).
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    signal: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The timer runs from the moment a connection waits for a request head
+    // (on opening, and after each response) until the head is complete; the
+    // body is the request timeout's business.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connections = GracefulShutdown::new();
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // A peer that gave up before being accepted is its own business.
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        continue;
+                    }
+                    // Out of file descriptors, most likely: accepting again at
+                    // once would spin; closing connections will free some.
+                    tracing::error!(error = %e, "cannot accept connections; retrying in 1 s");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = &mut signal => break,
+                    }
+                }
+            },
+            () = &mut signal => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Timeouts, resets and malformed requests: the client's doing.
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
 }
 
 /// Asks the service listening on `listen` for `/readyz`; `Ok` on 200.

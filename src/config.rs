@@ -1,11 +1,19 @@
 //! Settings, layered: `config/default.toml` (compiled in) → the file named by
 //! `ALLOT_CONFIG` → `ALLOT_*` environment variables.
+//!
+//! A file is written by the operator for allot alone, so an unknown key in it
+//! is a mistake and stops the start. The environment is shared with the
+//! platform, which sets `ALLOT_*` variables of its own (a Kubernetes Service
+//! named `allot` gives every pod `ALLOT_PORT`, `ALLOT_SERVICE_HOST`, …), so an
+//! unknown variable is ignored and reported, with a hint when it looks like a
+//! typo of a real one.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
-use figment::Figment;
+use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
 use serde::Deserialize;
 
 use crate::store::PoolOptions;
@@ -20,6 +28,8 @@ pub enum LogFormat {
     Json,
 }
 
+/// Every field must appear in `config/default.toml`: the environment layer
+/// learns which `ALLOT_*` variables are settings from that file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -38,6 +48,9 @@ pub struct Settings {
     pub log_level: String,
     /// A request still running after this long answers 503.
     pub request_timeout_ms: u64,
+    /// A connection that has not sent a complete request head this long after
+    /// it opened (or after its previous response) is closed.
+    pub header_read_timeout_ms: u64,
     pub auth: AuthSettings,
 }
 
@@ -120,9 +133,119 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Environment variables with this prefix configure allot.
+const ENV_PREFIX: &str = "ALLOT_";
+
+/// `ALLOT_*` variables read directly rather than as settings.
+const ENV_EXTRAS: [&str; 2] = ["config", "tokens"];
+
+/// `ALLOT_*` environment variables that name no setting. They were ignored;
+/// [`Settings::load`] hands them back instead of printing them, so that they
+/// are reported through the logger once it is set up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IgnoredEnv {
+    /// Each variable's name, and the variable it probably meant, if any.
+    pub variables: Vec<(String, Option<String>)>,
+}
+
+impl IgnoredEnv {
+    pub fn is_empty(&self) -> bool {
+        self.variables.is_empty()
+    }
+
+    /// `ALLOT_PORT, ALLOT_LISTN (did you mean ALLOT_LISTEN?)`.
+    pub fn describe(&self) -> String {
+        self.variables
+            .iter()
+            .map(|(name, hint)| match hint {
+                Some(hint) => format!("{name} (did you mean {hint}?)"),
+                None => name.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The key path of every setting (`listen`, `auth.metrics_public`) and of
+/// every table (`auth`, which an `ALLOT_AUTH={...}` value can set whole).
+/// Read from the defaults file, which holds every key.
+fn setting_paths() -> Vec<String> {
+    fn walk(prefix: &str, dict: &Dict, out: &mut Vec<String>) {
+        for (key, value) in dict {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if let Value::Dict(_, inner) = value {
+                walk(&path, inner, out);
+            }
+            out.push(path);
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(profiles) = Figment::from(Toml::string(DEFAULTS)).data() {
+        for dict in profiles.values() {
+            walk("", dict, &mut out);
+        }
+    }
+    out
+}
+
+/// Whether `path` (as the environment provider derives it from a variable
+/// name) is a setting. Keys compare without case, as the provider's do.
+fn is_setting(paths: &[String], path: &str) -> bool {
+    let path = path.trim();
+    paths.iter().any(|p| p.eq_ignore_ascii_case(path))
+}
+
+/// What follows the prefix in a variable's name (matched without case, as
+/// the environment provider matches it); `None` if it lacks the prefix.
+fn env_suffix(name: &str) -> Option<&str> {
+    let head = name.trim_start().get(..ENV_PREFIX.len())?;
+    head.eq_ignore_ascii_case(ENV_PREFIX)
+        .then(|| &name.trim_start()[ENV_PREFIX.len()..])
+}
+
+/// The `ALLOT_*` names among `names` that are neither a setting nor one of
+/// [`ENV_EXTRAS`], each with the closest real variable when it is close
+/// enough to be a typo of it.
+fn unknown_env(names: impl IntoIterator<Item = String>, paths: &[String]) -> IgnoredEnv {
+    let candidates: Vec<String> = paths
+        .iter()
+        .map(String::as_str)
+        .chain(ENV_EXTRAS)
+        .map(|path| path.replace('.', "__"))
+        .collect();
+    let mut variables: Vec<(String, Option<String>)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let suffix = env_suffix(&name)?.trim().to_ascii_lowercase();
+            let known = is_setting(paths, &suffix.replace("__", "."))
+                || ENV_EXTRAS.contains(&suffix.as_str());
+            if known {
+                return None;
+            }
+            // Close enough: at most two edits, and few for a short name, so
+            // that `ALLOT_PORT` is not "corrected" into some unrelated key.
+            let hint = candidates
+                .iter()
+                .map(|c| (strsim::damerau_levenshtein(&suffix, c), c))
+                .filter(|(d, c)| *d <= 2 && d * 3 <= c.len())
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, c)| format!("{ENV_PREFIX}{}", c.to_ascii_uppercase()));
+            Some((name, hint))
+        })
+        .collect();
+    variables.sort();
+    IgnoredEnv { variables }
+}
+
 impl Settings {
-    /// Reads the three layers from the process environment.
-    pub fn load() -> Result<Self, ConfigError> {
+    /// Reads the three layers from the process environment. `ALLOT_*`
+    /// variables that name no setting are left out and handed back.
+    pub fn load() -> Result<(Self, IgnoredEnv), ConfigError> {
+        let paths = setting_paths();
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(path) = std::env::var_os("ALLOT_CONFIG") {
             let path = PathBuf::from(path);
@@ -131,17 +254,22 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
+        let known = paths.clone();
         figment = figment.merge(
-            Env::prefixed("ALLOT_")
-                .ignore(&["config", "tokens"])
-                .split("__"),
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .filter(move |key| is_setting(&known, key.as_str())),
+        );
+        let ignored = unknown_env(
+            std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned()),
+            &paths,
         );
         let mut settings = Self::from_figment(figment)?;
         if let Ok(raw) = std::env::var("ALLOT_TOKENS") {
             settings.auth.tokens = parse_tokens(&raw)?;
         }
         settings.validate()?;
-        Ok(settings)
+        Ok((settings, ignored))
     }
 
     /// The defaults alone (tests start from these).
@@ -165,8 +293,8 @@ impl Settings {
         if self.refresh_interval_ms == 0 || self.sweep_interval_ms == 0 {
             return invalid("refresh_interval_ms and sweep_interval_ms must be at least 1");
         }
-        if self.request_timeout_ms == 0 {
-            return invalid("request_timeout_ms must be at least 1");
+        if self.request_timeout_ms == 0 || self.header_read_timeout_ms == 0 {
+            return invalid("request_timeout_ms and header_read_timeout_ms must be at least 1");
         }
         let tokens = &self.auth.tokens;
         for (i, t) in tokens.iter().enumerate() {
@@ -244,6 +372,69 @@ mod tests {
         assert!(!format!("{tokens:?}").contains("abc123"));
         assert!(parse_tokens("ci:root:x").is_err());
         assert!(parse_tokens("nocolons").is_err());
+    }
+
+    fn ignored(names: &[&str]) -> Vec<(String, Option<String>)> {
+        unknown_env(names.iter().map(|n| (*n).to_owned()), &setting_paths()).variables
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_ignored_without_hints() {
+        assert_eq!(
+            ignored(&[
+                "ALLOT_PORT",
+                "ALLOT_SERVICE_HOST",
+                "ALLOT_SERVICE_PORT",
+                "ALLOT_PORT_8080_TCP",
+                "ALLOT_PORT_8080_TCP_ADDR",
+                "HOME",
+            ]),
+            [
+                "ALLOT_PORT",
+                "ALLOT_PORT_8080_TCP",
+                "ALLOT_PORT_8080_TCP_ADDR",
+                "ALLOT_SERVICE_HOST",
+                "ALLOT_SERVICE_PORT",
+            ]
+            .map(|n| (n.to_owned(), None))
+        );
+    }
+
+    #[test]
+    fn every_setting_and_the_directly_read_variables_are_known() {
+        assert!(ignored(&[
+            "ALLOT_LISTEN",
+            "ALLOT_DATABASE_URL",
+            "ALLOT_REQUEST_TIMEOUT_MS",
+            "ALLOT_HEADER_READ_TIMEOUT_MS",
+            "ALLOT_AUTH",
+            "ALLOT_AUTH__METRICS_PUBLIC",
+            "ALLOT_AUTH__TOKENS",
+            "allot_log_level",
+            "ALLOT_CONFIG",
+            "ALLOT_TOKENS",
+        ])
+        .is_empty());
+    }
+
+    #[test]
+    fn a_likely_typo_names_the_variable_it_meant() {
+        let hint = |name: &str| ignored(&[name]).pop().and_then(|(_, hint)| hint);
+        assert_eq!(hint("ALLOT_LISTN").as_deref(), Some("ALLOT_LISTEN"));
+        assert_eq!(hint("ALLOT_LSITEN").as_deref(), Some("ALLOT_LISTEN"));
+        assert_eq!(
+            hint("ALLOT_AUTH_METRICS_PUBLIC").as_deref(),
+            Some("ALLOT_AUTH__METRICS_PUBLIC")
+        );
+        assert_eq!(hint("ALLOT_TOKEN").as_deref(), Some("ALLOT_TOKENS"));
+        assert_eq!(hint("ALLOT_WHATEVER"), None);
+        assert_eq!(
+            IgnoredEnv {
+                variables: ignored(&["ALLOT_PORT", "ALLOT_LISTN"])
+            }
+            .describe(),
+            "ALLOT_LISTN (did you mean ALLOT_LISTEN?), ALLOT_PORT"
+        );
     }
 
     #[test]

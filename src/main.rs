@@ -35,15 +35,23 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load() {
-        Ok(s) => s,
+    let command = cli.command.unwrap_or(Command::Serve);
+    let (settings, ignored) = match Settings::load() {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("allot: {e}");
             return ExitCode::FAILURE;
         }
     };
     telemetry::init(settings.log_format, &settings.log_level);
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    // `allot openapi` prints a document on stdout, where the logs go too.
+    if !ignored.is_empty() && !matches!(command, Command::Openapi) {
+        tracing::warn!(
+            "ignoring environment variables that name no setting: {}",
+            ignored.describe()
+        );
+    }
+    let result = match command {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
         Command::Openapi => allot::http::openapi_document()

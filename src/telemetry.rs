@@ -40,6 +40,8 @@ pub fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .clone()
 }
 
+/// The counters labelled by experiment are not here: allot keeps them itself
+/// (see `engine::counters`).
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
@@ -50,14 +52,6 @@ fn describe() {
         "allot_http_request_duration_seconds",
         Unit::Seconds,
         "HTTP request latency by method and matched route"
-    );
-    describe_counter!(
-        "allot_assignments_total",
-        "Assignment answers by experiment, treatment (empty: not in the experiment) and reason"
-    );
-    describe_counter!(
-        "allot_routing_status_changes_total",
-        "Participant status changes by experiment, new status and reason"
     );
     describe_counter!(
         "allot_store_errors_total",

@@ -173,8 +173,10 @@ impl Engine {
                     Outcome::Updated
                 };
                 let patch = record.clone();
-                self.install(revision, move |s| s.with_experiment(revision, patch))
-                    .await;
+                self.install(revision, move |s| {
+                    s.with_experiment(revision, patch, &self.counters)
+                })
+                .await;
                 drop(guard);
                 if config.routing.is_some() {
                     // New groups or minimums may make waiting participants

@@ -6,6 +6,7 @@
 //! writes made by other replicas.
 
 pub mod assign;
+pub mod counters;
 pub mod experiments;
 pub mod flags;
 pub mod routing;
@@ -102,17 +103,21 @@ pub struct Engine {
     writes: Mutex<()>,
     /// Routing calls queued per experiment (see `routing::Engine::answer`).
     routing_queues: routing::RoutingQueues,
+    /// The counters labelled by experiment, for as long as the snapshot has it.
+    counters: counters::Registry,
 }
 
 impl Engine {
     /// Loads the configuration from the store and builds the first snapshot.
     pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let loaded = store.load().await?;
+        let counters = counters::Registry::default();
         Ok(Self {
             store,
-            snapshot: ArcSwap::from_pointee(Snapshot::from_loaded(loaded)),
+            snapshot: ArcSwap::from_pointee(Snapshot::from_loaded(loaded, &counters)),
             writes: Mutex::new(()),
             routing_queues: routing::RoutingQueues::default(),
+            counters,
         })
     }
 
@@ -125,6 +130,19 @@ impl Engine {
         self.snapshot.load_full()
     }
 
+    /// Appends the counters labelled by experiment to `/metrics` text.
+    pub fn render_experiment_metrics(&self, out: &mut String) {
+        self.counters.render(out);
+    }
+
+    /// Swaps in `next` (the caller holds `writes`) and drops the counters of
+    /// the experiments it no longer has: this is where an experiment leaves
+    /// service on this replica, whoever deleted it.
+    fn swap(&self, next: Snapshot) {
+        self.counters.retain(&next);
+        self.snapshot.store(Arc::new(next));
+    }
+
     /// Installs the result of a store write that produced `revision`.
     /// If the snapshot is exactly one revision behind, `patch` builds the next
     /// one from it; otherwise another replica wrote in between and the whole
@@ -133,7 +151,7 @@ impl Engine {
     async fn install(&self, revision: i64, patch: impl FnOnce(&Snapshot) -> Snapshot) {
         let current = self.snapshot.load_full();
         if current.revision + 1 == revision {
-            self.snapshot.store(Arc::new(patch(&current)));
+            self.swap(patch(&current));
         } else if current.revision < revision {
             if let Err(e) = self.reload_locked().await {
                 tracing::warn!(error = %e, "reloading the configuration after a write failed; the refresher will retry");
@@ -144,7 +162,7 @@ impl Engine {
     async fn reload_locked(&self) -> Result<(), EngineError> {
         let loaded = self.store.load().await?;
         if loaded.revision != self.snapshot.load().revision {
-            self.snapshot.store(Arc::new(Snapshot::from_loaded(loaded)));
+            self.swap(Snapshot::from_loaded(loaded, &self.counters));
         }
         Ok(())
     }

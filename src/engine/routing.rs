@@ -32,6 +32,9 @@ const PLAN_ATTEMPTS: usize = 3;
 /// Most calls planned in one transaction.
 const MAX_BATCH: usize = 256;
 
+/// Experiments a sweep runs routing transactions for at once.
+const SWEEP_CONCURRENCY: usize = 4;
+
 /// Routing calls waiting for their experiment's next transaction, by key.
 #[derive(Default)]
 pub(crate) struct RoutingQueues(std::sync::Mutex<HashMap<String, Queue>>);
@@ -218,13 +221,9 @@ impl Engine {
             match outcome {
                 Ok(Ok(routed)) => {
                     for e in &routed.changes.events {
-                        metrics::counter!(
-                            "allot_routing_status_changes_total",
-                            "experiment" => key.to_owned(),
-                            "status" => e.status.as_str(),
-                            "reason" => e.reason.as_str()
-                        )
-                        .increment(1);
+                        entry
+                            .counters
+                            .count_routing(e.status.as_str(), e.reason.as_str());
                     }
                     return Ok((routed, entry));
                 }
@@ -498,29 +497,73 @@ impl Engine {
     }
 
     /// Times out overdue waiting participants (and re-runs matching) in every
-    /// experiment with a wait timeout. Safe on several replicas at once: each
-    /// experiment's sweep runs under its routing lock, and a sweep that finds
-    /// nothing to do writes nothing.
-    pub async fn sweep(&self) -> Result<usize, EngineError> {
+    /// experiment with a wait timeout. One store query finds the experiments
+    /// that have an overdue participant, however many experiments there are
+    /// (an idle replica with a thousand studies used to run a thousand
+    /// queries a tick); only those run a routing transaction. Safe on several
+    /// replicas at once: each experiment's sweep runs under its routing lock,
+    /// and a sweep that finds nothing to do writes nothing.
+    pub async fn sweep(self: &Arc<Self>) -> Result<usize, EngineError> {
         let now = OffsetDateTime::now_utc();
         let snapshot = self.snapshot();
+        let cutoffs: Vec<(&str, OffsetDateTime)> = snapshot
+            .experiments
+            .values()
+            .filter_map(|entry| {
+                let routing = entry.experiment.as_ref().ok()?.routing.as_ref()?;
+                let timeout = i64::try_from(routing.config.wait_timeout_seconds?).ok()?;
+                let cutoff = now.checked_sub(time::Duration::seconds(timeout))?;
+                Some((entry.id.as_str(), cutoff))
+            })
+            .collect();
+        if cutoffs.is_empty() {
+            return Ok(0);
+        }
+        let overdue: std::collections::HashSet<String> = self
+            .store
+            .overdue_experiments(&cutoffs)
+            .await?
+            .into_iter()
+            .collect();
+        let keys: Vec<String> = snapshot
+            .experiments
+            .values()
+            .filter(|entry| overdue.contains(&entry.id))
+            .map(|entry| entry.key.clone())
+            .collect();
+        // A few at a time, so that a burst of deadlines on many experiments
+        // is still met within the second, without taking the whole pool.
+        let mut running = tokio::task::JoinSet::new();
         let mut swept = 0;
-        for entry in snapshot.experiments.values() {
-            let Some(timeout) = entry
-                .experiment
-                .as_ref()
-                .ok()
-                .and_then(|e| e.routing.as_ref())
-                .and_then(|r| r.config.wait_timeout_seconds)
-            else {
-                continue;
-            };
-            let cutoff = now - time::Duration::seconds(timeout as i64);
-            if self.store.has_overdue(&entry.id, cutoff).await? {
-                self.run_routing(&entry.key, &[(String::new(), Operation::Sweep)])
-                    .await?;
-                swept += 1;
+        let mut finished = |done: Result<
+            (String, Result<(), EngineError>),
+            tokio::task::JoinError,
+        >| {
+            match done {
+                Ok((_, Ok(()))) => swept += 1,
+                Ok((key, Err(e))) => {
+                    tracing::warn!(experiment = %key, error = %e, "sweeping an experiment failed; it runs again on the next tick");
+                }
+                Err(e) => tracing::warn!(error = %e, "a sweep task failed"),
             }
+        };
+        for key in keys {
+            if running.len() >= SWEEP_CONCURRENCY {
+                if let Some(done) = running.join_next().await {
+                    finished(done);
+                }
+            }
+            let engine = Arc::clone(self);
+            running.spawn(async move {
+                let result = engine
+                    .run_routing(&key, &[(String::new(), Operation::Sweep)])
+                    .await
+                    .map(|_| ());
+                (key, result)
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            finished(done);
         }
         Ok(swept)
     }

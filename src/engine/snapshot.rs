@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::domain::experiment::{Experiment, ExperimentConfig, Reason};
+use super::counters::{EntryCounters, Registry};
+use crate::domain::experiment::{Experiment, ExperimentConfig};
 use crate::domain::flag::{CompiledFlag, FlagConfig};
 use crate::domain::ids::Key;
 use crate::domain::layout::Range;
@@ -54,51 +55,9 @@ pub struct ExperimentEntry {
     /// assignment only changes once its treatment is inactive, which takes a
     /// new version, and a new version is a new entry with an empty cache.
     pub sticky: StickyCache,
-    /// `allot_assignments_total` handles, registered once per entry so that
-    /// counting an answer allocates nothing.
-    pub counters: AssignmentCounters,
-}
-
-/// One counter per (treatment or none, reason).
-#[derive(Debug, Default)]
-pub struct AssignmentCounters(Vec<metrics::Counter>);
-
-impl AssignmentCounters {
-    const REASONS: [Reason; 6] = [
-        Reason::Assigned,
-        Reason::Sticky,
-        Reason::ExperimentPaused,
-        Reason::OrgNotEligible,
-        Reason::NoActiveTreatments,
-        Reason::NotInCoverage,
-    ];
-
-    fn register(key: &str, experiment: Option<&Experiment>) -> Self {
-        let names: Vec<&str> = experiment
-            .map(|e| e.config.treatment_names())
-            .unwrap_or_default();
-        let mut counters = Vec::with_capacity((names.len() + 1) * Self::REASONS.len());
-        for treatment in std::iter::once("").chain(names) {
-            for reason in Self::REASONS {
-                counters.push(metrics::counter!(
-                    "allot_assignments_total",
-                    "experiment" => key.to_owned(),
-                    "treatment" => treatment.to_owned(),
-                    "reason" => reason.as_str()
-                ));
-            }
-        }
-        Self(counters)
-    }
-
-    /// Counts one answer: `treatment` is an index into the treatments.
-    pub fn count(&self, treatment: Option<usize>, reason: Reason) {
-        let row = treatment.map_or(0, |i| i + 1);
-        let column = Self::REASONS.iter().position(|r| *r == reason).unwrap_or(0);
-        if let Some(counter) = self.0.get(row * Self::REASONS.len() + column) {
-            counter.increment(1);
-        }
-    }
+    /// This experiment's counters (assignments, routing changes), resolved
+    /// once per entry so that counting an answer allocates nothing.
+    pub counters: EntryCounters,
 }
 
 #[derive(Debug, Default)]
@@ -166,9 +125,13 @@ impl FlagEntry {
 }
 
 impl ExperimentEntry {
-    pub fn from_record(record: ExperimentRecord) -> Self {
+    pub fn from_record(record: ExperimentRecord, counters: &Registry) -> Self {
         let experiment = parse_experiment(&record);
-        let counters = AssignmentCounters::register(&record.key, experiment.as_ref().ok());
+        let treatments = experiment
+            .as_ref()
+            .map(|e| e.config.treatment_names())
+            .unwrap_or_default();
+        let counters = counters.register(&record.id, &record.key, &treatments);
         Self {
             id: record.id,
             key: record.key,
@@ -206,7 +169,7 @@ pub(crate) fn parse_stored(name: &str, config: &str, layout: &str) -> Result<Exp
 }
 
 impl Snapshot {
-    pub fn from_loaded(loaded: Loaded) -> Self {
+    pub fn from_loaded(loaded: Loaded, counters: &Registry) -> Self {
         let mut overrides: HashMap<String, HashMap<String, bool>> = HashMap::new();
         for o in loaded.overrides {
             overrides
@@ -225,7 +188,12 @@ impl Snapshot {
         let experiments = loaded
             .experiments
             .into_iter()
-            .map(|e| (e.key.clone(), Arc::new(ExperimentEntry::from_record(e))))
+            .map(|e| {
+                (
+                    e.key.clone(),
+                    Arc::new(ExperimentEntry::from_record(e, counters)),
+                )
+            })
             .collect();
         Self {
             revision: loaded.revision,
@@ -287,11 +255,16 @@ impl Snapshot {
         next
     }
 
-    pub fn with_experiment(&self, revision: i64, record: ExperimentRecord) -> Self {
+    pub fn with_experiment(
+        &self,
+        revision: i64,
+        record: ExperimentRecord,
+        counters: &Registry,
+    ) -> Self {
         let mut next = self.next(revision);
         next.experiments.insert(
             record.key.clone(),
-            Arc::new(ExperimentEntry::from_record(record)),
+            Arc::new(ExperimentEntry::from_record(record, counters)),
         );
         next
     }

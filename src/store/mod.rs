@@ -333,12 +333,6 @@ pub trait Store: Send + Sync + 'static {
         participant_id: &str,
         attributes: &Value,
     ) -> Result<(Participant, bool), StoreError>;
-    /// Whether some participant has waited since before `cutoff`.
-    async fn has_overdue(
-        &self,
-        experiment_id: &str,
-        cutoff: OffsetDateTime,
-    ) -> Result<bool, StoreError>;
     async fn participant(
         &self,
         experiment_id: &str,
@@ -358,6 +352,13 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
         before: Option<i64>,
     ) -> Result<Vec<EventRecord>, StoreError>;
+    /// Of the experiments in `cutoffs` (id, cutoff), those with a participant
+    /// waiting since `cutoff` or earlier, in one query however many there are
+    /// (the timeout sweeper asks on every tick, on every replica).
+    async fn overdue_experiments(
+        &self,
+        cutoffs: &[(&str, OffsetDateTime)],
+    ) -> Result<Vec<String>, StoreError>;
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The `allot` binary as an operator runs it: layered configuration,
-//! `allot migrate`, and SIGTERM ending the process with exit code 0.
+//! platform-set `ALLOT_*` variables, `allot migrate`, and SIGTERM ending the
+//! process with exit code 0.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -175,4 +176,136 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     assert!(response.contains(r#"{"results":[]}"#), "{response}");
     let exit = child.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// What a Kubernetes Service named `allot` puts in every pod's environment.
+const KUBERNETES: [(&str, &str); 7] = [
+    ("ALLOT_PORT", "tcp://10.0.0.1:8080"),
+    ("ALLOT_SERVICE_HOST", "10.0.0.1"),
+    ("ALLOT_SERVICE_PORT", "8080"),
+    ("ALLOT_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+    ("ALLOT_PORT_8080_TCP_ADDR", "10.0.0.1"),
+    ("ALLOT_PORT_8080_TCP_PORT", "8080"),
+    ("ALLOT_PORT_8080_TCP_PROTO", "tcp"),
+];
+
+/// Waits for `child` to exit, at most `limit`; kills it and fails after that.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process was still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kubernetes_service_variables_are_ignored_with_one_warning_naming_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = allot()
+        .envs(KUBERNETES)
+        .env("ALLOT_LISTEN", &listen)
+        .env("ALLOT_DATA_DIR", dir.path())
+        .env("ALLOT_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut warnings = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains("allot is serving") {
+            break;
+        }
+        if line.contains("name no setting") {
+            warnings.push(line);
+        }
+    }
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let warning: serde_json::Value = serde_json::from_str(&warnings[0]).unwrap();
+    assert_eq!(warning["level"], "WARN");
+    let message = warning["message"].as_str().unwrap();
+    let (_, list) = message.split_once(": ").unwrap();
+    let mut named: Vec<&str> = list.split(", ").collect();
+    let mut expected: Vec<&str> = KUBERNETES.iter().map(|(name, _)| *name).collect();
+    named.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(named, expected, "{message}");
+
+    // The pod's probe runs in the same environment.
+    let probe = allot()
+        .arg("healthcheck")
+        .envs(KUBERNETES)
+        .env("ALLOT_LISTEN", &listen)
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "healthcheck failed: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let exit = exit_within(&mut child, std::time::Duration::from_secs(30));
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[test]
+fn a_mistyped_variable_is_ignored_with_a_hint_naming_the_real_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = allot()
+        .arg("migrate")
+        .env("ALLOT_DATA_DIR", dir.path())
+        .env("ALLOT_LOG_LEVL", "debug")
+        .env("ALLOT_AUTH_METRICS_PUBLIC", "true")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("ALLOT_AUTH_METRICS_PUBLIC (did you mean ALLOT_AUTH__METRICS_PUBLIC?)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ALLOT_LOG_LEVL (did you mean ALLOT_LOG_LEVEL?)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_unknown_key_in_the_config_file_still_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("allot.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nport = 8080\n").unwrap();
+    let mut child = allot()
+        .env("ALLOT_CONFIG", &file)
+        .env("ALLOT_DATA_DIR", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exit = exit_within(&mut child, std::time::Duration::from_secs(10));
+    assert!(!exit.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("port"), "{stderr}");
 }

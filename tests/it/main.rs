@@ -16,6 +16,7 @@ mod hardening;
 mod hash_vectors;
 mod observability;
 mod openapi;
+mod operations;
 mod robustness;
 mod routing;
 mod sticky;

@@ -31,9 +31,9 @@ async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     metrics::gauge!("allot_db_pool_max_connections").set(f64::from(max));
     metrics::gauge!("allot_config_revision").set(state.engine.snapshot().revision as f64);
     handle.run_upkeep();
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response())
+    let mut text = handle.render();
+    // Kept apart from the recorder so that they can be removed with their
+    // experiment (see `engine::counters`).
+    state.engine.render_experiment_metrics(&mut text);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -1,0 +1,11 @@
+-- The timeout sweeper's index (postgres).
+--
+-- Every replica asks, several times a second, which experiments have a
+-- participant waiting since before the experiment's cutoff (now minus its
+-- wait_timeout_seconds): one statement for all experiments, one EXISTS probe
+-- per experiment. participants_by_status (experiment_id, status, wait_seq)
+-- finds an experiment's waiting participants but not the oldest by
+-- waiting_since, so a probe would read every waiting participant of the
+-- experiment; this index answers it with one seek. Partial: only waiting
+-- participants are ever asked about, and they are few next to the others.
+CREATE INDEX participants_waiting_since ON participants (experiment_id, waiting_since) WHERE status = 'waiting';
