@@ -244,7 +244,6 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
         return Vec::new();
     }
     let mut out: Vec<Treatment> = Vec::with_capacity(items.len());
-    let mut sum = 0.0f64;
     for (i, item) in items.iter().enumerate() {
         let at = pointer("/treatments", i);
         let Some(t) = item.as_object() else {
@@ -285,7 +284,6 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
             }
         };
         if let (Some(name), Some(weight)) = (name, weight) {
-            sum += weight;
             out.push(Treatment {
                 name,
                 weight,
@@ -293,12 +291,8 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
             });
         }
     }
-    if !sum.is_finite() {
-        problems.push(Problem::new(
-            "/treatments",
-            "the weights must add up to a finite number",
-        ));
-    }
+    // No check of the weights' sum: weights are relative, and §4.2 rescales
+    // weights whose sum overflows, so any finite weights ≥ 0 are a layout.
     out
 }
 
@@ -461,10 +455,20 @@ mod tests {
         );
     }
 
+    /// Contract §1: any finite weights ≥ 0 give a correct layout, however
+    /// large their sum (§4.2's overflow rule rescales them).
     #[test]
-    fn weights_that_overflow_their_sum_are_refused() {
-        let doc =
-            json!({"treatments": [{"name": "a", "weight": 1e308}, {"name": "b", "weight": 1e308}]});
-        assert!(ExperimentConfig::parse(&key(), &doc).is_err());
+    fn weights_whose_sum_overflows_are_accepted_and_split_as_the_contract_says() {
+        let split = |weights: [f64; 2]| {
+            let doc = json!({"treatments": [{"name": "a", "weight": weights[0]}, {"name": "b", "weight": weights[1]}]});
+            let config = ExperimentConfig::parse(&key(), &doc).unwrap();
+            let mut counts = config.layout_from(&[]).counts_by_index();
+            counts.resize(2, 0);
+            counts
+        };
+        assert_eq!(split([1e308, 1e308]), vec![5000, 5000]);
+        assert_eq!(split([f64::MAX, f64::MAX]), vec![5000, 5000]);
+        assert_eq!(split([1e308, 5e-324]), vec![10_000, 0]);
+        assert_eq!(split([1e305, 0.0]), vec![10_000, 0]);
     }
 }

@@ -47,49 +47,110 @@ impl std::fmt::Debug for Layout {
 ///
 /// `total = floor(coverage × 10000 + 0.5)`; each treatment with weight > 0
 /// gets `floor(total × w / W)`, and the remainder goes one each to the
-/// largest fractional parts, ties to the earlier treatment.
+/// largest fractional parts, ties to the earlier treatment. When `W` or some
+/// `total × w` overflows to infinity, the weights are first divided by the
+/// largest one (the contract's overflow rule), so any finite weights ≥ 0
+/// give targets that add up to `total` (or all zeros when no weight is > 0).
+///
+/// Validation only lets finite weights ≥ 0 through; anything else (NaN, an
+/// infinity, a negative) counts as 0 here, so the function is total.
 pub fn targets(weights: &[f64], coverage: f64) -> Vec<u32> {
     let total = (coverage * f64::from(BUCKETS) + 0.5)
         .floor()
         .clamp(0.0, f64::from(BUCKETS)) as u32;
-    let sum: f64 = weights.iter().filter(|w| **w > 0.0).sum();
     let mut out = vec![0u32; weights.len()];
-    if sum <= 0.0 || !sum.is_finite() || total == 0 {
+    let largest = weights
+        .iter()
+        .copied()
+        .filter(|&w| active(w))
+        .fold(0.0f64, f64::max);
+    if total == 0 || largest == 0.0 {
         return out;
     }
-    let mut fractions = Vec::with_capacity(weights.len());
-    let mut given: i64 = 0;
+    if overflows(weights, total) {
+        // x / largest is at most 1 and largest / largest is exactly 1, so W
+        // is at most the number of weights and total × w at most 10 000: the
+        // rescaled weights cannot overflow again. A weight that underflows to
+        // 0 here is no longer > 0 and gets no bucket, as the rule says.
+        let rescaled: Vec<f64> = weights
+            .iter()
+            .map(|&w| if active(w) { w / largest } else { 0.0 })
+            .collect();
+        apportion(&rescaled, total, &mut out);
+    } else {
+        apportion(weights, total, &mut out);
+    }
+    out
+}
+
+/// Does a weight take part in the layout?
+fn active(weight: f64) -> bool {
+    weight.is_finite() && weight > 0.0
+}
+
+/// The sum of the active weights, in list order (the contract's `W`).
+fn weight_sum(weights: &[f64]) -> f64 {
+    weights
+        .iter()
+        .copied()
+        .filter(|&w| active(w))
+        .fold(0.0, |sum, w| sum + w)
+}
+
+/// Whether `W` or any `total × w` is infinite: the trigger of the overflow rule.
+fn overflows(weights: &[f64], total: u32) -> bool {
+    let total = f64::from(total);
+    weight_sum(weights).is_infinite()
+        || weights
+            .iter()
+            .any(|&w| active(w) && (total * w).is_infinite())
+}
+
+/// The largest-remainder apportionment of §4.2 step 1 for weights that do
+/// not overflow (at least one of them active, `total` ≥ 1).
+///
+/// Every loop here is a `for` over a range bounded by `total` or by the
+/// number of weights, so it ends whatever the floating-point rounding did.
+fn apportion(weights: &[f64], total: u32, out: &mut [u32]) {
+    let sum = weight_sum(weights);
+    let total_f = f64::from(total);
+    let mut fractions: Vec<(usize, f64)> = Vec::with_capacity(weights.len());
+    let mut given: u64 = 0;
     for (i, &w) in weights.iter().enumerate() {
-        if w > 0.0 {
-            let exact = f64::from(total) * w / sum;
-            let floor = exact.floor();
+        if active(w) {
+            let exact = total_f * w / sum;
+            // In exact arithmetic `exact` ≤ total; the clamp keeps a rounding
+            // excess from ever handing out more than `total`.
+            let floor = exact.floor().min(total_f);
             out[i] = floor as u32;
-            given += floor as i64;
+            given += u64::from(out[i]);
             fractions.push((i, exact - floor));
         }
     }
+    if fractions.is_empty() {
+        return;
+    }
     // Largest fraction first; the stable sort keeps list order among ties.
     fractions.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut left = i64::from(total) - given;
-    let mut cursor = fractions.iter().cycle();
-    while left > 0 {
-        if let Some(&(i, _)) = cursor.next() {
-            out[i] += 1;
+    let total = u64::from(total);
+    if given <= total {
+        // The fractions add up to the leftover, each below 1, so in exact
+        // arithmetic fewer buckets are left than there are fractions and
+        // each goes to a different treatment. Rounding can leave at most one
+        // more; the modulo keeps even that case "one each".
+        for k in 0..(total - given) as usize {
+            out[fractions[k % fractions.len()].0] += 1;
         }
-        left -= 1;
-    }
-    // Rounding in f64 can in theory overshoot by a bucket; take it back from
-    // the smallest fractions so the targets always add up to `total`.
-    let mut back = fractions.iter().rev().cycle();
-    while left < 0 {
-        if let Some(&(i, _)) = back.next() {
-            if out[i] > 0 {
-                out[i] -= 1;
-                left += 1;
-            }
+    } else {
+        // Rounding handed out a bucket too many (never seen, but f64 makes
+        // no promise): take it back from the smallest fractions, in one pass.
+        let mut excess = given - total;
+        for &(i, _) in fractions.iter().rev() {
+            let take = excess.min(u64::from(out[i]));
+            out[i] -= take as u32;
+            excess -= take;
         }
     }
-    out
 }
 
 impl Layout {
@@ -127,7 +188,15 @@ impl Layout {
     /// The next layout: start from `previous` (ranges naming treatments by
     /// name, as stored), release over-allocations from the top, grow
     /// under-allocations from the bottom.
+    ///
+    /// Whatever `previous` holds (overlaps, reversed or out-of-range bounds,
+    /// unknown names), every loop is over the 10 000 slots or the ranges
+    /// given, so it ends; and since the targets add up to at most 10 000,
+    /// every treatment ends up holding exactly its target.
     pub fn rebalance(previous: &[Range], treatments: &[Weighted<'_>], coverage: f64) -> Self {
+        // A slot stores a treatment index as u16 with u16::MAX meaning free;
+        // validation allows 100 treatments, far below that.
+        let treatments = &treatments[..treatments.len().min(usize::from(FREE))];
         let mut slots = vec![FREE; SLOTS];
         let mut counts = vec![0u32; treatments.len()];
         for r in previous {
@@ -312,6 +381,174 @@ mod tests {
     fn a_tiny_coverage_raise_can_shrink_a_target() {
         assert_eq!(targets(&[1.0, 3.0, 3.0], 0.0003), vec![1, 1, 1]);
         assert_eq!(targets(&[1.0, 3.0, 3.0], 0.0004), vec![0, 2, 2]);
+    }
+
+    /// The issue "Hardening": `total × w` overflowed to infinity and the
+    /// leftover loop never ended. The contract's overflow rule rescales.
+    #[test]
+    fn weights_whose_products_overflow_are_rescaled_by_the_largest() {
+        assert_eq!(targets(&[1e305], 1.0), vec![10_000]);
+        assert_eq!(targets(&[1e308, 1e308], 1.0), vec![5000, 5000]);
+        assert_eq!(targets(&[1e300, 1e300], 1.0), vec![5000, 5000]);
+        assert_eq!(
+            targets(&[f64::MAX, f64::MAX, f64::MAX], 1.0),
+            vec![3334, 3333, 3333]
+        );
+        assert_eq!(
+            targets(&[f64::MAX, 0.0, f64::MAX], 0.5),
+            vec![2500, 0, 2500]
+        );
+        // 5e-324 / 1e308 underflows to 0: no longer > 0, so no bucket.
+        assert_eq!(targets(&[1e308, 5e-324], 1.0), vec![10_000, 0]);
+        assert_eq!(targets(&[5e-324, 1e308], 1.0), vec![0, 10_000]);
+    }
+
+    #[test]
+    fn tiny_weights_and_coverages_need_no_rescaling() {
+        assert_eq!(targets(&[5e-324, 5e-324], 1.0), vec![5000, 5000]);
+        assert_eq!(targets(&[5e-324, 1e-323], 1.0), vec![3333, 6667]);
+        assert_eq!(targets(&[f64::MIN_POSITIVE, 1.0], 1.0), vec![0, 10_000]);
+        assert_eq!(targets(&[1.0, 1.0], 5e-324), vec![0, 0]);
+        assert_eq!(targets(&[1.0, 1.0], -0.0), vec![0, 0]);
+        assert_eq!(targets(&[-0.0, 0.0], 1.0), vec![0, 0]);
+    }
+
+    #[test]
+    fn weights_validation_never_lets_through_count_as_zero() {
+        assert_eq!(
+            targets(&[f64::NAN, f64::INFINITY, -1.0, 1.0], 1.0),
+            vec![0, 0, 0, 10_000]
+        );
+        assert_eq!(targets(&[1.0], f64::NAN), vec![0]);
+        assert_eq!(targets(&[1.0], 7.0), vec![10_000]);
+    }
+
+    /// §4.2 step 1 as the contract words it, written independently of
+    /// [`targets`], for weights that do not overflow.
+    fn plain_rule(weights: &[f64], coverage: f64) -> Vec<u32> {
+        let total = (coverage * 10_000.0 + 0.5).floor();
+        let w: f64 = weights
+            .iter()
+            .filter(|w| **w > 0.0)
+            .fold(0.0, |sum, w| sum + w);
+        let exact: Vec<Option<f64>> = weights
+            .iter()
+            .map(|&wi| (wi > 0.0).then(|| total * wi / w))
+            .collect();
+        let mut out: Vec<u32> = exact
+            .iter()
+            .map(|e| e.map_or(0, |e| e.floor() as u32))
+            .collect();
+        if total == 0.0 || w == 0.0 {
+            return vec![0; weights.len()];
+        }
+        let left = total as u32 - out.iter().sum::<u32>();
+        let fraction = |i: usize| exact[i].map_or(0.0, |e| e - e.floor());
+        let mut order: Vec<usize> = (0..weights.len()).filter(|&i| exact[i].is_some()).collect();
+        order.sort_by(|&a, &b| fraction(b).total_cmp(&fraction(a)).then(a.cmp(&b)));
+        assert!(
+            left as usize <= order.len(),
+            "more leftovers than treatments"
+        );
+        for &i in order.iter().take(left as usize) {
+            out[i] += 1;
+        }
+        out
+    }
+
+    /// Finite weights ≥ 0 from every corner of f64: the extremes, the
+    /// subnormals, both zeros, and ordinary values.
+    fn any_weight() -> impl Strategy<Value = f64> {
+        use prop::num::f64::{NORMAL, POSITIVE, SUBNORMAL, ZERO};
+        prop_oneof![
+            Just(1e308),
+            Just(f64::MAX),
+            Just(5e-324),
+            Just(f64::MIN_POSITIVE),
+            Just(0.0),
+            Just(-0.0),
+            Just(1e300),
+            0.0f64..10.0,
+            (1u32..5).prop_map(f64::from),
+            POSITIVE | NORMAL | SUBNORMAL | ZERO,
+        ]
+    }
+
+    fn any_coverage() -> impl Strategy<Value = f64> {
+        use prop::num::f64::{POSITIVE, SUBNORMAL, ZERO};
+        prop_oneof![
+            Just(0.0),
+            Just(-0.0),
+            Just(1.0),
+            Just(5e-324),
+            Just(f64::MIN_POSITIVE),
+            Just(0.00005),
+            Just(0.99995),
+            0.0f64..=1.0,
+            POSITIVE | SUBNORMAL | ZERO,
+        ]
+    }
+
+    /// Stored ranges as a hand-edited database might hold them: any bounds,
+    /// overlapping, naming treatments that exist or not.
+    fn garbage_ranges() -> impl Strategy<Value = Vec<Range>> {
+        prop::collection::vec(
+            (0usize..8, any::<u16>(), any::<u16>(), 0u16..12_000).prop_map(|(t, s, e, near)| {
+                // Half of the bounds land inside 0..10000, where they matter.
+                let (start, end) = if s % 2 == 0 { (near / 2, near) } else { (s, e) };
+                Range {
+                    treatment: format!("t{t}"),
+                    start,
+                    end,
+                }
+            }),
+            0..6,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn any_finite_weights_give_targets_that_add_up_and_a_layout_that_meets_them(
+            weights in prop::collection::vec(any_weight(), 0..6),
+            coverage in any_coverage(),
+            previous in garbage_ranges(),
+        ) {
+            let want = targets(&weights, coverage);
+            prop_assert_eq!(want.len(), weights.len());
+            let total = (coverage * 10_000.0 + 0.5).floor() as u32;
+            let sum: u32 = want.iter().sum();
+            if weights.iter().any(|w| *w > 0.0) {
+                prop_assert_eq!(sum, total);
+            } else {
+                prop_assert_eq!(sum, 0);
+            }
+            for (w, t) in weights.iter().zip(&want) {
+                if *w == 0.0 {
+                    prop_assert_eq!(*t, 0, "a zero weight got buckets");
+                }
+            }
+
+            // The plain rule, applied to the weights themselves when nothing
+            // overflows, else to the weights divided by the largest.
+            let w: f64 = weights.iter().filter(|w| **w > 0.0).fold(0.0, |s, w| s + w);
+            let t = f64::from(total);
+            let plain = w.is_finite() && weights.iter().all(|x| (t * x).is_finite());
+            if plain {
+                prop_assert_eq!(&want, &plain_rule(&weights, coverage));
+            } else {
+                let largest = weights.iter().copied().fold(0.0, f64::max);
+                let rescaled: Vec<f64> = weights.iter().map(|x| x / largest).collect();
+                prop_assert_eq!(&want, &plain_rule(&rescaled, coverage));
+            }
+
+            let names = named(&weights);
+            let layout = Layout::rebalance(&previous, &weighted(&names, &weights), coverage);
+            let mut have = layout.counts_by_index();
+            have.resize(names.len(), 0);
+            prop_assert_eq!(have, want);
+        }
     }
 
     /// One step of an experiment's life: weights for up to five treatments
