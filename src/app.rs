@@ -200,6 +200,10 @@ async fn serve(
             },
             () = &mut signal => break,
         };
+        // Small answers go out at once rather than waiting on Nagle's algorithm.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(router.clone());
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

@@ -520,7 +520,7 @@ async fn the_worst_allowed_requests_leave_the_probes_answering(backend: Backend)
     .await
     .expect(201);
     // As many numbers as 16 KiB of attributes hold.
-    let tags: Vec<u32> = (20_000..22_700).collect();
+    let tags: Vec<u32> = (20_000..21_300).collect();
     let body = json!({"org_id": 1, "attributes": {"tags": tags, "ids": tags}});
     assert!(serde_json::to_string(&body["attributes"]).unwrap().len() <= 16 * 1024);
     let app = Arc::new(app);
