@@ -17,6 +17,13 @@ pub const MAX_ATTRIBUTES_DEPTH: usize = 32;
 pub const MAX_CONDITION_BYTES: usize = 64 * 1024;
 /// `$in`, `$nin`, `$ini`, `$nini`, `$all`, `$alli`: at most this many entries.
 pub const MAX_LIST_ENTRIES: usize = 10_000;
+/// One `$regex`/`$regexi` pattern: at most this many bytes for each of the
+/// automata it compiles to.
+pub const MAX_PATTERN_BYTES: usize = 1 << 20;
+/// All the patterns of one condition together: at most this many bytes of
+/// compiled regular expressions (a pattern's length says little about its
+/// compiled size: the 7 bytes `\w{20}` take a megabyte).
+pub const MAX_CONDITION_PATTERN_BYTES: usize = 4 << 20;
 /// Any request body: at most this many levels of nesting. Deeper documents
 /// are refused while they are parsed, before anything recurses over them.
 pub const MAX_BODY_DEPTH: usize = 64;
