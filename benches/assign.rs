@@ -5,13 +5,20 @@
 //! * `engine_assign`: `Engine::assign` for a non-sticky experiment, as the
 //!   HTTP handler calls it (snapshot read, request parsing excluded, answer
 //!   built), over an SQLite store that it never touches on this path.
+//! * `condition_worst`: one condition evaluation at the limits of contract §1
+//!   (a condition of at most 64 KiB, `$in`-style lists of at most 10 000
+//!   entries, attributes of at most 16 KiB): the inputs that make each
+//!   operator do the most work it can; and the write-time cost of a condition
+//!   made of patterns that compile large.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
+use allot::domain::condition::{self, Condition};
 use allot::domain::experiment::{Experiment, ExperimentConfig, Precheck};
 use allot::domain::flag::FlagConfig;
 use allot::domain::ids::{Id, Key};
+use allot::domain::limits;
 use allot::engine::assign::AssignRequest;
 use allot::engine::Engine;
 use allot::store::{self, PoolOptions};
@@ -99,5 +106,122 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision);
+/// `n` copies of `value` as a JSON array.
+fn copies(value: Value, n: usize) -> Vec<Value> {
+    vec![value; n]
+}
+
+/// A distinct short string per index (base 62), so 10 000 of them fit in a
+/// 64 KiB condition.
+fn short_name(mut i: usize) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[i % 62]);
+        i /= 62;
+        if i == 0 {
+            break;
+        }
+    }
+    String::from_utf8(out).expect("ascii")
+}
+
+/// (name, condition, attributes): each the worst input for one operator
+/// that the limits allow. Every one ends with a full scan: no early exit.
+fn worst_conditions() -> Vec<(&'static str, Value, Value)> {
+    // 8 180 small numbers: about the most array items 16 KiB of JSON holds.
+    let zeros = |last: Value| {
+        let mut items = copies(json!(0), 8179);
+        items.push(last);
+        Value::Array(items)
+    };
+    let letters = |last: Value| {
+        let mut items = copies(json!("-"), 4090);
+        items.push(last);
+        Value::Array(items)
+    };
+    let and = |clause: Value, n: usize| json!({"$and": copies(clause, n)});
+    vec![
+        (
+            "nin_10k_numbers_vs_8k_numbers",
+            json!({"a": {"$nin": (1..=10_000).collect::<Vec<u32>>()}}),
+            json!({"a": zeros(json!(0))}),
+        ),
+        (
+            "nini_10k_strings_vs_4k_strings",
+            json!({"a": {"$nini": (0..10_000).map(short_name).collect::<Vec<_>>()}}),
+            json!({"a": letters(json!("-"))}),
+        ),
+        (
+            "all_10k_numbers_vs_8k_numbers",
+            json!({"a": {"$all": copies(json!(5), 10_000)}}),
+            json!({"a": zeros(json!(5))}),
+        ),
+        (
+            "alli_10k_strings_vs_4k_strings",
+            json!({"a": {"$alli": copies(json!("X"), 10_000)}}),
+            json!({"a": letters(json!("x"))}),
+        ),
+        (
+            "all_5900_operator_tests_vs_8k_numbers",
+            json!({"a": {"$all": copies(json!({"$gt": 0}), 5900)}}),
+            json!({"a": zeros(json!(1))}),
+        ),
+        (
+            "and_of_3000_nin_clauses_vs_8k_numbers",
+            and(json!({"a": {"$nin": [1]}}), 3000),
+            json!({"a": zeros(json!(0))}),
+        ),
+        (
+            // A field next to `$or` makes it a condition, not an operator test.
+            "elem_match_or_of_5500_vs_2000_objects",
+            json!({"a": {"$elemMatch": {"b": {"$exists": true}, "$or": (1..5500).map(|k| json!({"b": k})).collect::<Vec<_>>()}}}),
+            json!({"a": copies(json!({"b": 0}), 2000)}),
+        ),
+        (
+            "and_of_2700_version_tests_vs_16k_version",
+            and(json!({"v": {"$vlt": "2.0.0"}}), 2700),
+            json!({"v": "1.".repeat(8000)}),
+        ),
+        (
+            "regex_vs_16k_nested_array",
+            json!({"a": {"$regex": "^(0,)*z"}}),
+            json!({"a": (0..30).fold(json!(copies(json!(0), 8150)), |inner, _| json!([inner]))}),
+        ),
+    ]
+}
+
+fn conditions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("condition_worst");
+    group.sample_size(10);
+    for (name, cond, attributes) in worst_conditions() {
+        // The inputs are inside the limits, or the figure would mean nothing.
+        assert!(
+            condition::validate(&cond, "").is_empty(),
+            "{name}: condition refused: {:?}",
+            condition::validate(&cond, "")
+        );
+        assert!(limits::json_size(&cond) <= limits::MAX_CONDITION_BYTES);
+        limits::check_attributes(&attributes).expect(name);
+        let compiled = Condition::compile(&cond);
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(compiled.matches(&attributes)))
+        });
+    }
+    // Write time: 64 KiB of patterns that each compile to about a megabyte.
+    let heavy: Vec<Value> = (0..2300)
+        .map(|i| json!({"a": {"$regex": format!("\\w{{20}}{}", i % 10)}}))
+        .collect();
+    let heavy = json!({"$and": heavy});
+    assert!(limits::json_size(&heavy) <= limits::MAX_CONDITION_BYTES);
+    group.bench_function("validate_2300_unicode_word_patterns", |b| {
+        b.iter(|| black_box(condition::validate(&heavy, "")))
+    });
+    group.bench_function("compile_2300_unicode_word_patterns", |b| {
+        b.iter(|| black_box(Condition::compile(&heavy)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, conditions);
 criterion_main!(benches);

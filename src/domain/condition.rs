@@ -14,12 +14,22 @@
 //! The comparisons reproduce JavaScript's coercions (`value + ""`,
 //! `value * 1`, `<` between mixed types, strict `===`) because GrowthBook's
 //! reference implementation is JavaScript and its cross-SDK cases encode them.
+//!
+//! Bounded work (contract §1): [`validate`] refuses conditions over
+//! [`limits::MAX_CONDITION_BYTES`] and `$in`-style lists over
+//! [`limits::MAX_LIST_ENTRIES`]. Membership (`$in`, `$nin`, `$ini`, `$nini`)
+//! and the literal tests of `$all`/`$alli` are set lookups, so their cost is
+//! the list plus the attribute array, not their product.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
-use regex::{Regex, RegexBuilder};
+use regex_automata::meta::{self, Regex};
+use regex_automata::util::syntax;
 use serde_json::{Map, Value};
 
+use super::limits;
 use super::problem::{pointer, Problem};
 
 /// A compiled condition: every clause must hold.
@@ -70,17 +80,13 @@ enum Op {
     Compare(Cmp, Value),
     Exists(bool),
     In {
-        list: Vec<Value>,
-        insensitive: bool,
+        members: Members,
         negate: bool,
     },
     Not(Box<Test>),
     Size(Box<Test>),
     ElemMatch(ElemMatch),
-    All {
-        tests: Vec<Test>,
-        insensitive: bool,
-    },
+    All(Box<AllOf>),
     Regex(Regex),
     Type(String),
     /// Unknown operator, invalid pattern or wrong argument type: false.
@@ -101,6 +107,238 @@ enum VersionOp {
 enum ElemMatch {
     Value(Box<Test>),
     Object(Box<Condition>),
+}
+
+/// The list of an `$in`-style operator as a set of `===` identities.
+///
+/// `===` (what GrowthBook's `isIn` uses) is an equivalence on the values it
+/// can find equal: null, booleans, numbers by value (so `1` and `1.0` are
+/// one, and so are `0` and `-0`; JSON holds no NaN) and strings by content,
+/// or by lowercase content for `$ini`/`$nini`. Arrays and objects are never
+/// `===` to anything parsed, so they are left out: the set answers exactly
+/// what comparing with every entry would, in one lookup.
+#[derive(Debug, Clone)]
+struct Members {
+    null: bool,
+    /// `[false, true]`: whether each boolean is listed.
+    bools: [bool; 2],
+    numbers: Set<u64>,
+    strings: Set<String>,
+    /// Compare strings by their lowercase forms.
+    insensitive: bool,
+}
+
+impl Members {
+    fn new(list: &[Value], insensitive: bool) -> Self {
+        let (mut null, mut bools) = (false, [false; 2]);
+        let mut numbers = HashSet::new();
+        let mut strings = HashSet::new();
+        for value in list {
+            match value {
+                Value::Null => null = true,
+                Value::Bool(b) => bools[usize::from(*b)] = true,
+                Value::Number(n) => {
+                    if let Some(key) = number_key(js::number(n)) {
+                        numbers.insert(key);
+                    }
+                }
+                Value::String(s) => {
+                    strings.insert(if insensitive {
+                        s.to_lowercase()
+                    } else {
+                        s.clone()
+                    });
+                }
+                Value::Array(_) | Value::Object(_) => {}
+            }
+        }
+        Self {
+            null,
+            bools,
+            numbers: Set::new(numbers),
+            strings: Set::new(strings),
+            insensitive,
+        }
+    }
+
+    /// Is `value` `===` (or, insensitively, equal in lowercase) to an entry?
+    fn contains(&self, value: &Value) -> bool {
+        match value {
+            Value::Null => self.null,
+            Value::Bool(b) => self.bools[usize::from(*b)],
+            Value::Number(n) => {
+                number_key(js::number(n)).is_some_and(|key| self.numbers.contains(&key))
+            }
+            Value::String(s) if self.insensitive => self.strings.contains(&s.to_lowercase()),
+            Value::String(s) => self.strings.contains(s.as_str()),
+            Value::Array(_) | Value::Object(_) => false,
+        }
+    }
+}
+
+/// A set that scans a handful of entries (cheaper than hashing, and the
+/// common case: `{"plan": {"$in": ["business", "enterprise"]}}`) and hashes
+/// more, so a lookup never costs more than a few comparisons.
+#[derive(Debug, Clone)]
+enum Set<T> {
+    Few(Vec<T>),
+    Many(HashSet<T>),
+}
+
+/// Up to this many entries, [`Set`] scans.
+const FEW: usize = 8;
+
+impl<T: Eq + std::hash::Hash> Set<T> {
+    fn new(entries: HashSet<T>) -> Self {
+        if entries.len() <= FEW {
+            Set::Few(entries.into_iter().collect())
+        } else {
+            Set::Many(entries)
+        }
+    }
+
+    fn contains<Q>(&self, entry: &Q) -> bool
+    where
+        T: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        match self {
+            Set::Few(entries) => entries.iter().any(|e| e.borrow() == entry),
+            Set::Many(entries) => entries.contains(entry),
+        }
+    }
+}
+
+/// A number's identity under `==` between numbers: its bits, with `-0`
+/// folded into `0`; NaN equals nothing, so it has none.
+fn number_key(n: f64) -> Option<u64> {
+    if n.is_nan() {
+        None
+    } else if n == 0.0 {
+        Some(0.0f64.to_bits())
+    } else {
+        Some(n.to_bits())
+    }
+}
+
+/// `$all`/`$alli`: every test holds for some item of the array.
+///
+/// Tests are pure, so their order does not change the answer; the literal
+/// ones (a string, a number, a boolean or null, by far the common case) are
+/// answered from one pass over the items instead of one pass per test.
+#[derive(Debug, Clone)]
+struct AllOf {
+    insensitive: bool,
+    /// `Test::Str` values (lowercased for `$alli`), without repeats.
+    strings: Vec<String>,
+    /// `Test::Num` values as [`number_key`]s, without repeats. A NaN test
+    /// (impossible from JSON) holds for no item, so it makes the list fail.
+    numbers: Vec<Option<u64>>,
+    /// `Test::Null`, `Test::Bool(true)`, `Test::Bool(false)` present.
+    null: bool,
+    truthy: bool,
+    falsy: bool,
+    /// Every other test, checked against each item as GrowthBook does.
+    others: Vec<Test>,
+}
+
+/// Below this many (test, item) pairs a plain scan beats building a set.
+const SCAN_PAIRS: usize = 64;
+
+impl AllOf {
+    fn new(items: &[Value], insensitive: bool, budget: &mut usize) -> Self {
+        let mut all = Self {
+            insensitive,
+            strings: Vec::new(),
+            numbers: Vec::new(),
+            null: false,
+            truthy: false,
+            falsy: false,
+            others: Vec::new(),
+        };
+        let mut seen_strings = HashSet::new();
+        let mut seen_numbers = HashSet::new();
+        for item in items {
+            match compile_test(item, budget) {
+                Test::Str(s) => {
+                    let s = if insensitive { s.to_lowercase() } else { s };
+                    if seen_strings.insert(s.clone()) {
+                        all.strings.push(s);
+                    }
+                }
+                Test::Num(n) => {
+                    let key = number_key(n);
+                    if seen_numbers.insert(key) {
+                        all.numbers.push(key);
+                    }
+                }
+                Test::Null => all.null = true,
+                Test::Bool(true) => all.truthy = true,
+                Test::Bool(false) => all.falsy = true,
+                other => all.others.push(other),
+            }
+        }
+        all
+    }
+
+    fn holds(&self, items: &[Value]) -> bool {
+        // `Test::Null` and `Test::Bool`, as `Test::holds` defines them.
+        if self.null && !items.iter().any(Value::is_null) {
+            return false;
+        }
+        if self.truthy && !items.iter().any(|i| !i.is_null() && truthy(i)) {
+            return false;
+        }
+        if self.falsy && !items.iter().any(|i| !i.is_null() && !truthy(i)) {
+            return false;
+        }
+        self.numbers_hold(items)
+            && self.strings_hold(items)
+            && self
+                .others
+                .iter()
+                .all(|test| items.iter().any(|item| test.holds(item, self.insensitive)))
+    }
+
+    /// `Test::Num`: `Number(item) == n` for some item.
+    fn numbers_hold(&self, items: &[Value]) -> bool {
+        if self.numbers.is_empty() {
+            return true;
+        }
+        let key = |item: &Value| number_key(js::to_number(item));
+        if self.numbers.len() * items.len() <= SCAN_PAIRS {
+            return self
+                .numbers
+                .iter()
+                .all(|n| n.is_some() && items.iter().any(|item| key(item) == *n));
+        }
+        let have: HashSet<u64> = items.iter().filter_map(key).collect();
+        self.numbers
+            .iter()
+            .all(|n| n.is_some_and(|n| have.contains(&n)))
+    }
+
+    /// `Test::Str`: `String(item) === s` (both lowercased for `$alli`) for
+    /// some item.
+    fn strings_hold(&self, items: &[Value]) -> bool {
+        if self.strings.is_empty() {
+            return true;
+        }
+        let text = |item: &Value| -> String {
+            let s = js::to_str(item);
+            if self.insensitive {
+                s.to_lowercase()
+            } else {
+                s.into_owned()
+            }
+        };
+        if self.strings.len() * items.len() <= SCAN_PAIRS {
+            let texts: Vec<String> = items.iter().map(text).collect();
+            return self.strings.iter().all(|s| texts.contains(s));
+        }
+        let have: HashSet<String> = items.iter().map(text).collect();
+        self.strings.iter().all(|s| have.contains(s))
+    }
 }
 
 /// Operators allowed inside an operator object.
@@ -149,15 +387,44 @@ fn is_operator_object(map: &Map<String, Value>) -> bool {
 
 /// Strict write-time check of a condition held at `path` in a document.
 pub fn validate(value: &Value, path: &str) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    match value {
-        Value::Object(map) => validate_condition(map, path, &mut problems),
-        _ => problems.push(Problem::new(path, "a condition must be a JSON object")),
+    let size = limits::json_size(value);
+    if size > limits::MAX_CONDITION_BYTES {
+        // Nothing inside is examined: the condition is refused anyway, and
+        // compiling the patterns of an unbounded one is the very work the
+        // limit is there to bound.
+        return vec![Problem::new(
+            path,
+            format!(
+                "is {size} bytes of JSON; the limit is {}",
+                limits::MAX_CONDITION_BYTES
+            ),
+        )];
     }
-    problems
+    let mut out = Check {
+        problems: Vec::new(),
+        budget: limits::MAX_CONDITION_PATTERN_BYTES,
+    };
+    match value {
+        Value::Object(map) => validate_condition(map, path, &mut out),
+        _ => out.push(Problem::new(path, "a condition must be a JSON object")),
+    }
+    out.problems
 }
 
-fn validate_condition(map: &Map<String, Value>, path: &str, out: &mut Vec<Problem>) {
+/// What validation collects as it walks a condition.
+struct Check {
+    problems: Vec<Problem>,
+    /// Bytes of compiled patterns the condition may still hold.
+    budget: usize,
+}
+
+impl Check {
+    fn push(&mut self, problem: Problem) {
+        self.problems.push(problem);
+    }
+}
+
+fn validate_condition(map: &Map<String, Value>, path: &str, out: &mut Check) {
     for (key, value) in map {
         let here = pointer(path, key);
         match key.as_str() {
@@ -185,7 +452,7 @@ fn validate_condition(map: &Map<String, Value>, path: &str, out: &mut Vec<Proble
     }
 }
 
-fn validate_value(value: &Value, path: &str, out: &mut Vec<Problem>) {
+fn validate_value(value: &Value, path: &str, out: &mut Check) {
     let Value::Object(map) = value else { return };
     if !is_operator_object(map) {
         return;
@@ -193,13 +460,13 @@ fn validate_value(value: &Value, path: &str, out: &mut Vec<Problem>) {
     for (op, arg) in map {
         let here = pointer(path, op);
         match op.as_str() {
-            "$in" | "$nin" | "$ini" | "$nini" => {
-                if !arg.is_array() {
-                    out.push(Problem::new(here, format!("{op} takes an array")));
-                }
-            }
+            "$in" | "$nin" | "$ini" | "$nini" => match arg {
+                Value::Array(items) => check_list_length(items, &here, out),
+                _ => out.push(Problem::new(here, format!("{op} takes an array"))),
+            },
             "$all" | "$alli" => match arg {
                 Value::Array(items) => {
+                    check_list_length(items, &here, out);
                     for (i, item) in items.iter().enumerate() {
                         validate_value(item, &pointer(&here, i), out);
                     }
@@ -208,11 +475,8 @@ fn validate_value(value: &Value, path: &str, out: &mut Vec<Problem>) {
             },
             "$regex" | "$regexi" => match arg {
                 Value::String(pattern) => {
-                    if let Err(e) = build_regex(pattern, op == "$regexi") {
-                        out.push(Problem::new(
-                            here,
-                            format!("invalid regular expression: {e}"),
-                        ));
+                    if let Err(e) = build_regex(pattern, op == "$regexi", &mut out.budget) {
+                        out.push(Problem::new(here, e));
                     }
                 }
                 _ => out.push(Problem::new(here, format!("{op} takes a pattern string"))),
@@ -242,11 +506,76 @@ fn validate_value(value: &Value, path: &str, out: &mut Vec<Problem>) {
     }
 }
 
-fn build_regex(pattern: &str, insensitive: bool) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(pattern)
-        .case_insensitive(insensitive)
-        .size_limit(1 << 20)
-        .build()
+/// `$in`-style lists hold at most [`limits::MAX_LIST_ENTRIES`] entries.
+fn check_list_length(items: &[Value], path: &str, out: &mut Check) {
+    if items.len() > limits::MAX_LIST_ENTRIES {
+        out.push(Problem::new(
+            path,
+            format!(
+                "has {} entries; the limit is {}",
+                items.len(),
+                limits::MAX_LIST_ENTRIES
+            ),
+        ));
+    }
+}
+
+/// Compiles a `$regex`/`$regexi` pattern as the `regex` crate's `Regex::new`
+/// does (this is its engine, with its options), within `budget` bytes.
+///
+/// Contract §1 bounds the work and the memory a stored condition costs, and
+/// the length of a pattern says little about either: the 7 bytes `\w{20}`
+/// compile to over a megabyte, so 64 KiB of such patterns held gigabytes. So
+/// every pattern of a condition draws its compiled size from one budget.
+/// A build that fails at a size limit did about that much work first, so the
+/// limit is drawn too: failing patterns cannot cost more than the budget
+/// either.
+fn build_regex(pattern: &str, insensitive: bool, budget: &mut usize) -> Result<Regex, String> {
+    let limit = (*budget).min(limits::MAX_PATTERN_BYTES);
+    let built = meta::Builder::new()
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(limit))
+                .utf8_empty(true),
+        )
+        .syntax(
+            syntax::Config::new()
+                .case_insensitive(insensitive)
+                .utf8(true),
+        )
+        .build(pattern);
+    let over_budget = || {
+        format!(
+            "the condition's regular expressions compile to more than {} bytes, the limit",
+            limits::MAX_CONDITION_PATTERN_BYTES
+        )
+    };
+    match built {
+        Ok(re) => {
+            let size = re.memory_usage();
+            if size <= *budget {
+                *budget -= size;
+                Ok(re)
+            } else {
+                *budget = 0;
+                Err(over_budget())
+            }
+        }
+        Err(e) => match e.syntax_error() {
+            Some(syntax) => Err(format!("invalid regular expression: {syntax}")),
+            None => {
+                *budget = budget.saturating_sub(limit);
+                if limit < limits::MAX_PATTERN_BYTES {
+                    Err(over_budget())
+                } else {
+                    Err(format!(
+                        "the regular expression compiles to more than {} bytes, the limit for one",
+                        limits::MAX_PATTERN_BYTES
+                    ))
+                }
+            }
+        },
+    }
 }
 
 // ---------------------------------------------------------------- compilation
@@ -260,15 +589,13 @@ impl Condition {
     }
 
     /// Compiles any JSON value; never fails (see the module docs).
+    ///
+    /// Patterns draw on the same budget as in [`validate`], so a condition
+    /// that passed validation compiles every one of its patterns; past the
+    /// budget a pattern evaluates to false, like an invalid one.
     pub fn compile(value: &Value) -> Self {
-        match value {
-            Value::Object(map) => compile_condition(map),
-            // GrowthBook iterates the entries of whatever it is given; a
-            // non-object has none that can hold, so treat it as never.
-            _ => Self {
-                clauses: vec![Clause::Never],
-            },
-        }
+        let mut budget = limits::MAX_CONDITION_PATTERN_BYTES;
+        compile_with(value, &mut budget)
     }
 
     /// Does the condition hold for these attributes?
@@ -277,41 +604,55 @@ impl Condition {
     }
 }
 
-fn compile_condition(map: &Map<String, Value>) -> Condition {
-    let list = |v: &Value| -> Option<Vec<Condition>> {
+/// [`Condition::compile`] with `budget` bytes left for compiled patterns.
+fn compile_with(value: &Value, budget: &mut usize) -> Condition {
+    match value {
+        Value::Object(map) => compile_condition(map, budget),
+        // GrowthBook iterates the entries of whatever it is given; a
+        // non-object has none that can hold, so treat it as never.
+        _ => Condition {
+            clauses: vec![Clause::Never],
+        },
+    }
+}
+
+fn compile_condition(map: &Map<String, Value>, budget: &mut usize) -> Condition {
+    fn list(v: &Value, budget: &mut usize) -> Option<Vec<Condition>> {
         v.as_array()
-            .map(|items| items.iter().map(Condition::compile).collect())
-    };
-    let clauses = map
-        .iter()
-        .map(|(key, value)| match key.as_str() {
-            "$or" => list(value).map_or(Clause::Never, Clause::Or),
-            "$nor" => list(value).map_or(Clause::Never, Clause::Nor),
-            "$and" => list(value).map_or(Clause::Never, Clause::And),
-            "$not" => Clause::Not(Box::new(Condition::compile(value))),
+            .map(|items| items.iter().map(|c| compile_with(c, budget)).collect())
+    }
+    let mut clauses = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        clauses.push(match key.as_str() {
+            "$or" => list(value, budget).map_or(Clause::Never, Clause::Or),
+            "$nor" => list(value, budget).map_or(Clause::Never, Clause::Nor),
+            "$and" => list(value, budget).map_or(Clause::Never, Clause::And),
+            "$not" => Clause::Not(Box::new(compile_with(value, budget))),
             _ => Clause::Field {
                 path: key.split('.').map(str::to_owned).collect(),
-                test: compile_test(value),
+                test: compile_test(value, budget),
             },
-        })
-        .collect();
+        });
+    }
     Condition { clauses }
 }
 
-fn compile_test(value: &Value) -> Test {
+fn compile_test(value: &Value, budget: &mut usize) -> Test {
     match value {
         Value::String(s) => Test::Str(s.clone()),
-        Value::Number(n) => Test::Num(n.as_f64().unwrap_or(f64::NAN)),
+        Value::Number(n) => Test::Num(js::number(n)),
         Value::Bool(b) => Test::Bool(*b),
         Value::Null => Test::Null,
-        Value::Object(map) if is_operator_object(map) => {
-            Test::Ops(map.iter().map(|(op, arg)| compile_op(op, arg)).collect())
-        }
+        Value::Object(map) if is_operator_object(map) => Test::Ops(
+            map.iter()
+                .map(|(op, arg)| compile_op(op, arg, budget))
+                .collect(),
+        ),
         other => Test::Literal(other.clone()),
     }
 }
 
-fn compile_op(op: &str, arg: &Value) -> Op {
+fn compile_op(op: &str, arg: &Value, budget: &mut usize) -> Op {
     let version = |kind| Op::Version(kind, padded_version(arg));
     match op {
         "$veq" => version(VersionOp::Eq),
@@ -322,35 +663,37 @@ fn compile_op(op: &str, arg: &Value) -> Op {
         "$vlte" => version(VersionOp::Lte),
         "$eq" => Op::Eq(arg.clone()),
         "$ne" => Op::Ne(arg.clone()),
-        "$lt" => Op::Compare(Cmp::Lt, arg.clone()),
-        "$lte" => Op::Compare(Cmp::Lte, arg.clone()),
-        "$gt" => Op::Compare(Cmp::Gt, arg.clone()),
-        "$gte" => Op::Compare(Cmp::Gte, arg.clone()),
+        // The operand's primitive is taken once here rather than on every
+        // comparison: stringifying a large array operand each time would
+        // multiply its size by the attributes'.
+        "$lt" => Op::Compare(Cmp::Lt, js::to_primitive(arg).into_owned()),
+        "$lte" => Op::Compare(Cmp::Lte, js::to_primitive(arg).into_owned()),
+        "$gt" => Op::Compare(Cmp::Gt, js::to_primitive(arg).into_owned()),
+        "$gte" => Op::Compare(Cmp::Gte, js::to_primitive(arg).into_owned()),
         "$exists" => Op::Exists(truthy(arg)),
         "$in" | "$nin" | "$ini" | "$nini" => match arg {
             Value::Array(list) => Op::In {
-                list: list.clone(),
-                insensitive: op.ends_with('i'),
+                members: Members::new(list, op.ends_with('i')),
                 negate: op.starts_with("$n"),
             },
             _ => Op::Never,
         },
         "$all" | "$alli" => match arg {
-            Value::Array(items) => Op::All {
-                tests: items.iter().map(compile_test).collect(),
-                insensitive: op == "$alli",
-            },
+            Value::Array(items) => Op::All(Box::new(AllOf::new(items, op == "$alli", budget))),
             _ => Op::Never,
         },
-        "$not" => Op::Not(Box::new(compile_test(arg))),
-        "$size" => Op::Size(Box::new(compile_test(arg))),
+        "$not" => Op::Not(Box::new(compile_test(arg, budget))),
+        "$size" => Op::Size(Box::new(compile_test(arg, budget))),
         "$elemMatch" => match arg {
             Value::Object(map) if is_operator_object(map) => {
-                Op::ElemMatch(ElemMatch::Value(Box::new(compile_test(arg))))
+                Op::ElemMatch(ElemMatch::Value(Box::new(compile_test(arg, budget))))
             }
-            _ => Op::ElemMatch(ElemMatch::Object(Box::new(Condition::compile(arg)))),
+            _ => Op::ElemMatch(ElemMatch::Object(Box::new(compile_with(arg, budget)))),
         },
-        "$regex" | "$regexi" => match arg.as_str().map(|p| build_regex(p, op == "$regexi")) {
+        "$regex" | "$regexi" => match arg
+            .as_str()
+            .map(|p| build_regex(p, op == "$regexi", budget))
+        {
             Some(Ok(re)) => Op::Regex(re),
             _ => Op::Never,
         },
@@ -412,9 +755,9 @@ impl Test {
         match self {
             Test::Str(s) => {
                 if insensitive {
-                    js::to_string(value).to_lowercase() == s.to_lowercase()
+                    js::to_str(value).to_lowercase() == s.to_lowercase()
                 } else {
-                    js::to_string(value) == *s
+                    js::to_str(value) == s.as_str()
                 }
             }
             Test::Num(n) => js::to_number(value) == *n,
@@ -430,8 +773,9 @@ impl Op {
     fn holds(&self, actual: &Value) -> bool {
         match self {
             Op::Version(kind, expected) => {
-                let actual = padded_version(actual);
-                let ord = js::cmp_utf16(&actual, expected);
+                let ord = PaddedVersion::new(&version_text(actual))
+                    .flat_map(utf16)
+                    .cmp(expected.encode_utf16());
                 match kind {
                     VersionOp::Eq => ord == Ordering::Equal,
                     VersionOp::Ne => ord != Ordering::Equal,
@@ -450,11 +794,7 @@ impl Op {
                 Cmp::Gte => js::less_than(actual, expected) == Some(false),
             },
             Op::Exists(expected) => *expected != actual.is_null(),
-            Op::In {
-                list,
-                insensitive,
-                negate,
-            } => is_in(actual, list, *insensitive) != *negate,
+            Op::In { members, negate } => is_in(actual, members) != *negate,
             Op::Not(test) => !test.holds(actual, false),
             Op::Size(test) => match actual {
                 Value::Array(items) => test.holds(&Value::from(items.len()), false),
@@ -470,33 +810,23 @@ impl Op {
                 }),
                 _ => false,
             },
-            Op::All { tests, insensitive } => match actual {
-                Value::Array(items) => tests
-                    .iter()
-                    .all(|test| items.iter().any(|item| test.holds(item, *insensitive))),
+            Op::All(all) => match actual {
+                Value::Array(items) => all.holds(items),
                 _ => false,
             },
-            Op::Regex(re) => re.is_match(&js::to_string(actual)),
+            Op::Regex(re) => re.is_match(js::to_str(actual).as_ref()),
             Op::Type(expected) => js::type_of(actual) == expected,
             Op::Never => false,
         }
     }
 }
 
-fn is_in(actual: &Value, list: &[Value], insensitive: bool) -> bool {
-    let same = |a: &Value, b: &Value| {
-        if insensitive {
-            match (a, b) {
-                (Value::String(x), Value::String(y)) => x.to_lowercase() == y.to_lowercase(),
-                _ => js::strict_eq(a, b),
-            }
-        } else {
-            js::strict_eq(a, b)
-        }
-    };
+/// GrowthBook's `isIn`: an array attribute is in the list when one of its
+/// items is; any other value when it is itself.
+fn is_in(actual: &Value, members: &Members) -> bool {
     match actual {
-        Value::Array(items) => items.iter().any(|el| list.iter().any(|exp| same(el, exp))),
-        _ => list.iter().any(|exp| same(actual, exp)),
+        Value::Array(items) => items.iter().any(|item| members.contains(item)),
+        _ => members.contains(actual),
     }
 }
 
@@ -511,36 +841,127 @@ fn truthy(value: &Value) -> bool {
     }
 }
 
-/// GrowthBook's `paddedVersionString`: strip a leading `v` and build info,
-/// split on `.` and `-`, mark a release (3 parts) with `~` so it sorts after
-/// its pre-releases, and left-pad numeric parts so strings compare as numbers.
-fn padded_version(input: &Value) -> String {
-    let raw = match input {
-        Value::Number(_) => js::to_string(input),
-        Value::String(s) if !s.is_empty() => s.clone(),
-        _ => "0".to_owned(),
-    };
-    let trimmed = raw.strip_prefix('v').unwrap_or(&raw);
-    let trimmed = trimmed.split('+').next().unwrap_or_default();
-    let mut parts: Vec<String> = trimmed.split(['-', '.']).map(str::to_owned).collect();
-    if parts.len() == 3 {
-        parts.push("~".to_owned());
+/// The text a version operand stands for: a number's JavaScript string, a
+/// non-empty string itself, anything else "0" (GrowthBook's
+/// `paddedVersionString` input).
+fn version_text(input: &Value) -> Cow<'_, str> {
+    match input {
+        Value::Number(_) => js::to_str(input),
+        Value::String(s) if !s.is_empty() => Cow::Borrowed(s),
+        _ => Cow::Borrowed("0"),
     }
-    parts
-        .iter()
-        .map(|p| {
-            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
-                format!("{p:>5}")
-            } else {
-                p.clone()
+}
+
+/// GrowthBook's `paddedVersionString` of a condition's operand, built once.
+fn padded_version(input: &Value) -> String {
+    PaddedVersion::new(&version_text(input)).collect()
+}
+
+/// `paddedVersionString(raw)`, one char at a time: strip a leading `v` and
+/// the build info (`+…`), split on `.` and `-`, mark a release (3 parts)
+/// with a `~` part so that it sorts after its pre-releases, left-pad numeric
+/// parts to 5 characters so that strings compare as numbers, join with `-`.
+///
+/// It is lazy so that comparing an attribute with a version stops at the
+/// first difference: a long attribute then costs each version operator its
+/// common prefix with the operand (which the condition's size bounds), not
+/// its own length. Padding only needs to look 5 bytes ahead, and whether
+/// there were exactly 3 parts is only known, and only needed, at the end.
+struct PaddedVersion<'a> {
+    /// What is left of the raw text.
+    rest: &'a str,
+    /// Parts begun so far.
+    parts: usize,
+    step: Step,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// At the start of a part: decide its padding.
+    Head,
+    /// This many spaces of padding are still to come.
+    Pad(usize),
+    /// Inside a part.
+    Body,
+    /// After the `-` that precedes the release marker.
+    Tilde,
+    Done,
+}
+
+impl<'a> PaddedVersion<'a> {
+    fn new(raw: &'a str) -> Self {
+        Self {
+            rest: raw.strip_prefix('v').unwrap_or(raw),
+            parts: 0,
+            step: Step::Head,
+        }
+    }
+}
+
+fn ends_part(b: u8) -> bool {
+    matches!(b, b'-' | b'.' | b'+')
+}
+
+impl Iterator for PaddedVersion<'_> {
+    type Item = char;
+
+    fn next(&mut self) -> Option<char> {
+        loop {
+            match self.step {
+                Step::Head => {
+                    self.parts += 1;
+                    // Digits are ASCII, so a part shorter than 5 bytes is
+                    // the only kind that gets padding.
+                    let bytes = self.rest.as_bytes();
+                    let len = bytes.iter().take(5).take_while(|&&b| !ends_part(b)).count();
+                    let numeric = len > 0 && bytes[..len].iter().all(u8::is_ascii_digit);
+                    self.step = if numeric && len < 5 {
+                        Step::Pad(5 - len)
+                    } else {
+                        Step::Body
+                    };
+                }
+                Step::Pad(n) => {
+                    self.step = if n > 1 { Step::Pad(n - 1) } else { Step::Body };
+                    return Some(' ');
+                }
+                Step::Body => match self.rest.chars().next() {
+                    Some(c @ ('-' | '.')) => {
+                        self.rest = &self.rest[c.len_utf8()..];
+                        self.step = Step::Head;
+                        return Some('-');
+                    }
+                    Some(c) if c != '+' => {
+                        self.rest = &self.rest[c.len_utf8()..];
+                        return Some(c);
+                    }
+                    // The end, or build info, which is ignored.
+                    _ if self.parts == 3 => {
+                        self.step = Step::Tilde;
+                        return Some('-');
+                    }
+                    _ => self.step = Step::Done,
+                },
+                Step::Tilde => {
+                    self.step = Step::Done;
+                    return Some('~');
+                }
+                Step::Done => return None,
             }
-        })
-        .collect::<Vec<_>>()
-        .join("-")
+        }
+    }
+}
+
+/// The UTF-16 code units of one char, as JavaScript stores it.
+fn utf16(c: char) -> impl Iterator<Item = u16> {
+    let mut units = [0u16; 2];
+    let len = c.encode_utf16(&mut units).len();
+    units.into_iter().take(len)
 }
 
 /// The JavaScript value semantics GrowthBook's reference implementation relies on.
 mod js {
+    use std::borrow::Cow;
     use std::cmp::Ordering;
 
     use serde_json::Value;
@@ -557,25 +978,47 @@ mod js {
         }
     }
 
-    /// `String(v)` (equivalently `v + ""`).
-    pub fn to_string(v: &Value) -> String {
+    /// A JSON number as JavaScript holds it (serde_json without
+    /// `arbitrary_precision` always has an f64 view; NaN is unreachable).
+    pub fn number(n: &serde_json::Number) -> f64 {
+        n.as_f64().unwrap_or(f64::NAN)
+    }
+
+    /// `String(v)` (equivalently `v + ""`), borrowing when `v` is a string.
+    pub fn to_str(v: &Value) -> Cow<'_, str> {
         match v {
-            Value::Null => "null".to_owned(),
-            Value::Bool(b) => b.to_string(),
-            Value::Number(n) => number_to_string(n.as_f64().unwrap_or(f64::NAN)),
-            Value::String(s) => s.clone(),
-            Value::Array(items) => items
-                .iter()
-                .map(|i| {
-                    if i.is_null() {
-                        String::new()
-                    } else {
-                        to_string(i)
+            Value::String(s) => Cow::Borrowed(s),
+            Value::Null => Cow::Borrowed("null"),
+            Value::Bool(true) => Cow::Borrowed("true"),
+            Value::Bool(false) => Cow::Borrowed("false"),
+            Value::Object(_) => Cow::Borrowed(OBJECT),
+            Value::Number(n) => Cow::Owned(number_to_string(number(n))),
+            Value::Array(_) => {
+                let mut out = String::new();
+                write_string(v, &mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    const OBJECT: &str = "[object Object]";
+
+    /// Appends `String(v)` to `out`. One buffer for the whole value: joining
+    /// each nested array's own string would copy deep values once per level.
+    fn write_string(v: &Value, out: &mut String) {
+        match v {
+            // `Array.prototype.join` writes null (and undefined) items as "".
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
                     }
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-            Value::Object(_) => "[object Object]".to_owned(),
+                    if !item.is_null() {
+                        write_string(item, out);
+                    }
+                }
+            }
+            other => out.push_str(&to_str(other)),
         }
     }
 
@@ -605,9 +1048,9 @@ mod js {
         match v {
             Value::Null => 0.0,
             Value::Bool(b) => f64::from(u8::from(*b)),
-            Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+            Value::Number(n) => number(n),
             Value::String(s) => string_to_number(s),
-            Value::Array(_) | Value::Object(_) => string_to_number(&to_string(v)),
+            Value::Array(_) | Value::Object(_) => string_to_number(&to_str(v)),
         }
     }
 
@@ -645,11 +1088,12 @@ mod js {
         }
     }
 
-    /// `ToPrimitive`: arrays and objects become strings, the rest stay.
-    fn to_primitive(v: &Value) -> Value {
+    /// `ToPrimitive`: arrays and objects become strings, the rest stay
+    /// (borrowed: a comparison copies nothing).
+    pub fn to_primitive(v: &Value) -> Cow<'_, Value> {
         match v {
-            Value::Array(_) | Value::Object(_) => Value::String(to_string(v)),
-            other => other.clone(),
+            Value::Array(_) | Value::Object(_) => Cow::Owned(Value::String(to_str(v).into_owned())),
+            other => Cow::Borrowed(other),
         }
     }
 
@@ -657,7 +1101,7 @@ mod js {
     /// `undefined` (a NaN was involved), which makes every comparison false.
     pub fn less_than(a: &Value, b: &Value) -> Option<bool> {
         let (pa, pb) = (to_primitive(a), to_primitive(b));
-        if let (Value::String(x), Value::String(y)) = (&pa, &pb) {
+        if let (Value::String(x), Value::String(y)) = (pa.as_ref(), pb.as_ref()) {
             return Some(cmp_utf16(x, y) == Ordering::Less);
         }
         let (x, y) = (to_number(&pa), to_number(&pb));
@@ -751,6 +1195,268 @@ mod tests {
         assert_eq!(validate(&json!([1]), "/c").len(), 1);
         assert!(validate(&json!({"$groups": {"$elemMatch": {"$eq": "a"}}}), "").is_empty());
         assert!(validate(&json!({"a": {"$gt": 1, "b": 2}}), "").is_empty());
+    }
+
+    #[test]
+    fn lists_over_the_entry_limit_are_refused_naming_the_limit() {
+        let at_limit = vec![json!(0); limits::MAX_LIST_ENTRIES];
+        let over = vec![json!(0); 20_000];
+        for op in ["$in", "$nin", "$ini", "$nini", "$all", "$alli"] {
+            assert!(validate(&json!({"a": {op: at_limit}}), "/c").is_empty());
+            let problems = validate(&json!({"a": {op: over}}), "/c");
+            assert_eq!(problems.len(), 1, "{op}");
+            assert_eq!(problems[0].path, format!("/c/a/{op}"));
+            assert_eq!(problems[0].message, "has 20000 entries; the limit is 10000");
+        }
+        // Wherever the list sits: under $not, $elemMatch, inside $all.
+        let nested = json!({"a": {"$not": {"$elemMatch": {"$all": [{"$in": over}]}}}});
+        let problems = validate(&nested, "");
+        assert_eq!(problems[0].path, "/a/$not/$elemMatch/$all/0/$in");
+    }
+
+    #[test]
+    fn a_condition_over_the_size_limit_is_refused_at_its_pointer() {
+        let fits = json!({"a": "x".repeat(limits::MAX_CONDITION_BYTES - 8)});
+        assert_eq!(limits::json_size(&fits), limits::MAX_CONDITION_BYTES);
+        assert!(validate(&fits, "/rules/0/condition").is_empty());
+        let over = json!({"a": "x".repeat(limits::MAX_CONDITION_BYTES), "b": {"$regx": 1}});
+        let problems = validate(&over, "/rules/0/condition");
+        assert_eq!(problems.len(), 1, "nothing inside is examined");
+        assert_eq!(problems[0].path, "/rules/0/condition");
+        assert!(problems[0].message.contains("the limit is 65536"));
+    }
+
+    #[test]
+    fn the_patterns_of_a_condition_share_one_compiled_size_budget() {
+        // `\w{20}` compiles to about a megabyte: a few fit in the budget, the
+        // rest are refused naming it.
+        let heavy: Vec<Value> = (0..10)
+            .map(|i| json!({"a": {"$regex": format!("\\w{{20}}{i}")}}))
+            .collect();
+        let problems = validate(&json!({"$and": heavy}), "/c");
+        assert!(!problems.is_empty() && problems.len() < 10, "{problems:?}");
+        assert!(problems.iter().all(|p| p.message.contains("4194304")));
+        assert_eq!(problems.last().unwrap().path, "/c/$and/9/a/$regex");
+
+        // Ordinary patterns are far from it; one pattern over its own limit
+        // says so.
+        let ordinary = json!({"email": {"$regex": "^[\\w.+-]+@[\\w-]+\\.[\\w.]+$"},
+                              "browser": {"$regexi": "^(chrome|firefox|safari)"}});
+        assert!(validate(&ordinary, "").is_empty());
+        let huge = validate(&json!({"a": {"$regex": "\\w{100}"}}), "");
+        assert!(huge[0].message.contains("1048576"), "{huge:?}");
+
+        // Compiling is total: past the budget a pattern evaluates to false,
+        // as an invalid one does.
+        let mut clauses: Vec<Value> = (0..6)
+            .map(|i| json!({"a": {"$regex": format!("\\w{{20}}{i}")}}))
+            .collect();
+        clauses.push(json!({"a": {"$regex": "^x"}}));
+        assert!(!check(json!({"$or": clauses}), json!({"a": "x"})));
+        assert!(check(json!({"a": {"$regex": "^x"}}), json!({"a": "x"})));
+    }
+
+    #[test]
+    fn membership_compares_numbers_by_value_and_strings_exactly_or_in_lowercase() {
+        assert!(check(json!({"n": {"$in": [1.0]}}), json!({"n": 1})));
+        assert!(check(json!({"n": {"$in": [-0.0]}}), json!({"n": 0})));
+        assert!(check(json!({"n": {"$in": [0]}}), json!({"n": -0.0})));
+        // Both are 2^64 as a JavaScript number.
+        assert!(check(
+            json!({"n": {"$in": [u64::MAX]}}),
+            json!({"n": u64::MAX - 1})
+        ));
+        assert!(!check(json!({"n": {"$in": ["1"]}}), json!({"n": 1})));
+        assert!(!check(json!({"n": {"$in": [[1]]}}), json!({"n": [[1]]})));
+        assert!(!check(json!({"n": {"$in": [{}]}}), json!({"n": {}})));
+        assert!(check(json!({"n": {"$in": [null]}}), json!({})));
+        assert!(check(json!({"s": {"$ini": ["ΑΣ"]}}), json!({"s": "ας"})));
+        assert!(!check(json!({"s": {"$in": ["A"]}}), json!({"s": "a"})));
+        assert!(check(
+            json!({"s": {"$nini": ["A"]}}),
+            json!({"s": ["b", 1]})
+        ));
+        assert!(!check(
+            json!({"s": {"$nini": ["A"]}}),
+            json!({"s": ["b", "a"]})
+        ));
+    }
+
+    #[test]
+    fn version_comparison_stops_at_the_first_difference_and_still_sees_the_release_marker() {
+        assert!(check(
+            json!({"v": {"$vgt": "1.2.3-beta"}}),
+            json!({"v": "1.2.3"})
+        ));
+        assert!(check(
+            json!({"v": {"$veq": "v1.2.3+build"}}),
+            json!({"v": "1.2.3"})
+        ));
+        assert!(check(
+            json!({"v": {"$vlt": "1.10.0"}}),
+            json!({"v": "1.9.9"})
+        ));
+        assert!(check(
+            json!({"v": {"$vgt": "0"}}),
+            json!({"v": "1.".repeat(8000)})
+        ));
+        assert_eq!(padded_version(&json!("1.2.3")), "    1-    2-    3-~");
+        assert_eq!(padded_version(&json!(1.5)), "    1-    5");
+        assert_eq!(padded_version(&json!(null)), "    0");
+    }
+
+    /// The code these fast paths replaced, kept to check them against.
+    mod before {
+        use super::super::{js, Test};
+        use serde_json::Value;
+
+        pub fn to_string(v: &Value) -> String {
+            match v {
+                Value::Array(items) => items
+                    .iter()
+                    .map(|i| {
+                        if i.is_null() {
+                            String::new()
+                        } else {
+                            to_string(i)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => js::to_str(other).into_owned(),
+            }
+        }
+
+        pub fn is_in(actual: &Value, list: &[Value], insensitive: bool) -> bool {
+            let same = |a: &Value, b: &Value| match (a, b) {
+                (Value::String(x), Value::String(y)) if insensitive => {
+                    x.to_lowercase() == y.to_lowercase()
+                }
+                _ => js::strict_eq(a, b),
+            };
+            match actual {
+                Value::Array(items) => items.iter().any(|el| list.iter().any(|exp| same(el, exp))),
+                _ => list.iter().any(|exp| same(actual, exp)),
+            }
+        }
+
+        pub fn all(tests: &[Test], items: &[Value], insensitive: bool) -> bool {
+            tests
+                .iter()
+                .all(|test| items.iter().any(|item| test.holds(item, insensitive)))
+        }
+
+        pub fn padded_version(raw: &str) -> String {
+            let trimmed = raw.strip_prefix('v').unwrap_or(raw);
+            let trimmed = trimmed.split('+').next().unwrap_or_default();
+            let mut parts: Vec<String> = trimmed.split(['-', '.']).map(str::to_owned).collect();
+            if parts.len() == 3 {
+                parts.push("~".to_owned());
+            }
+            parts
+                .iter()
+                .map(|p| {
+                    if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                        format!("{p:>5}")
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("-")
+        }
+    }
+
+    /// Values where `===`, lowercasing and JavaScript's coercions have
+    /// corners: both zeros, integers beyond 2^53, numbers that are strings,
+    /// letters whose lowercase depends on context.
+    fn tricky_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            prop::sample::select(vec![
+                json!(0),
+                json!(-0.0),
+                json!(0.0),
+                json!(1),
+                json!(1.0),
+                json!(-1),
+                json!(0.5),
+                json!(u64::MAX),
+                json!(u64::MAX - 1),
+                json!(i64::MIN),
+                json!(9_007_199_254_740_993u64),
+                json!(9_007_199_254_740_992.0),
+                json!(1e308),
+                json!(5e-324),
+            ]),
+            prop::sample::select(vec![
+                "", "a", "A", "b", "ß", "SS", "ss", "Σ", "σ", "ς", "ΑΣ", "ας", "1", "1.0", " 1 ",
+                "0x10", "16", "-0", "true", "null", "İ", "i̇",
+            ])
+            .prop_map(Value::from),
+        ]
+    }
+
+    fn tricky_value() -> impl Strategy<Value = Value> {
+        tricky_leaf().prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[ab$]{1,2}", inner, 0..2)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// `$all` tests: mostly literals, some operator tests and literal arrays.
+    fn all_test() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            6 => tricky_leaf(),
+            1 => tricky_leaf().prop_map(|v| json!({"$gt": v})),
+            1 => any::<bool>().prop_map(|b| json!({"$exists": b})),
+            1 => prop::collection::vec(tricky_leaf(), 0..2).prop_map(Value::Array),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn membership_by_set_answers_exactly_as_comparing_with_every_entry(
+            list in prop::collection::vec(tricky_value(), 0..20),
+            actual in tricky_value(),
+            insensitive in any::<bool>(),
+        ) {
+            let members = Members::new(&list, insensitive);
+            prop_assert_eq!(is_in(&actual, &members), before::is_in(&actual, &list, insensitive));
+        }
+
+        #[test]
+        fn all_by_sets_answers_exactly_as_testing_every_item(
+            tests in prop::collection::vec(all_test(), 0..12),
+            items in prop::collection::vec(tricky_value(), 0..24),
+            insensitive in any::<bool>(),
+        ) {
+            let mut budget = usize::MAX;
+            let all = AllOf::new(&tests, insensitive, &mut budget);
+            let compiled: Vec<Test> = tests.iter().map(|t| compile_test(t, &mut budget)).collect();
+            prop_assert_eq!(all.holds(&items), before::all(&compiled, &items, insensitive));
+        }
+
+        #[test]
+        fn javascript_strings_are_the_recursive_join(value in tricky_value()) {
+            prop_assert_eq!(js::to_str(&value).into_owned(), before::to_string(&value));
+        }
+
+        #[test]
+        fn lazy_padded_versions_are_the_eager_ones(
+            a in "v?[0-9a-z.+~-]{0,14}|[0-9.]{0,8}|[0-9é.\u{10000}\u{e000}-]{0,6}",
+            b in "v?[0-9a-z.+~-]{0,14}|[0-9.]{0,8}|[0-9é.\u{10000}\u{e000}-]{0,6}",
+        ) {
+            let lazy: String = PaddedVersion::new(&a).collect();
+            prop_assert_eq!(&lazy, &before::padded_version(&a));
+            let expected = before::padded_version(&b);
+            let ord = PaddedVersion::new(&a).flat_map(utf16).cmp(expected.encode_utf16());
+            prop_assert_eq!(ord, js::cmp_utf16(&before::padded_version(&a), &expected));
+        }
     }
 
     fn json_leaf() -> impl Strategy<Value = Value> {

@@ -151,7 +151,7 @@ fn parse_rule(item: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<Rul
     };
     let rollout = match map.get("rollout").and_then(Value::as_f64) {
         Some(r) if (0.0..=100.0).contains(&r) && ((r * 100.0).round() - r * 100.0).abs() < 1e-6 => {
-            r
+            hundredths(r)
         }
         _ => {
             problems.push(Problem::new(
@@ -166,6 +166,17 @@ fn parse_rule(item: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<Rul
         condition,
         rollout,
     })
+}
+
+/// A rollout as the nearest number with at most two decimals.
+///
+/// Validation tolerates a rounding error (`0.1 + 0.2` arrives as
+/// `0.30000000000000004`), and what is stored and served must then be what
+/// the rule means: 0.3, not the noise; `5e-324` or `1e-9` is 0, and `-0` is
+/// 0 without its sign. Dividing the whole number of hundredths by 100 gives
+/// exactly the f64 that the two-decimal literal parses to.
+fn hundredths(rollout: f64) -> f64 {
+    (rollout * 100.0).round() / 100.0 + 0.0
 }
 
 /// Adds a problem for every field of `map` not in `known`.
@@ -310,6 +321,44 @@ mod tests {
                 bucket(&["k", &org]) < 1234
             );
         }
+    }
+
+    #[test]
+    fn rollouts_are_kept_as_hundredths_of_a_percent() {
+        let stored = |r: Value| {
+            FlagConfig::parse(&json!({"rules": [{"rollout": r}]})).map(|c| c.rules[0].rollout)
+        };
+        for (given, want) in [
+            (json!(100.0), 100.0),
+            (json!(100), 100.0),
+            (json!(12.34), 12.34),
+            (json!(0.30000000000000004), 0.3),
+            (json!(12.340000000001), 12.34),
+            (json!(5e-324), 0.0),
+            (json!(1e-320), 0.0),
+            (json!(f64::MIN_POSITIVE), 0.0),
+            (json!(1e-9), 0.0),
+        ] {
+            assert_eq!(stored(given.clone()), Ok(want), "{given}");
+        }
+        let zero = stored(json!(-0.0)).unwrap();
+        assert!(zero == 0.0 && zero.is_sign_positive());
+        for bad in [
+            json!(100.004),
+            json!(12.345),
+            json!(-0.01),
+            json!(1e-5),
+            json!(1e300),
+        ] {
+            assert!(stored(bad.clone()).is_err(), "{bad}");
+        }
+        // The served document says what the threshold does.
+        let f = FlagConfig::parse(&json!({"rules": [{"rollout": 0.30000000000000004}]})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&f).unwrap()["rules"][0]["rollout"],
+            json!(0.3)
+        );
+        assert_eq!(f.compile().rules[0].threshold, 30);
     }
 
     #[test]

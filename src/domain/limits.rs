@@ -17,6 +17,13 @@ pub const MAX_ATTRIBUTES_DEPTH: usize = 32;
 pub const MAX_CONDITION_BYTES: usize = 64 * 1024;
 /// `$in`, `$nin`, `$ini`, `$nini`, `$all`, `$alli`: at most this many entries.
 pub const MAX_LIST_ENTRIES: usize = 10_000;
+/// One `$regex`/`$regexi` pattern: at most this many bytes for each of the
+/// automata it compiles to.
+pub const MAX_PATTERN_BYTES: usize = 1 << 20;
+/// All the patterns of one condition together: at most this many bytes of
+/// compiled regular expressions (a pattern's length says little about its
+/// compiled size: the 7 bytes `\w{20}` take a megabyte).
+pub const MAX_CONDITION_PATTERN_BYTES: usize = 4 << 20;
 /// Any request body: at most this many levels of nesting. Deeper documents
 /// are refused while they are parsed, before anything recurses over them.
 pub const MAX_BODY_DEPTH: usize = 64;
@@ -71,22 +78,28 @@ pub fn check_attributes(value: &Value) -> Result<(), String> {
 /// Parses a duration field: a whole number of seconds from 1 to one year
 /// (`600` and `600.0` alike; `1.5`, `0`, `-1` and anything larger are refused).
 pub fn duration_seconds(value: &Value) -> Result<u64, String> {
-    let want = || format!("must be a whole number of seconds from 1 to {MAX_DURATION_SECONDS}");
-    let seconds = match value {
-        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
-            (Some(s), _) => s,
-            (None, Some(f)) if f.fract() == 0.0 && f >= 1.0 && f <= MAX_DURATION_SECONDS as f64 => {
-                f as u64
-            }
-            _ => return Err(want()),
-        },
-        _ => return Err(want()),
+    whole_number(value, 1, MAX_DURATION_SECONDS).ok_or_else(|| {
+        format!("must be a whole number of seconds from 1 to {MAX_DURATION_SECONDS}")
+    })
+}
+
+/// A JSON number that is a whole number from `min` to `max`: `5` and `5.0`
+/// alike (a client's JSON library may write either); fractions, numbers out
+/// of range and anything that is not a number are `None`.
+pub fn whole_number(value: &Value, min: u64, max: u64) -> Option<u64> {
+    let Value::Number(n) = value else {
+        return None;
     };
-    if (1..=MAX_DURATION_SECONDS).contains(&seconds) {
-        Ok(seconds)
-    } else {
-        Err(want())
-    }
+    let whole = match (n.as_u64(), n.as_f64()) {
+        (Some(w), _) => w,
+        // A whole f64 in [0, 2^64) converts exactly; outside it `as u64`
+        // would saturate (1e300 into u64::MAX, -1 into 0) instead of failing.
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => {
+            f as u64
+        }
+        _ => return None,
+    };
+    (min..=max).contains(&whole).then_some(whole)
 }
 
 #[cfg(test)]
@@ -118,6 +131,38 @@ mod tests {
         assert!(check_attributes(&deeper).unwrap_err().contains("32"));
         let big = json!({"a": "x".repeat(MAX_ATTRIBUTES_BYTES)});
         assert!(check_attributes(&big).unwrap_err().contains("16384"));
+    }
+
+    #[test]
+    fn whole_numbers_accept_integral_floats_and_refuse_everything_else() {
+        let max = u64::from(u32::MAX);
+        assert_eq!(whole_number(&json!(5), 1, max), Some(5));
+        assert_eq!(whole_number(&json!(5.0), 1, max), Some(5));
+        assert_eq!(whole_number(&json!(u32::MAX), 1, max), Some(max));
+        assert_eq!(whole_number(&json!(4_294_967_295.0), 1, max), Some(max));
+        for bad in [
+            json!(0),
+            json!(-0.0),
+            json!(-1),
+            json!(2.5),
+            json!(u64::from(u32::MAX) + 1),
+            json!(4_294_967_296.0),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(1e300),
+            json!(5e-324),
+            json!("5"),
+            json!(true),
+            json!(null),
+        ] {
+            assert_eq!(whole_number(&bad, 1, max), None, "{bad} should be refused");
+        }
+        assert_eq!(whole_number(&json!(u64::MAX), 0, u64::MAX), Some(u64::MAX));
+        // 2^64 as f64 is above every u64, though `u64::MAX as f64` rounds to it.
+        assert_eq!(
+            whole_number(&json!(18_446_744_073_709_551_616.0), 0, u64::MAX),
+            None
+        );
     }
 
     #[test]

@@ -128,12 +128,17 @@ pub struct Cohort {
 }
 
 impl Cohort {
+    /// Assigned plus pending. The counts come from the store and a capacity
+    /// may be u32::MAX, so the sum saturates instead of overflowing.
     pub fn members(&self) -> u32 {
-        self.assigned + self.pending
+        self.assigned.saturating_add(self.pending)
     }
 
     fn has_room_for(&self, n: u32) -> bool {
-        self.capacity.is_none_or(|c| self.members() + n <= c)
+        // In u64: members + n can pass u32::MAX.
+        self.capacity.is_none_or(|c| {
+            u64::from(self.assigned) + u64::from(self.pending) + u64::from(n) <= u64::from(c)
+        })
     }
 }
 
@@ -331,7 +336,8 @@ impl Work<'_> {
     /// A new cohort for a group without a target: `"<group name> #<n>"`.
     fn create_for_group(&mut self, group: &str) -> String {
         let made = self.group_cohorts.entry(group.to_owned()).or_default();
-        *made += 1;
+        // The count comes from the store; it only names the cohort.
+        *made = made.saturating_add(1);
         let n = *made;
 
         let cohort = Cohort {
@@ -384,14 +390,14 @@ pub fn plan(
     let mut pool: Vec<String> = Vec::with_capacity(waiting.len() + calls.len());
 
     // 1. Timeouts, before anything else sees the pool.
-    let timeout = study.routing.and_then(|r| r.config.wait_timeout_seconds);
+    let cutoff = study.routing.and_then(|r| r.config.waiting_cutoff(now));
     let fallback = study
         .routing
         .and_then(|r| r.config.fallback_cohort.as_ref())
         .map(|k| k.as_str().to_owned());
     for p in waiting {
-        let overdue = match (timeout, p.waiting_since) {
-            (Some(t), Some(since)) => now - since >= time::Duration::seconds(t as i64),
+        let overdue = match (cutoff, p.waiting_since) {
+            (Some(cutoff), Some(since)) => since <= cutoff,
             _ => false,
         };
         let p = if !overdue {
@@ -420,7 +426,11 @@ pub fn plan(
             (_, None) => Err(Refusal::NotFound),
             (Operation::Route, Some(mut p)) if p.status == Status::New => {
                 p.waiting_since = Some(now);
-                p.wait_seq = seq * MAX_CALLS as i64 + index as i64;
+                // `seq` comes from the store: saturate rather than overflow
+                // (no store reaches 2^53 routing transactions).
+                p.wait_seq = seq
+                    .saturating_mul(MAX_CALLS as i64)
+                    .saturating_add(index as i64);
                 let p = work.change(p, Status::Waiting, Reason::Routed);
                 pool.push(p.id.clone());
                 known.insert(p.id.clone(), p);
@@ -488,7 +498,8 @@ fn form_groups(
     let mut alias_members: HashMap<String, u64> = HashMap::new();
     for c in &work.cohorts {
         if let Some(a) = &c.alias {
-            *alias_members.entry(a.clone()).or_default() += u64::from(c.members());
+            let members = alias_members.entry(a.clone()).or_default();
+            *members = members.saturating_add(u64::from(c.assigned) + u64::from(c.pending));
         }
     }
     let attributes: Vec<&Value> = pool
@@ -500,7 +511,7 @@ fn form_groups(
     let mut formed = vec![false; pool.len()];
     for formation in formations {
         let group = &routing.config.groups[formation.group];
-        let size = formation.seats.len() as u32;
+        let size = u32::try_from(formation.seats.len()).unwrap_or(u32::MAX);
         let cohort = match &group.target_cohort {
             Some(alias) => work.join(alias.as_str(), size),
             None => work.create_for_group(&group.name),
@@ -836,6 +847,66 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    /// Counts and sequence numbers come from the store; at their limits
+    /// they must neither overflow nor panic.
+    #[test]
+    fn store_counts_at_their_limits_do_not_overflow() {
+        let lab = Lab::new(json!({
+            "cohorts": [{"alias": "arm", "capacity": u32::MAX}],
+            "routing": {"wait_timeout_seconds": 31_536_000, "groups": [
+                {"name": "to arm", "target_cohort": "arm", "composition": [{"id": "any", "min_count": 1, "max_count": 1}]},
+                {"name": "free", "composition": [{"id": "any", "min_count": 1, "max_count": 1}]}]}}));
+        let mut full = lab.cohorts.clone();
+        full[0].assigned = u32::MAX;
+        full[0].pending = u32::MAX;
+        let person = |id: &str| Participant {
+            id: id.to_owned(),
+            status: Status::New,
+            attributes: json!({}),
+            cohort_id: None,
+            group: None,
+            entry: None,
+            waiting_since: None,
+            wait_seq: 0,
+            updated_at: T0,
+        };
+        let state = State {
+            now: T0,
+            seq: i64::MAX,
+            cohorts: full,
+            group_cohorts: HashMap::from([("free".to_owned(), u32::MAX)]),
+            waiting: vec![Participant {
+                status: Status::Waiting,
+                // Waiting since the earliest time there is: overdue, and
+                // the subtraction must not underflow.
+                waiting_since: Some(time::PrimitiveDateTime::MIN.assume_utc()),
+                ..person("old")
+            }],
+            subjects: vec![person("p")],
+        };
+        let study = Study {
+            routing: Some(&lab.routing),
+            cohorts: &lab.defs,
+        };
+        let mut n = 0;
+        let changes = plan(
+            &study,
+            state,
+            &[("p".to_owned(), Operation::Route)],
+            &mut || {
+                n += 1;
+                format!("gen-{n}")
+            },
+        );
+        let p = changes.answers[0].clone().unwrap();
+        assert_eq!(p.status, Status::Assigned);
+        // The defined cohort is full at u32::MAX members: an overflow is made.
+        assert_eq!(p.cohort_id.as_deref(), Some("gen-1"));
+        assert_eq!(p.wait_seq, i64::MAX);
+        let old = changes.participants.iter().find(|x| x.id == "old").unwrap();
+        assert_eq!(old.status, Status::TimedOut);
     }
 
     use proptest::prelude::*;

@@ -57,8 +57,8 @@ pub fn form_all(
             taken[seat.member] = true;
         }
         if let Some(alias) = &groups[formation.group].target_cohort {
-            *alias_members.entry(alias.as_str().to_owned()).or_default() +=
-                formation.seats.len() as u64;
+            let members = alias_members.entry(alias.as_str().to_owned()).or_default();
+            *members = members.saturating_add(formation.seats.len() as u64);
         }
         formations.push(formation);
     }
@@ -121,8 +121,11 @@ fn next(
     let mut seats: Vec<Seat> = Vec::new();
     let mut extras: Vec<Seat> = Vec::new();
     for (entry, (def, list)) in group.composition.iter().zip(&lists).enumerate() {
-        let min = def.min_count as usize;
-        let max = (def.max_count as usize).min(list.len());
+        // The group is ready, so every list holds at least its min_count;
+        // the bounds are clamped anyway so that a config built by hand (min
+        // above max, counts up to u32::MAX) cannot make a slice panic.
+        let min = (def.min_count as usize).min(list.len());
+        let max = (def.max_count as usize).clamp(min, list.len());
         seats.extend(list[..min].iter().map(|&member| Seat { member, entry }));
         extras.extend(list[min..max].iter().map(|&member| Seat { member, entry }));
     }
@@ -204,6 +207,35 @@ mod tests {
         assert_eq!(groups, vec![1, 0, 1, 0]);
         assert_eq!(members["x"], 3);
         assert_eq!(members["y"], 2);
+    }
+
+    #[test]
+    fn counts_at_u32_max_neither_overflow_nor_form_a_group_too_soon() {
+        let (routing, cohorts) = setup(json!({
+            "cohorts": [{"alias": "big", "capacity": u32::MAX}],
+            "routing": {"balance": true, "groups": [
+                {"name": "never", "composition": [{"id": "a", "min_count": u32::MAX, "max_count": u32::MAX}]},
+                {"name": "all", "target_cohort": "big", "composition": [{"id": "a", "min_count": 1, "max_count": u32::MAX}]}]}}));
+        let pool = scores(&[1, 2, 3]);
+        let refs: Vec<&Value> = pool.iter().collect();
+        let mut members = HashMap::from([("big".to_owned(), u64::MAX - 1)]);
+        let formed = form_all(&routing, &cohorts, &refs, &mut members);
+        assert_eq!(formed.len(), 1);
+        assert_eq!(formed[0].group, 1);
+        assert_eq!(formed[0].seats.len(), 3);
+        assert_eq!(members["big"], u64::MAX);
+    }
+
+    #[test]
+    fn a_hand_built_config_with_min_above_max_cannot_make_the_matcher_panic() {
+        let (mut routing, cohorts) = setup(mixed());
+        routing.config.groups[0].composition[0].min_count = 3;
+        routing.config.groups[0].composition[0].max_count = 1;
+        let pool = scores(&[8, 9, 10, 1, 2]);
+        let refs: Vec<&Value> = pool.iter().collect();
+        let formed = form_all(&routing, &cohorts, &refs, &mut HashMap::new());
+        assert_eq!(formed.len(), 1);
+        assert_eq!(formed[0].seats.len(), 5);
     }
 
     /// A random routing config: up to three groups of up to three entries

@@ -11,10 +11,12 @@ pub mod matching;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use time::{Duration, OffsetDateTime};
 
 use super::condition::{self, Condition};
 use super::flag::reject_unknown_at;
 use super::ids::Key;
+use super::limits;
 use super::problem::{pointer, Problem};
 
 /// A cohort defined in the experiment document.
@@ -40,8 +42,25 @@ pub struct VariableDef {
 pub struct RoutingConfig {
     pub groups: Vec<GroupDef>,
     pub balance: bool,
+    /// Whole seconds from 1 to [`limits::MAX_DURATION_SECONDS`] once parsed;
+    /// [`RoutingConfig::waiting_cutoff`] is the overflow-free way to use it.
     pub wait_timeout_seconds: Option<u64>,
     pub fallback_cohort: Option<Key>,
+}
+
+impl RoutingConfig {
+    /// The `waiting_since` at or before which a waiting participant is
+    /// overdue at `now`; `None` when nobody can be (no timeout, or one that
+    /// reaches back before the earliest representable time).
+    ///
+    /// Parsing keeps the timeout within a year, but the field is public and
+    /// the arithmetic must not panic whatever it holds: the subtraction is
+    /// checked, never `now - Duration` (which panics out of range) nor
+    /// `u64 as i64` (which turned u64::MAX into -1 second: everyone overdue).
+    pub fn waiting_cutoff(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let seconds = i64::try_from(self.wait_timeout_seconds?).ok()?;
+        now.checked_sub(Duration::seconds(seconds))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -165,19 +184,25 @@ fn optional_key(
     }
 }
 
+/// A count (`capacity`, `min_count`, `max_count`): a whole number from 1 to
+/// u32::MAX, which is what the store and the matcher hold.
 fn count(
     map: &Map<String, Value>,
     field: &str,
     at: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<u32> {
-    match map.get(field).and_then(Value::as_u64) {
-        Some(n) if (1..=u64::from(u32::MAX)).contains(&n) => Some(n as u32),
-        _ => {
-            problems.push(Problem::new(pointer(at, field), "must be an integer >= 1"));
-            None
-        }
+    let parsed = map
+        .get(field)
+        .and_then(|v| limits::whole_number(v, 1, u64::from(u32::MAX)))
+        .and_then(|n| u32::try_from(n).ok());
+    if parsed.is_none() {
+        problems.push(Problem::new(
+            pointer(at, field),
+            format!("must be a whole number from 1 to {}", u32::MAX),
+        ));
     }
+    parsed
 }
 
 fn objects<'a>(
@@ -344,12 +369,12 @@ pub fn parse_routing(
     };
     let wait_timeout_seconds = match map.get("wait_timeout_seconds") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 => Some(n),
-            _ => {
+        Some(v) => match limits::duration_seconds(v) {
+            Ok(seconds) => Some(seconds),
+            Err(e) => {
                 problems.push(Problem::new(
                     "/routing/wait_timeout_seconds",
-                    "must be an integer >= 1, or null for no timeout",
+                    format!("{e}, or null for no timeout"),
                 ));
                 None
             }
@@ -509,6 +534,105 @@ mod tests {
             "skeptic"
         );
         assert_eq!(resolve_variables(&variables, None)["persona"], "control");
+    }
+
+    fn one_group(routing: Value) -> Value {
+        let mut routing = routing;
+        routing["groups"] =
+            json!([{"name": "g", "composition": [{"id": "e", "min_count": 1, "max_count": 1}]}]);
+        json!({ "routing": routing })
+    }
+
+    #[test]
+    fn wait_timeouts_are_whole_seconds_up_to_a_year() {
+        for (given, want) in [
+            (json!(1), 1),
+            (json!(600), 600),
+            (json!(600.0), 600),
+            (json!(31_536_000), 31_536_000),
+        ] {
+            let (_, _, routing) =
+                parse(one_group(json!({ "wait_timeout_seconds": given }))).unwrap();
+            assert_eq!(routing.unwrap().wait_timeout_seconds, Some(want));
+        }
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(0.5),
+            json!(600.5),
+            json!(31_536_001),
+            json!(1_000_000_000_000u64),
+            json!(u64::MAX),
+            json!(1e300),
+            json!("600"),
+            json!([600]),
+        ] {
+            assert_eq!(
+                parse(one_group(json!({ "wait_timeout_seconds": bad }))).unwrap_err(),
+                vec!["/routing/wait_timeout_seconds"],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_reach_u32_max_and_no_further() {
+        let doc = |capacity: Value, min: Value, max: Value| {
+            json!({"cohorts": [{"alias": "a", "capacity": capacity}],
+                   "routing": {"groups": [{"name": "g", "target_cohort": "a",
+                       "composition": [{"id": "e", "min_count": min, "max_count": max}]}]}})
+        };
+        let (cohorts, _, routing) =
+            parse(doc(json!(u32::MAX), json!(u32::MAX), json!(u32::MAX))).unwrap();
+        assert_eq!(cohorts[0].capacity, Some(u32::MAX));
+        assert_eq!(
+            routing.unwrap().groups[0].composition[0].min_count,
+            u32::MAX
+        );
+        let (_, _, routing) = parse(doc(json!(3.0), json!(1.0), json!(2))).unwrap();
+        assert_eq!(routing.unwrap().groups[0].composition[0].max_count, 2);
+        for bad in [
+            json!(u64::from(u32::MAX) + 1),
+            json!(u64::MAX),
+            json!(1e300),
+            json!(2.5),
+            json!(-1),
+            json!(0),
+            json!("3"),
+        ] {
+            let problems = parse(doc(bad.clone(), bad.clone(), bad.clone())).unwrap_err();
+            assert_eq!(
+                problems,
+                vec![
+                    "/cohorts/0/capacity",
+                    "/routing/groups/0/composition/0/min_count",
+                    "/routing/groups/0/composition/0/max_count",
+                ],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_waiting_cutoff_never_overflows() {
+        let now = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let config = |t: Option<u64>| RoutingConfig {
+            groups: Vec::new(),
+            balance: false,
+            wait_timeout_seconds: t,
+            fallback_cohort: None,
+        };
+        assert_eq!(config(None).waiting_cutoff(now), None);
+        assert_eq!(
+            config(Some(60)).waiting_cutoff(now),
+            Some(now - Duration::seconds(60))
+        );
+        // Only parsing keeps these out; built by hand they mean "never".
+        for t in [1_000_000_000_000, i64::MAX as u64, u64::MAX] {
+            assert_eq!(config(Some(t)).waiting_cutoff(now), None, "{t}");
+        }
+        let earliest = time::PrimitiveDateTime::MIN.assume_utc();
+        assert_eq!(config(Some(1)).waiting_cutoff(earliest), None);
     }
 
     #[test]
