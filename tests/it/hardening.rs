@@ -515,13 +515,16 @@ async fn the_worst_allowed_requests_leave_the_probes_answering(backend: Backend)
     let list: Vec<u32> = (0..10_000).collect();
     app.put(
         "/v1/flags/heavy",
-        json!({"rules": [{"condition": {"tags": {"$nin": list.clone()}, "ids": {"$all": list[..5000].to_vec()}}, "rollout": 100}]}),
+        json!({"rules": [{"condition": {"tags": {"$nin": list.clone()}, "ids": {"$all": list[..1300].to_vec()}}, "rollout": 100}]}),
     )
     .await
     .expect(201);
     // As many numbers as 16 KiB of attributes hold.
+    // Every tag passes the `$nin` (none is listed) and every listed id is
+    // present, so both operators do all their work.
     let tags: Vec<u32> = (20_000..21_300).collect();
-    let body = json!({"org_id": 1, "attributes": {"tags": tags, "ids": tags}});
+    let ids: Vec<u32> = (0..1_300).collect();
+    let body = json!({"org_id": 1, "attributes": {"tags": tags, "ids": ids}});
     assert!(serde_json::to_string(&body["attributes"]).unwrap().len() <= 16 * 1024);
     let app = Arc::new(app);
     let heavy: Vec<_> = (0..16)
