@@ -16,10 +16,15 @@
 //! reference implementation is JavaScript and its cross-SDK cases encode them.
 //!
 //! Bounded work (contract §1): [`validate`] refuses conditions over
-//! [`limits::MAX_CONDITION_BYTES`] and `$in`-style lists over
-//! [`limits::MAX_LIST_ENTRIES`]. Membership (`$in`, `$nin`, `$ini`, `$nini`)
-//! and the literal tests of `$all`/`$alli` are set lookups, so their cost is
-//! the list plus the attribute array, not their product.
+//! [`limits::MAX_CONDITION_BYTES`], `$in`-style lists over
+//! [`limits::MAX_LIST_ENTRIES`], and patterns that together compile to more
+//! than [`limits::MAX_CONDITION_PATTERN_BYTES`]. Membership (`$in`, `$nin`,
+//! `$ini`, `$nini`) and the literal tests of `$all`/`$alli` are set lookups,
+//! and version operators stop at the first difference, so their cost is the
+//! operand plus the attribute, not their product. What remains proportional
+//! to condition × attributes is inherent in the language: every clause may
+//! look at every item of an array attribute (`$elemMatch`, the operator tests
+//! of `$all`, many clauses on one array).
 
 use std::borrow::Cow;
 use std::cmp::Ordering;

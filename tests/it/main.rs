@@ -12,6 +12,7 @@ mod binary;
 mod conformance;
 mod experiments;
 mod flags;
+mod generated_documents;
 mod hardening;
 mod hash_vectors;
 mod observability;
