@@ -740,7 +740,13 @@ macro_rules! impl_sql_store {
                     .collect();
                 let cutoff = match (scope.full_pool, scope.wait_timeout_seconds) {
                     (true, _) => None,
-                    (false, Some(t)) => Some(now - time::Duration::seconds(i64::try_from(t).unwrap_or(i64::MAX))),
+                    // A timeout too long to subtract makes nobody overdue.
+                    (false, Some(t)) => Some(
+                        i64::try_from(t)
+                            .ok()
+                            .and_then(|t| now.checked_sub(time::Duration::seconds(t)))
+                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    ),
                     (false, None) => Some(OffsetDateTime::UNIX_EPOCH),
                 };
                 let waiting_rows: Vec<ParticipantRow> = match cutoff {

@@ -42,8 +42,10 @@ pub struct VariableDef {
 pub struct RoutingConfig {
     pub groups: Vec<GroupDef>,
     pub balance: bool,
-    /// Whole seconds from 1 to [`limits::MAX_DURATION_SECONDS`] once parsed;
-    /// [`RoutingConfig::waiting_cutoff`] is the overflow-free way to use it.
+    // Parsed to whole seconds from 1 to one year; `waiting_cutoff` below is
+    // the overflow-free way to use it.
+    /// A participant waiting longer than this many seconds (1 to 31536000)
+    /// goes to the fallback cohort, or to `timed_out`; null waits forever.
     pub wait_timeout_seconds: Option<u64>,
     pub fallback_cohort: Option<Key>,
 }
