@@ -126,6 +126,21 @@ fn short_name(mut i: usize) -> String {
     String::from_utf8(out).expect("ascii")
 }
 
+/// The condition `make(n)` for the largest `n` that validation accepts
+/// (within the size and evaluation-work limits), found by bisection.
+fn largest(make: impl Fn(usize) -> Value) -> Value {
+    let (mut ok, mut refused) = (1, 100_000);
+    while refused - ok > 1 {
+        let mid = (ok + refused) / 2;
+        if condition::validate(&make(mid), "").is_empty() {
+            ok = mid;
+        } else {
+            refused = mid;
+        }
+    }
+    make(ok)
+}
+
 /// (name, condition, attributes): each the worst input for one operator
 /// that the limits allow. Every one ends with a full scan: no early exit.
 fn worst_conditions() -> Vec<(&'static str, Value, Value)> {
@@ -141,6 +156,8 @@ fn worst_conditions() -> Vec<(&'static str, Value, Value)> {
         Value::Array(items)
     };
     let and = |clause: Value, n: usize| json!({"$and": copies(clause, n)});
+    // The most clauses the limits (size and evaluation work) let through.
+    let and_at_limit = |clause: Value| largest(|n| and(clause.clone(), n));
     vec![
         (
             "nin_10k_numbers_vs_8k_numbers",
@@ -163,24 +180,26 @@ fn worst_conditions() -> Vec<(&'static str, Value, Value)> {
             json!({"a": letters(json!("x"))}),
         ),
         (
-            "all_5900_operator_tests_vs_8k_numbers",
-            json!({"a": {"$all": copies(json!({"$gt": 0}), 5900)}}),
+            "all_operator_tests_at_the_limit_vs_8k_numbers",
+            largest(|n| json!({"a": {"$all": copies(json!({"$gt": 0}), n)}})),
             json!({"a": zeros(json!(1))}),
         ),
         (
-            "and_of_3000_nin_clauses_vs_8k_numbers",
-            and(json!({"a": {"$nin": [1]}}), 3000),
+            "and_of_nin_clauses_at_the_limit_vs_8k_numbers",
+            and_at_limit(json!({"a": {"$nin": [1]}})),
             json!({"a": zeros(json!(0))}),
         ),
         (
             // A field next to `$or` makes it a condition, not an operator test.
-            "elem_match_or_of_5500_vs_2000_objects",
-            json!({"a": {"$elemMatch": {"b": {"$exists": true}, "$or": (1..5500).map(|k| json!({"b": k})).collect::<Vec<_>>()}}}),
+            "elem_match_or_at_the_limit_vs_2000_objects",
+            largest(
+                |n| json!({"a": {"$elemMatch": {"b": {"$exists": true}, "$or": (1..=n).map(|k| json!({"b": k})).collect::<Vec<_>>()}}}),
+            ),
             json!({"a": copies(json!({"b": 0}), 2000)}),
         ),
         (
-            "and_of_2700_version_tests_vs_16k_version",
-            and(json!({"v": {"$vlt": "2.0.0"}}), 2700),
+            "and_of_version_tests_at_the_limit_vs_16k_version",
+            and_at_limit(json!({"v": {"$vlt": "2.0.0"}})),
             json!({"v": "1.".repeat(8000)}),
         ),
         (
@@ -219,6 +238,28 @@ fn conditions(c: &mut Criterion) {
     });
     group.bench_function("compile_2300_unicode_word_patterns", |b| {
         b.iter(|| black_box(Condition::compile(&heavy)))
+    });
+    // A whole flag at the evaluation-work limit: every rule scans the
+    // largest array and none matches, so an evaluation tries them all.
+    let scan = json!({"a": {"$elemMatch": {"$gt": 1}}});
+    let flag =
+        |n: usize| json!({"rules": copies(json!({"condition": scan.clone(), "rollout": 100}), n)});
+    let (mut ok, mut refused) = (1, 10_000);
+    while refused - ok > 1 {
+        let mid = (ok + refused) / 2;
+        if FlagConfig::parse(&flag(mid)).is_ok() {
+            ok = mid;
+        } else {
+            refused = mid;
+        }
+    }
+    let heavy_flag = FlagConfig::parse(&flag(ok))
+        .expect("within the limits")
+        .compile();
+    let attributes = json!({"org_id": "1", "a": (0..8180).map(|_| json!(0)).collect::<Vec<_>>()});
+    limits::check_attributes(&attributes).expect("within the limits");
+    group.bench_function(format!("flag_of_{ok}_scanning_rules_at_the_limit"), |b| {
+        b.iter(|| black_box(heavy_flag.evaluate("k", "1", None, &attributes)))
     });
     group.finish();
 }

@@ -413,7 +413,28 @@ pub fn validate(value: &Value, path: &str) -> Vec<Problem> {
         Value::Object(map) => validate_condition(map, path, &mut out),
         _ => out.push(Problem::new(path, "a condition must be a JSON object")),
     }
+    if out.problems.is_empty() {
+        if let Err(problem) = check_cost(&Condition::compile(value).cost(), path) {
+            out.push(problem);
+        }
+    }
     out.problems
+}
+
+/// Refuses work over [`limits::MAX_EVALUATION_COST`] at `path`, naming the
+/// limit: for one condition, or for the conditions of a document together.
+pub fn check_cost(cost: &u64, path: &str) -> Result<(), Problem> {
+    if *cost <= limits::MAX_EVALUATION_COST {
+        return Ok(());
+    }
+    Err(Problem::new(
+        path,
+        format!(
+            "could take {cost} steps to evaluate against the largest allowed attributes; \
+             the limit is {} (use fewer $elemMatch, $all or $in over arrays, or fewer conditions)",
+            limits::MAX_EVALUATION_COST
+        ),
+    ))
 }
 
 /// What validation collects as it walks a condition.
@@ -707,6 +728,97 @@ fn compile_op(op: &str, arg: &Value, budget: &mut usize) -> Op {
             _ => Op::Never,
         },
         _ => Op::Never,
+    }
+}
+
+// ---------------------------------------------------------------- cost
+
+/// Items the attributes can hold within their size limit (`[0,0,…]`), in
+/// all their arrays together.
+const MAX_ITEMS: u64 = (limits::MAX_ATTRIBUTES_BYTES / 2) as u64;
+/// A test that may stringify or compare a whole value (of up to 16 KiB, or
+/// the items of one array together) costs this much beyond its visits, at
+/// about 64 bytes read for the time of one visit.
+const WHOLE_VALUE: u64 = (limits::MAX_ATTRIBUTES_BYTES / 64) as u64;
+
+impl Condition {
+    /// An upper bound on the work of one evaluation against the largest
+    /// attributes §1 allows, in visits (one test of one value or array item,
+    /// tens of nanoseconds at worst). Bounding it when a condition is stored
+    /// bounds every evaluation, whatever the attributes.
+    ///
+    /// The model: a test outside any array scan runs once; inside one
+    /// (`$elemMatch`, the non-literal tests of `$all`, and `$in` over an
+    /// array attribute) it may run once per item, and the items of all the
+    /// attributes' arrays together are at most [`MAX_ITEMS`], however they
+    /// nest. A test that reads a whole value reads at most the attributes'
+    /// bytes in all, once per test.
+    pub fn cost(&self) -> u64 {
+        self.cost_in(false)
+    }
+
+    fn cost_in(&self, scanning: bool) -> u64 {
+        sum(&self.clauses, |c| c.cost(scanning))
+    }
+}
+
+fn sum<T>(items: &[T], cost: impl Fn(&T) -> u64) -> u64 {
+    items
+        .iter()
+        .fold(0u64, |sum, item| sum.saturating_add(cost(item)))
+}
+
+/// One visit of a test: once, or once per item inside an array scan.
+fn visit(scanning: bool) -> u64 {
+    if scanning {
+        MAX_ITEMS
+    } else {
+        1
+    }
+}
+
+impl Clause {
+    fn cost(&self, scanning: bool) -> u64 {
+        let here = visit(scanning);
+        match self {
+            Clause::Or(list) | Clause::Nor(list) | Clause::And(list) => {
+                sum(list, |c| c.cost_in(scanning)).saturating_add(here)
+            }
+            Clause::Not(inner) => inner.cost_in(scanning).saturating_add(here),
+            Clause::Never => here,
+            Clause::Field { test, .. } => test.cost(scanning).saturating_add(here),
+        }
+    }
+}
+
+impl Test {
+    fn cost(&self, scanning: bool) -> u64 {
+        let here = visit(scanning);
+        match self {
+            Test::Bool(_) | Test::Null => here,
+            Test::Str(_) | Test::Num(_) | Test::Literal(_) => here.saturating_add(WHOLE_VALUE),
+            Test::Ops(ops) => sum(ops, |op| op.cost(scanning)),
+        }
+    }
+}
+
+impl Op {
+    fn cost(&self, scanning: bool) -> u64 {
+        let here = visit(scanning);
+        match self {
+            Op::Exists(_) | Op::Type(_) | Op::Never | Op::Eq(_) | Op::Ne(_) => here,
+            Op::Version(..) | Op::Compare(..) | Op::Regex(_) => here.saturating_add(WHOLE_VALUE),
+            // One set lookup per item of an array attribute.
+            Op::In { .. } => MAX_ITEMS.saturating_add(here),
+            Op::Not(test) | Op::Size(test) => test.cost(scanning).saturating_add(here),
+            Op::ElemMatch(ElemMatch::Value(test)) => MAX_ITEMS.saturating_add(test.cost(true)),
+            Op::ElemMatch(ElemMatch::Object(condition)) => {
+                MAX_ITEMS.saturating_add(condition.cost_in(true))
+            }
+            // The literal tests are answered in one pass over the items;
+            // every other test may visit every item.
+            Op::All(all) => MAX_ITEMS.saturating_add(sum(&all.others, |t| t.cost(true))),
+        }
     }
 }
 
@@ -1160,6 +1272,39 @@ mod tests {
 
     fn check(cond: Value, attrs: Value) -> bool {
         Condition::compile(&cond).matches(&attrs)
+    }
+
+    #[test]
+    fn ordinary_conditions_cost_little_and_array_scans_cost_their_items() {
+        let cost = |c: Value| Condition::compile(&c).cost();
+        assert_eq!(cost(json!({})), 0);
+        assert!(cost(json!({"plan": "business"})) < 1_000);
+        assert!(cost(json!({"plan": {"$in": ["business", "enterprise"]}})) < 10_000);
+        // A scan multiplies the tests inside it by the items, once however
+        // deep it nests (the items of all arrays together are bounded).
+        let one = cost(json!({"tags": {"$elemMatch": {"$gt": 5}}}));
+        let nested = cost(json!({"tags": {"$elemMatch": {"$elemMatch": {"$gt": 5}}}}));
+        assert!(one > MAX_ITEMS && one < 3 * MAX_ITEMS, "{one}");
+        assert!(nested < 4 * MAX_ITEMS, "{nested}");
+    }
+
+    #[test]
+    fn a_condition_over_the_work_limit_is_refused_naming_it() {
+        let scans: Vec<Value> = (0..300)
+            .map(|i| json!({format!("f{i}"): {"$elemMatch": {"$gt": i}}}))
+            .collect();
+        let problems = validate(&json!({"$and": scans}), "/condition");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "/condition");
+        assert!(
+            problems[0].message.contains("2000000"),
+            "{}",
+            problems[0].message
+        );
+        let fewer: Vec<Value> = (0..100)
+            .map(|i| json!({format!("f{i}"): {"$elemMatch": {"$gt": i}}}))
+            .collect();
+        assert!(validate(&json!({"$and": fewer}), "/condition").is_empty());
     }
 
     #[test]

@@ -91,6 +91,13 @@ impl FlagConfig {
             Some(_) => problems.push(Problem::new("/rules", "must be an array of rules")),
         }
         if problems.is_empty() {
+            // An evaluation may try every rule: their work is bounded together.
+            let cost = total_cost(rules.iter().filter_map(|r| r.condition.as_ref()));
+            if let Err(problem) = condition::check_cost(&cost, "/rules") {
+                problems.push(problem);
+            }
+        }
+        if problems.is_empty() {
             Ok(Self {
                 description,
                 enabled,
@@ -177,6 +184,14 @@ fn parse_rule(item: &Value, at: &str, problems: &mut Vec<Problem>) -> Option<Rul
 /// exactly the f64 that the two-decimal literal parses to.
 fn hundredths(rollout: f64) -> f64 {
     (rollout * 100.0).round() / 100.0 + 0.0
+}
+
+/// The work of evaluating every one of `conditions` once (see
+/// [`Condition::cost`]).
+pub(crate) fn total_cost<'a>(conditions: impl Iterator<Item = &'a Value>) -> u64 {
+    conditions.fold(0u64, |sum, c| {
+        sum.saturating_add(Condition::compile(c).cost())
+    })
 }
 
 /// Adds a problem for every field of `map` not in `known`.

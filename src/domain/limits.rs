@@ -24,6 +24,12 @@ pub const MAX_PATTERN_BYTES: usize = 1 << 20;
 /// compiled regular expressions (a pattern's length says little about its
 /// compiled size: the 7 bytes `\w{20}` take a megabyte).
 pub const MAX_CONDITION_PATTERN_BYTES: usize = 4 << 20;
+/// The conditions of one document (a flag's rules; an experiment's routing
+/// compositions), together: at most this much work per evaluation against
+/// the largest allowed attributes, in item visits (see
+/// `Condition::cost`). About 50 ms on a slow core at worst; ordinary
+/// conditions cost a few to a few thousand.
+pub const MAX_EVALUATION_COST: u64 = 2_000_000;
 /// Any request body: at most this many levels of nesting. Deeper documents
 /// are refused while they are parsed, before anything recurses over them.
 pub const MAX_BODY_DEPTH: usize = 64;

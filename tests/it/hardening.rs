@@ -491,6 +491,30 @@ async fn the_limits_of_bounded_work_are_enforced_and_named(backend: Backend) {
         .contains("65536"));
     app.get("/v1/flags/g").await.expect_error(404, "not_found");
 
+    // Conditions each within the limits, whose work together is not: a flag
+    // may try every rule, matching may try every composition entry.
+    let scan = json!({"tags": {"$elemMatch": {"$gt": 1}}});
+    let rules: Vec<Value> = (0..300)
+        .map(|_| json!({"condition": scan, "rollout": 100}))
+        .collect();
+    let answer = app
+        .put("/v1/flags/g", json!({"rules": rules}))
+        .await
+        .expect_error(422, "validation_failed");
+    assert_eq!(answer.detail_paths(), vec!["/rules"]);
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2000000"));
+    let groups: Vec<Value> = (0..300)
+        .map(|i| json!({"name": format!("g{i}"), "composition": [{"id": "x", "condition": scan, "min_count": 1, "max_count": 1}]}))
+        .collect();
+    let answer = app
+        .put("/v1/experiments/x", json!({"routing": {"groups": groups}}))
+        .await
+        .expect_error(422, "validation_failed");
+    assert_eq!(answer.detail_paths(), vec!["/routing/groups"]);
+
     // Nesting deeper than a body may go is refused with the limit named.
     let abyss = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let answer = app

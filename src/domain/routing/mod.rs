@@ -486,6 +486,18 @@ pub fn parse_routing(
             composition,
         });
     }
+    if problems.is_empty() {
+        // Matching may test a participant against every entry of every group.
+        let cost = super::flag::total_cost(
+            groups
+                .iter()
+                .flat_map(|g| &g.composition)
+                .filter_map(|e| e.condition.as_ref()),
+        );
+        if let Err(problem) = condition::check_cost(&cost, "/routing/groups") {
+            problems.push(problem);
+        }
+    }
     Some(RoutingConfig {
         groups,
         balance,
