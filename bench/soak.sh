@@ -11,7 +11,8 @@
 #   DURATION=30m RATE=500 bash bench/soak.sh
 #
 # The replicas' logs (warn level) stay in target/soak/ for the request ids
-# (soak-<n>) the driver quotes.
+# (soak-<n>) the driver quotes. Knobs: DURATION, RATE, SOAK_PORTS ("18291
+# 18292"), SOAK_BACKTRACE (0), BENCH_DATABASE_URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,8 +67,11 @@ trap 'exit 143' TERM
 
 psql "$PG" -q -c "CREATE SCHEMA $schema"
 url="$PG?options=-c%20search_path%3D$schema"
+# RUST_BACKTRACE off, as in the image: the first panic's backtrace would load
+# the binary's debug info (over 100 MiB of RSS, once) and blur the memory
+# figures. SOAK_BACKTRACE=1 brings it back to locate a panic.
 for i in "${!PORTS[@]}"; do
-    ALLOT_LISTEN=127.0.0.1:${PORTS[$i]} ALLOT_LOG_LEVEL=warn ALLOT_DATABASE_URL="$url" \
+    RUST_BACKTRACE=${SOAK_BACKTRACE:-0} ALLOT_LISTEN=127.0.0.1:${PORTS[$i]} ALLOT_LOG_LEVEL=warn ALLOT_DATABASE_URL="$url" \
         ./target/release/allot >"$logs/replica-$((i + 1)).log" 2>&1 &
     pids+=($!)
 done
