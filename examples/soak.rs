@@ -33,21 +33,27 @@
 //!   series come and go);
 //! - hostile (one third): U+0000 in ids, strings and object keys and `%00`
 //!   in URL ids, `1e400`, extreme weights, out-of-range durations, oversized
-//!   and overdeep attributes, `$nin` lists over the limit and at it, 100 000
-//!   `[`, bodies over 1 MiB, invalid JSON, wrong content types, odd `If-Match`
-//!   and `Authorization` headers, unknown routes and methods, bad query
-//!   strings, one participant registered 8 times at once, malformed requests
-//!   on raw TCP; each has its expected statuses (4xx, or 2xx where the input is
-//!   legal), and a 5xx is never expected;
+//!   and overdeep attributes, `$nin` lists over the limit and at it (the
+//!   latter against the largest attribute arrays, no entry matching: the
+//!   costliest legal evaluation), conditions over 64 KiB, 100 000 `[`, bodies
+//!   over 1 MiB and of exactly 1 MiB, invalid JSON, wrong content types, odd
+//!   `If-Match` and `Authorization` headers, unknown routes and methods, bad
+//!   query strings, one participant registered 8 times at once, malformed
+//!   requests on raw TCP; each has its expected statuses (4xx, or 2xx where
+//!   the input is legal), and a 5xx is never expected;
 //! - beside the rate, a few connections per second that send a partial
 //!   request head (or nothing, or one byte a second) and are then abandoned:
 //!   the server must close each within its `header_read_timeout_ms` (5 s).
+//!
+//! Operations start spaced by the requests each sends (an estimate per
+//! kind), so the request rate holds within a few percent whatever the mix.
 //!
 //! It prints a line every 60 s and a report at the end: requests by class
 //! and kind, statuses, every 5xx (the first few with request and body; the
 //! `x-request-id` it sent, `soak-<n>`, finds the cause in the replica's log),
 //! answers outside the expected statuses, transport errors, latency
-//! percentiles, and for each replica RSS, CPU and open descriptors before the
+//! percentiles (and the slowest kinds), the machine's load average, and for
+//! each replica RSS, CPU and open descriptors before the
 //! load, after the warm-up, at the end and once the connections have drained.
 //! It exits 1 if a 5xx was seen, a replica died, or an invariant broke (a
 //! registration answered 201 other than exactly once, a participant left
@@ -253,6 +259,7 @@ struct ClassStats {
     statuses: BTreeMap<u16, u64>,
     ms: Vec<f32>,
     window_ms: Vec<f32>,
+    kind_ms: BTreeMap<&'static str, Vec<f32>>,
 }
 
 #[derive(Default)]
@@ -436,6 +443,7 @@ impl Stats {
         *c.statuses.entry(status).or_default() += 1;
         c.ms.push(ms as f32);
         c.window_ms.push(ms as f32);
+        c.kind_ms.entry(kind).or_default().push(ms as f32);
     }
 }
 
@@ -722,10 +730,15 @@ async fn setup(ctx: &Ctx) -> Result<(), String> {
 
 /// Large bodies and attribute sets, built once.
 struct Big {
-    /// `{"tags": [...]}` just under the 16 KiB attributes limit.
-    max_tags: Value,
+    /// `{"tags": [...]}` just under the 16 KiB attributes limit, none of them
+    /// in the 10 000-entry lists: the worst case, every entry compared.
+    max_tags_miss: Value,
+    /// The same size, with entries that are in the lists (answered early).
+    max_tags_hit: Value,
     /// A `$nin` list of 10 001 entries: one over the limit.
     nin_over: Value,
+    /// A condition of 10 000 strings, ~180 KB: over the 64 KiB limit.
+    condition_over: Value,
     /// 100 000 `[`.
     brackets: Vec<u8>,
     /// 100 000 `[` then as many `]`: well-formed, far too deep.
@@ -743,13 +756,17 @@ struct Big {
 fn big() -> &'static Big {
     static BIG: OnceLock<Big> = OnceLock::new();
     BIG.get_or_init(|| {
-        let mut tags = Vec::new();
-        let mut i = 0u64;
-        // Stop a little short of 16 384: the server may count org_id in too.
-        while serde_json::to_string(&json!({ "tags": tags })).map_or(0, |s| s.len()) < 16_300 {
-            tags.push(json!(i * 7 % 20_000));
-            i += 1;
-        }
+        let max_tags = |value: fn(u64) -> u64| {
+            let mut tags = Vec::new();
+            let mut i = 0u64;
+            // Stop a little short of 16 384: the server may count org_id in too.
+            while serde_json::to_string(&json!({ "tags": tags })).map_or(0, |s| s.len()) < 16_300 {
+                tags.push(json!(value(i)));
+                i += 1;
+            }
+            json!({ "tags": tags })
+        };
+        let long_strings: Vec<String> = (0..10_000).map(|i| format!("value-{i:012}")).collect();
         let padded = |total: usize| {
             let head = br#"{"org_id": 1, "unit_id": "pr-1", "attributes": {"pad": ""#;
             let tail = br#""}}"#;
@@ -770,7 +787,9 @@ fn big() -> &'static Big {
         }
         chunked_over.extend_from_slice(b"0\r\n\r\n");
         Big {
-            max_tags: json!({ "tags": tags }),
+            max_tags_miss: max_tags(|i| 10_000 + i),
+            max_tags_hit: max_tags(|i| i * 7 % 20_000),
+            condition_over: json!({"rules": [{"name": "too big", "condition": {"tags": {"$in": long_strings}}, "rollout": 100}]}),
             nin_over: json!({"rules": [{"name": "too long", "condition": {"tags": {"$nin": (0..10_001).collect::<Vec<u32>>()}}, "rollout": 100}]}),
             brackets: vec![b'['; 100_000],
             brackets_closed: [vec![b'['; 100_000], vec![b']'; 100_000]].concat(),
@@ -842,7 +861,9 @@ const HOSTILE: &[(Op, f64, f64)] = &[
     (Op::RawNulInJson, 1.0, 1.0),
     (Op::Overflow, 1.5, 1.0),
     (Op::ExtremeWeights, 1.0, 3.0),
-    (Op::HugeDuration, 1.0, 1.0),
+    // One request if refused (422); eight when the server stores the study
+    // and the driver goes on with it, as it does for half the values today.
+    (Op::HugeDuration, 1.0, 4.6),
     (Op::AttrsTooBig, 1.0, 1.0),
     (Op::AttrsTooDeep, 1.0, 1.0),
     (Op::NinOverLimit, 0.5, 1.0),
@@ -1366,18 +1387,37 @@ async fn hostile(ctx: &Ctx, op: Op, rng: &mut Rng, r: usize) {
             }
             .expect(&[422])
         }
-        Op::NinOverLimit => Req::hostile("nin_over_limit", Method::PUT, "/v1/flags/soak:nin-over")
-            .json(&big().nin_over)
-            .expect(&[422]),
+        Op::NinOverLimit => {
+            // One fixed key and document each: should the server store one,
+            // the repeats are no-op writes and nothing piles up.
+            if rng.chance(0.5) {
+                Req::hostile(
+                    "nin_over_limit",
+                    Method::PUT,
+                    "/v1/flags/soak:nin-over-limit",
+                )
+                .json(&big().nin_over)
+            } else {
+                Req::hostile(
+                    "condition_over_64kib",
+                    Method::PUT,
+                    "/v1/flags/soak:condition-over-limit",
+                )
+                .json(&big().condition_over)
+            }
+            .expect(&[422])
+        }
         Op::BigNinEval => {
-            // Legal: 10 000-entry lists against ~3 000-entry arrays.
-            Req::hostile(
-                "big_nin_eval",
-                Method::POST,
-                format!("/v1/flags/{BIG_NIN}/evaluate"),
-            )
-            .json(&json!({"org_id": rng.below(1000), "attributes": big().max_tags}))
-            .expect(OK)
+            // Legal: 10 000-entry lists against ~2 700-entry arrays. Mostly the
+            // worst case (no entry in the list), sometimes an early hit.
+            let (kind, attributes) = if rng.chance(0.75) {
+                ("big_nin_eval.miss", &big().max_tags_miss)
+            } else {
+                ("big_nin_eval.hit", &big().max_tags_hit)
+            };
+            Req::hostile(kind, Method::POST, format!("/v1/flags/{BIG_NIN}/evaluate"))
+                .json(&json!({"org_id": rng.below(1000), "attributes": attributes}))
+                .expect(OK)
         }
         Op::DeepBrackets => {
             let b = big();
@@ -2269,7 +2309,7 @@ fn progress_line(ctx: &Ctx, watch: &Watch, now: f64, window: f64) {
         })
         .collect();
     println!(
-        "[{now:>4.0} s] {:.0} req/s (valid {}, hostile {} so far) | 5xx {} | unexpected {} | transport {} | shed {} | valid {valid} | hostile {hostile} | stalled open {} | {}",
+        "[{now:>4.0} s] {:.0} req/s (valid {}, hostile {} so far) | 5xx {} | unexpected {} | transport {} | shed {} | valid {valid} | hostile {hostile} | stalled open {} | {} | load {}",
         window_requests as f64 / window.max(1.0),
         s.class[0].requests,
         s.class[1].requests,
@@ -2278,8 +2318,17 @@ fn progress_line(ctx: &Ctx, watch: &Watch, now: f64, window: f64) {
         transport,
         s.shed,
         ctx.half_open_live.load(Ordering::Relaxed),
-        procs.join(" | ")
+        procs.join(" | "),
+        loadavg()
     );
+}
+
+/// The machine's load average: the replicas share the cores with whatever
+/// else runs, which the latency figures must be read against.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn counts<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
@@ -2335,6 +2384,26 @@ fn report(ctx: &Ctx, watch: &Watch, elapsed: f64, rate: f64) -> bool {
     let hostile = latency(&mut s.class[1].ms);
     println!("latency      valid   {valid}");
     println!("latency      hostile {hostile}");
+    // Where the tail comes from: the kinds with the highest p99.
+    let mut kinds: Vec<(f64, String)> = s
+        .class
+        .iter_mut()
+        .flat_map(|c| c.kind_ms.iter_mut())
+        .map(|(kind, ms)| {
+            ms.sort_by(f32::total_cmp);
+            let line = format!("{kind} ({}): {}", ms.len(), latency(ms));
+            (percentile(ms, 0.99), line)
+        })
+        .collect();
+    kinds.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!("slowest      by p99:");
+    for (_, line) in kinds.iter().take(8) {
+        println!("  {line}");
+    }
+    println!(
+        "load average {} at the end (machine-wide, 1/5/15 min)",
+        loadavg()
+    );
     s.half_open_closed_secs.sort_by(f32::total_cmp);
     println!(
         "stalled      {} opened; {} closed by the server after p50 {:.1} s, max {:.1} s; {} not closed within {} s; answers seen: {}",
