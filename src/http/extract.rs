@@ -13,6 +13,9 @@ use super::error::ApiError;
 use crate::domain::precondition::Precondition;
 use crate::engine::EngineError;
 
+/// How long a request body may take to arrive once its head has.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A JSON request body, as a value: the engine validates it and reports every
 /// problem with its JSON Pointer, which typed deserialisation cannot do. The
 /// rules of §1 that hold everywhere (no U+0000, no overflowing number, bounded
@@ -28,13 +31,24 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "the body must be JSON with content-type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large("the body is larger than the configured limit")
-            } else {
-                ApiError::bad_request(format!("the body could not be read: {}", r.body_text()))
-            }
-        })?;
+        // A client that announces a body and stalls is refused as its own
+        // fault, well before the request timeout would answer 503.
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                ApiError::bad_request(format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::payload_too_large("the body is larger than the configured limit")
+                } else {
+                    ApiError::bad_request(format!("the body could not be read: {}", r.body_text()))
+                }
+            })?;
         match super::body::parse(&bytes) {
             Ok(value) => Ok(Self(value)),
             Err(BodyError::Syntax(e)) => Err(ApiError::bad_request(format!(
@@ -91,7 +105,7 @@ fn reject_nul_in_url(part: &str, which: &str) -> Result<(), ApiError> {
     if part.contains("%00") {
         Err(EngineError::validation(
             "",
-            format!("the URL's {which} must not contain U+0000 (%00)"),
+            format!("must not contain U+0000 (%00) in its URL {which}"),
         )
         .into())
     } else {

@@ -749,7 +749,39 @@ async fn a_broken_stored_layout_is_detected_and_repaired(backend: Backend) {
     .expect(200);
 }
 
+/// A client that announces a body and stalls gets a 400 (its fault), not
+/// the request timeout's 503.
+async fn a_stalled_body_is_the_clients_fault(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_store, app) = start!(backend);
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/assign HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"items\": [",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The request timeout (10 s) would answer 503; the body's own bound comes first.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(9), async {
+        loop {
+            let n = stream.read(&mut buffer).await.unwrap_or(0);
+            answer.extend_from_slice(&buffer[..n]);
+            if n == 0 || answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to a stalled body");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
 on_both_stores!(
+    a_stalled_body_is_the_clients_fault,
     nul_is_refused_everywhere_with_a_pointer,
     numbers_at_the_edges_work_or_are_refused,
     the_limits_of_bounded_work_are_enforced_and_named,
