@@ -703,3 +703,64 @@ fn pointers_of_a_document_all_resolve() {
         assert!(doc.pointer(&p).is_some(), "{p}");
     }
 }
+
+/// Participant and assignment bodies made of arbitrary JSON, sent to the
+/// real server on both stores: each is answered (200, 201) or refused
+/// (422), never a 400 for valid JSON, never a 5xx; a registered
+/// participant can then be routed.
+async fn arbitrary_participant_and_assignment_bodies_are_answered_or_refused(
+    backend: crate::helpers::Backend,
+) {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let (_store, app) = crate::start!(backend);
+    app.put(
+        "/v1/experiments/g",
+        json!({"treatments": [{"name": "a", "weight": 1}], "sticky": true,
+               "cohorts": [{"alias": "c"}],
+               "routing": {"groups": [{"name": "g", "target_cohort": "c",
+                   "composition": [{"id": "x", "condition": {"score": {"$gte": 5}}, "min_count": 1, "max_count": 1}]}]}}),
+    )
+    .await
+    .expect(201);
+    let mut runner = TestRunner::deterministic();
+    let strategy = any_json();
+    let mut next = || {
+        strategy
+            .new_tree(&mut runner)
+            .expect("a generated value")
+            .current()
+    };
+    for i in 0..120 {
+        let attributes = next();
+        let path = format!("/v1/experiments/g/participants/p{i}");
+        for body in [
+            json!({"attributes": attributes.clone()}),
+            attributes.clone(),
+        ] {
+            let answer = app.put(&path, body.clone()).await;
+            let status = answer.status.as_u16();
+            assert!(
+                matches!(status, 200 | 201 | 422),
+                "PUT {body} -> {status} {}",
+                answer.body
+            );
+            if status == 201 {
+                app.post(&format!("{path}/route"), json!({}))
+                    .await
+                    .expect(200);
+            }
+        }
+        let assign = json!({"org_id": next(), "unit_id": next(), "attributes": next()});
+        let answer = app.post("/v1/experiments/g/assign", assign.clone()).await;
+        let status = answer.status.as_u16();
+        assert!(
+            matches!(status, 200 | 422),
+            "assign {assign} -> {status} {}",
+            answer.body
+        );
+    }
+}
+
+crate::on_both_stores!(arbitrary_participant_and_assignment_bodies_are_answered_or_refused);
