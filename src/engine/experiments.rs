@@ -100,7 +100,8 @@ impl Engine {
         // A stored version that cannot be used (edited by hand) is repaired by
         // any valid write, an identical document included. Its layout then
         // grows from the newest version that was valid, or from empty.
-        let fallback: Vec<Range> = match self.snapshot().experiments.get(key.as_str()) {
+        let known = self.snapshot().experiments.get(key.as_str()).cloned();
+        let fallback: Vec<Range> = match &known {
             Some(entry) if entry.experiment.is_err() => self.last_valid_layout(key.as_str()).await,
             _ => Vec::new(),
         };
@@ -119,12 +120,23 @@ impl Engine {
                     }));
                 }
             }
-            let previous: Vec<Range> = match current.map(|c| (c, parse_experiment(c))) {
-                Some((c, Ok(stored))) => {
+            // The stored version's verdict: this replica's snapshot already
+            // has it when it is the same version (no parsing under the
+            // configuration lock); otherwise parse the record.
+            let stored = |c: &ExperimentRecord| match &known {
+                Some(entry) if entry.id == c.id && entry.version == c.version => entry
+                    .experiment
+                    .as_ref()
+                    .map(|e| e.ranges())
+                    .map_err(Clone::clone),
+                _ => parse_experiment(c).map(|e| e.ranges()),
+            };
+            let previous: Vec<Range> = match current.map(|c| (c, stored(c))) {
+                Some((c, Ok(ranges))) => {
                     if serde_json::from_str::<Value>(&c.config).ok().as_ref() == Some(&document) {
                         return abandon(Ok(c.clone()));
                     }
-                    stored.ranges()
+                    ranges
                 }
                 Some((c, Err(why))) => {
                     tracing::warn!(experiment = %c.key, version = c.version, problem = %why,

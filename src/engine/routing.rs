@@ -511,9 +511,7 @@ impl Engine {
             .values()
             .filter_map(|entry| {
                 let routing = entry.experiment.as_ref().ok()?.routing.as_ref()?;
-                let timeout = i64::try_from(routing.config.wait_timeout_seconds?).ok()?;
-                let cutoff = now.checked_sub(time::Duration::seconds(timeout))?;
-                Some((entry.id.as_str(), cutoff))
+                Some((entry.id.as_str(), routing.config.waiting_cutoff(now)?))
             })
             .collect();
         if cutoffs.is_empty() {

@@ -742,10 +742,7 @@ macro_rules! impl_sql_store {
                     (true, _) => None,
                     // A timeout too long to subtract makes nobody overdue.
                     (false, Some(t)) => Some(
-                        i64::try_from(t)
-                            .ok()
-                            .and_then(|t| now.checked_sub(time::Duration::seconds(t)))
-                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                        $crate::domain::routing::waiting_cutoff(Some(t), now).unwrap_or(OffsetDateTime::UNIX_EPOCH),
                     ),
                     (false, None) => Some(OffsetDateTime::UNIX_EPOCH),
                 };

@@ -60,9 +60,15 @@ impl RoutingConfig {
     /// checked, never `now - Duration` (which panics out of range) nor
     /// `u64 as i64` (which turned u64::MAX into -1 second: everyone overdue).
     pub fn waiting_cutoff(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
-        let seconds = i64::try_from(self.wait_timeout_seconds?).ok()?;
-        now.checked_sub(Duration::seconds(seconds))
+        waiting_cutoff(self.wait_timeout_seconds, now)
     }
+}
+
+/// [`RoutingConfig::waiting_cutoff`] for a timeout held on its own (the
+/// store's routing scope carries only the seconds).
+pub fn waiting_cutoff(timeout_seconds: Option<u64>, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    let seconds = i64::try_from(timeout_seconds?).ok()?;
+    now.checked_sub(Duration::seconds(seconds))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
