@@ -69,6 +69,8 @@ impl Application {
         let state = AppState {
             engine: Arc::new(engine),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            max_config_age: (settings.readiness_max_config_age_secs > 0)
+                .then(|| Duration::from_secs(settings.readiness_max_config_age_secs)),
             metrics,
         };
         Ok(Self {
@@ -100,6 +102,7 @@ impl Application {
         let refresher = state
             .engine
             .spawn_refresher(Duration::from_millis(settings.refresh_interval_ms));
+        let listener_task = state.engine.spawn_listener();
         // Histograms keep raw samples until upkeep folds them into buckets.
         let upkeep = state.metrics.clone().map(|handle| {
             tokio::spawn(async move {
@@ -146,6 +149,7 @@ impl Application {
             }
         };
         refresher.abort();
+        listener_task.abort();
         sweeper.abort();
         if let Some(upkeep) = upkeep {
             upkeep.abort();

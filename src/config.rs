@@ -41,6 +41,9 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub shutdown_timeout_secs: u64,
     pub refresh_interval_ms: u64,
+    /// `/readyz` turns 503 once the configuration could not be confirmed
+    /// current for longer than this; 0 = never.
+    pub readiness_max_config_age_secs: u64,
     pub sweep_interval_ms: u64,
     pub db_max_connections: u32,
     pub db_acquire_timeout_ms: u64,

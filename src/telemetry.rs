@@ -66,4 +66,8 @@ fn describe() {
         "allot_config_revision",
         "Configuration revision this replica serves"
     );
+    describe_gauge!(
+        "allot_config_age_seconds",
+        "Time since this replica last confirmed its configuration current with the store"
+    );
 }

@@ -17,6 +17,7 @@ use super::{Engine, EngineError};
 use crate::domain::experiment::{Precheck, Reason};
 use crate::domain::ids::{Id, Key};
 use crate::domain::problem::pointer;
+use crate::store::StoreError;
 
 /// At most this many items in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -210,6 +211,11 @@ impl Engine {
             org_id = request.org_id.as_str(),
             unit_id = request.unit_id.as_str()
         );
+        // A key this replica does not know yet is looked up in the store
+        // first (§7); a known one costs nothing more than the map lookup.
+        if !self.snapshot.load().experiments.contains_key(key) {
+            self.experiment_entry(key).await?;
+        }
         let step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
         match step {
             Step::Done(assignment) => Ok(assignment),
@@ -261,7 +267,14 @@ impl Engine {
             let winner = self
                 .store
                 .sticky_claim(&entry.id, org, unit, name, entry.version, stored.as_deref())
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    // Deleted on another replica since this one looked.
+                    StoreError::NotFound => {
+                        EngineError::NotFound(format!("no experiment {:?}", entry.key))
+                    }
+                    other => other.into(),
+                })?;
             if winner == name {
                 entry.sticky.put(org, unit, name);
                 return Ok(answer(
@@ -305,6 +318,21 @@ impl Engine {
         let mut results: Vec<Option<Result<Assignment, EngineError>>> =
             Vec::with_capacity(items.len());
         let mut sticky = Vec::new();
+        // Keys this replica does not know yet: one look at the store for
+        // all of them. If it fails, only their items fail.
+        let lookup = {
+            let snapshot = self.snapshot.load();
+            let unknown = items.iter().any(|item| {
+                item.get("experiment")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| !snapshot.experiments.contains_key(k) && Key::parse(k).is_ok())
+            });
+            if unknown {
+                self.look_up().await
+            } else {
+                Ok(())
+            }
+        };
         {
             let snapshot = self.snapshot.load();
             for (i, mut item) in items.into_iter().enumerate() {
@@ -317,7 +345,10 @@ impl Engine {
                 };
                 let step = key.and_then(|k| {
                     let request = AssignRequest::parse(item, "")?;
-                    decide(&snapshot, &k, request)
+                    match (decide(&snapshot, &k, request), &lookup) {
+                        (Err(EngineError::NotFound(_)), Err(failed)) => Err(failed.clone()),
+                        (step, _) => step,
+                    }
                 });
                 match step {
                     Ok(Step::Done(assignment)) => results.push(Some(Ok(assignment))),

@@ -10,9 +10,10 @@ use super::flags::{path_key, Outcome};
 use super::snapshot::{parse_experiment, parse_stored, ExperimentEntry};
 use super::{Engine, EngineError};
 use crate::domain::experiment::ExperimentConfig;
+use crate::domain::ids::Key;
 use crate::domain::layout::Range;
 use crate::domain::precondition::Precondition;
-use crate::store::{ExperimentRecord, NewVersion, Plan, StoreError};
+use crate::store::{ExperimentRecord, ExperimentWritten, NewVersion, Plan, StoreError};
 
 /// An experiment as served: its config, identity and current layout.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -34,6 +35,8 @@ pub struct VersionView {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub actor: Option<String>,
+    /// This version deleted the experiment (its config is null).
+    pub deleted: bool,
     pub config: Value,
     pub layout: Value,
 }
@@ -64,7 +67,20 @@ fn stored_json(text: String) -> Value {
 }
 
 impl Engine {
-    pub(crate) fn experiment_entry(&self, key: &str) -> Result<Arc<ExperimentEntry>, EngineError> {
+    /// The experiment `key` as this replica serves it. A key the snapshot
+    /// does not have is looked up in the store before it is called unknown
+    /// (§7: create on one replica, use on another at once).
+    pub(crate) async fn experiment_entry(
+        &self,
+        key: &str,
+    ) -> Result<Arc<ExperimentEntry>, EngineError> {
+        if let Some(entry) = self.snapshot().experiments.get(key) {
+            return Ok(Arc::clone(entry));
+        }
+        // A key that breaks the key syntax can never exist: no lookup.
+        if Key::parse(key).is_ok() {
+            self.look_up().await?;
+        }
         self.snapshot()
             .experiments
             .get(key)
@@ -78,8 +94,8 @@ impl Engine {
         super::list_sorted(&self.snapshot().experiments, view, |e| e.version)
     }
 
-    pub fn get_experiment(&self, key: &str) -> Result<ExperimentView, EngineError> {
-        view(&*self.experiment_entry(key)?)
+    pub async fn get_experiment(&self, key: &str) -> Result<ExperimentView, EngineError> {
+        view(&*self.experiment_entry(key).await?)
     }
 
     /// Validates and stores a new version (or nothing, for an identical
@@ -164,6 +180,12 @@ impl Engine {
         };
         let guard = self.writes.lock().await;
         let written = match self.store.write_experiment(key.as_str(), &plan).await {
+            Err(StoreError::VersionMismatch { current }) => {
+                return Err(EngineError::VersionMismatch {
+                    expected: if_match.unwrap_or(Precondition::Exists),
+                    current,
+                })
+            }
             Err(StoreError::MissingReference) => {
                 let flag = config
                     .eligibility_flag
@@ -178,8 +200,12 @@ impl Engine {
             other => other?,
         };
         match written {
-            Some((record, revision)) => {
-                let outcome = if record.version == 1 {
+            Some(ExperimentWritten {
+                record,
+                revision,
+                created,
+            }) => {
+                let outcome = if created {
                     Outcome::Created
                 } else {
                     Outcome::Updated
@@ -249,14 +275,25 @@ impl Engine {
         }
     }
 
-    pub async fn delete_experiment(&self, key: &str) -> Result<(), EngineError> {
+    /// Takes the experiment out of service; the deletion is a version of
+    /// its own, checked against `if_match` in the store's transaction.
+    pub async fn delete_experiment(
+        &self,
+        key: &str,
+        if_match: Option<Precondition>,
+        actor: Option<String>,
+    ) -> Result<(), EngineError> {
         let _guard = self.writes.lock().await;
         let revision = self
             .store
-            .delete_experiment(key)
+            .delete_experiment(key, if_match.as_ref(), actor.as_deref())
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => not_found(key),
+                StoreError::VersionMismatch { current } => EngineError::VersionMismatch {
+                    expected: if_match.clone().unwrap_or(Precondition::Exists),
+                    current,
+                },
                 other => other.into(),
             })?;
         self.install(revision, |s| {
@@ -283,6 +320,7 @@ impl Engine {
                 version: r.version,
                 created_at: r.created_at,
                 actor: r.actor,
+                deleted: r.deleted,
                 config: stored_json(r.config),
                 layout: stored_json(r.layout),
             })

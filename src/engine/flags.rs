@@ -130,7 +130,15 @@ fn not_found(key: &str) -> EngineError {
 }
 
 impl Engine {
-    fn flag_entry(&self, key: &str) -> Result<Arc<FlagEntry>, EngineError> {
+    /// The flag `key` as this replica serves it, looked up in the store
+    /// before it is called unknown (see `experiment_entry`).
+    async fn flag_entry(&self, key: &str) -> Result<Arc<FlagEntry>, EngineError> {
+        if let Some(entry) = self.snapshot().flags.get(key) {
+            return Ok(Arc::clone(entry));
+        }
+        if Key::parse(key).is_ok() {
+            self.look_up().await?;
+        }
         self.snapshot()
             .flags
             .get(key)
@@ -144,8 +152,8 @@ impl Engine {
         super::list_sorted(&self.snapshot().flags, view, |f| f.version)
     }
 
-    pub fn get_flag(&self, key: &str) -> Result<FlagView, EngineError> {
-        view(&*self.flag_entry(key)?)
+    pub async fn get_flag(&self, key: &str) -> Result<FlagView, EngineError> {
+        view(&*self.flag_entry(key).await?)
     }
 
     pub async fn put_flag(
@@ -164,17 +172,18 @@ impl Engine {
             .put_flag(key.as_str(), &document, if_match.as_ref())
             .await
         {
-            Err(StoreError::Stale) => {
+            Err(StoreError::VersionMismatch { current }) => {
                 return Err(EngineError::VersionMismatch {
                     expected: if_match.unwrap_or(Precondition::Exists),
-                    current: self.snapshot().flags.get(key.as_str()).map(|f| f.version),
+                    current,
                 })
             }
             other => other?,
         };
+        let created = matches!(written, FlagWritten::Created(..));
         let (record, outcome) = match written {
             FlagWritten::Created(record, revision) | FlagWritten::Updated(record, revision) => {
-                let outcome = if record.version == 1 {
+                let outcome = if created {
                     Outcome::Created
                 } else {
                     Outcome::Updated
@@ -198,12 +207,26 @@ impl Engine {
         ))
     }
 
-    pub async fn delete_flag(&self, key: &str) -> Result<(), EngineError> {
+    /// Deletes the flag and its overrides; the deletion is a version of its
+    /// own, checked against `if_match` in the store's transaction.
+    pub async fn delete_flag(
+        &self,
+        key: &str,
+        if_match: Option<Precondition>,
+    ) -> Result<(), EngineError> {
         let _guard = self.writes.lock().await;
-        let revision = self.store.delete_flag(key).await.map_err(|e| match e {
-            StoreError::NotFound => not_found(key),
-            other => other.into(),
-        })?;
+        let revision = self
+            .store
+            .delete_flag(key, if_match.as_ref())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => not_found(key),
+                StoreError::VersionMismatch { current } => EngineError::VersionMismatch {
+                    expected: if_match.clone().unwrap_or(Precondition::Exists),
+                    current,
+                },
+                other => other.into(),
+            })?;
         self.install(revision, |s| {
             let mut next = s.next(revision);
             next.flags.remove(key);
@@ -285,7 +308,7 @@ impl Engine {
         limit: i64,
         after: Option<&str>,
     ) -> Result<OverridePage, EngineError> {
-        self.flag_entry(key)?;
+        self.flag_entry(key).await?;
         let mut records = self.store.list_overrides(key, limit + 1, after).await?;
         let more = records.len() as i64 > limit;
         records.truncate(limit.max(0) as usize);
@@ -300,8 +323,13 @@ impl Engine {
         })
     }
 
-    /// `POST /v1/flags/{key}/evaluate`: answered from the snapshot, no I/O.
-    pub fn evaluate_flag(&self, key: &str, body: Value) -> Result<FlagEvaluation, EngineError> {
+    /// `POST /v1/flags/{key}/evaluate`: answered from the snapshot, no I/O
+    /// (unless the key is unknown: then the store is asked first).
+    pub async fn evaluate_flag(
+        &self,
+        key: &str,
+        body: Value,
+    ) -> Result<FlagEvaluation, EngineError> {
         let Value::Object(mut body) = body else {
             return Err(EngineError::validation(
                 "",
@@ -310,7 +338,7 @@ impl Engine {
         };
         let org = body_id(&mut body, "org_id", "")?;
         let mut attrs = attributes(&mut body, "")?;
-        let entry = self.flag_entry(key)?;
+        let entry = self.flag_entry(key).await?;
         let flag = entry
             .flag
             .as_ref()

@@ -13,8 +13,9 @@ pub mod routing;
 pub mod snapshot;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -23,8 +24,13 @@ use tokio::sync::Mutex;
 
 use crate::domain::precondition::Precondition;
 use crate::domain::problem::Problem;
-use crate::store::{Store, StoreError};
+use crate::store::{CatchUp, Signal, Store, StoreError};
 use snapshot::Snapshot;
+
+/// How long a replica waits before subscribing again after its change feed
+/// broke: doubling from the first to the last.
+const RESUBSCRIBE_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why an engine operation did not succeed; the HTTP layer maps each to the
 /// contract's status and code.
@@ -89,6 +95,10 @@ impl From<StoreError> for EngineError {
         count_store_error(&e);
         match e {
             StoreError::NotFound => EngineError::NotFound("not found".into()),
+            StoreError::VersionMismatch { current } => EngineError::VersionMismatch {
+                expected: Precondition::Exists,
+                current,
+            },
             StoreError::Conflict(m) => EngineError::Conflict(m),
             other => EngineError::Store(Arc::new(other)),
         }
@@ -105,6 +115,31 @@ pub struct Engine {
     routing_queues: routing::RoutingQueues,
     /// The counters labelled by experiment, for as long as the snapshot has it.
     counters: counters::Registry,
+    /// Looks at the store for keys the snapshot does not have (read-through).
+    lookups: Lookups,
+    /// When the snapshot was last known to equal the store's configuration.
+    confirmed: std::sync::Mutex<Instant>,
+}
+
+/// Read-through lookups, one at a time: a request that misses waits for a
+/// lookup that started after it arrived and shares its outcome, so however
+/// many requests name unknown keys, a replica asks the store one question at
+/// a time, and a key created before the request arrived is always found.
+#[derive(Debug)]
+struct Lookups {
+    /// How many lookups have started.
+    started: AtomicU64,
+    /// The number of the last finished lookup and its outcome.
+    last: Mutex<(u64, Result<(), EngineError>)>,
+}
+
+impl Default for Lookups {
+    fn default() -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            last: Mutex::new((0, Ok(()))),
+        }
+    }
 }
 
 impl Engine {
@@ -118,6 +153,8 @@ impl Engine {
             writes: Mutex::new(()),
             routing_queues: routing::RoutingQueues::default(),
             counters,
+            lookups: Lookups::default(),
+            confirmed: std::sync::Mutex::new(Instant::now()),
         })
     }
 
@@ -145,44 +182,146 @@ impl Engine {
 
     /// Installs the result of a store write that produced `revision`.
     /// If the snapshot is exactly one revision behind, `patch` builds the next
-    /// one from it; otherwise another replica wrote in between and the whole
-    /// configuration is reloaded. The write itself has succeeded either way:
-    /// if the reload fails, the refresher catches up later.
+    /// one from it; otherwise other replicas wrote in between and the snapshot
+    /// catches up with the store. The write itself has succeeded either way:
+    /// if catching up fails, the change feed or the poll retries.
     async fn install(&self, revision: i64, patch: impl FnOnce(&Snapshot) -> Snapshot) {
         let current = self.snapshot.load_full();
         if current.revision + 1 == revision {
             self.swap(patch(&current));
+            self.confirm();
         } else if current.revision < revision {
-            if let Err(e) = self.reload_locked().await {
-                tracing::warn!(error = %e, "reloading the configuration after a write failed; the refresher will retry");
+            if let Err(e) = self.catch_up_locked().await {
+                tracing::warn!(error = %e, "catching up after a write failed; the refresher will retry");
             }
         }
     }
 
-    async fn reload_locked(&self) -> Result<(), EngineError> {
-        let loaded = self.store.load().await?;
-        if loaded.revision != self.snapshot.load().revision {
-            self.swap(Snapshot::from_loaded(loaded, &self.counters));
+    /// Brings the snapshot to the store's revision, reloading only what
+    /// changed since its own (the caller holds `writes`).
+    async fn catch_up_locked(&self) -> Result<(), EngineError> {
+        let current = self.snapshot.load_full();
+        match self.store.catch_up(current.revision).await? {
+            CatchUp::Current(_) => {}
+            CatchUp::Delta(delta) => {
+                tracing::debug!(
+                    from = current.revision,
+                    to = delta.revision,
+                    "configuration changed"
+                );
+                self.swap(current.with_delta(delta, &self.counters));
+            }
+            CatchUp::Full(loaded) => {
+                tracing::debug!(
+                    from = current.revision,
+                    to = loaded.revision,
+                    "configuration reloaded"
+                );
+                self.swap(Snapshot::from_loaded(loaded, &self.counters));
+            }
         }
+        self.confirm();
         Ok(())
     }
 
-    /// Reloads the snapshot if the store's revision moved (a write by another
-    /// replica, or by hand). Returns whether it reloaded.
+    /// Catches up with the store now.
+    pub async fn catch_up(&self) -> Result<(), EngineError> {
+        let _guard = self.writes.lock().await;
+        self.catch_up_locked().await
+    }
+
+    /// Notes that the snapshot equals the store's configuration now.
+    fn confirm(&self) {
+        *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long ago the snapshot was last known to be current: the
+    /// configuration's age, as far as this replica can tell.
+    pub fn config_age(&self) -> Duration {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// Catches up if the store's revision moved (a write by another replica,
+    /// or by hand). Returns whether it did.
     pub async fn refresh(&self) -> Result<bool, EngineError> {
         let revision = self.store.revision().await?;
         if revision == self.snapshot.load().revision {
+            self.confirm();
             return Ok(false);
         }
         let _guard = self.writes.lock().await;
-        self.reload_locked().await?;
+        self.catch_up_locked().await?;
         Ok(true)
+    }
+
+    /// Read-through: makes sure the snapshot holds every change committed
+    /// before this call, sharing one look at the store with the calls that
+    /// wait at the same time (see [`Lookups`]). For keys the snapshot lacks.
+    pub(crate) async fn look_up(&self) -> Result<(), EngineError> {
+        let wanted = self.lookups.started.load(Ordering::SeqCst) + 1;
+        let mut last = self.lookups.last.lock().await;
+        if last.0 >= wanted {
+            return last.1.clone();
+        }
+        let number = self.lookups.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let outcome = self.refresh().await.map(|_| ());
+        *last = (number, outcome.clone());
+        outcome
     }
 
     /// Polls the store's revision every `every` until the task is dropped.
     pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         self.spawn_every(every, "configuration refresh", |engine| async move {
             engine.refresh().await.map(|_| ())
+        })
+    }
+
+    /// Follows the store's change feed, where it has one, until the task is
+    /// aborted: each notified revision newer than the snapshot is caught up
+    /// with at once, and every (re)connection catches up with whatever was
+    /// missed while the feed was down.
+    pub fn spawn_listener(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            let (first, most) = RESUBSCRIBE_BACKOFF;
+            let mut backoff = first;
+            loop {
+                match engine.store.subscribe().await {
+                    Ok(None) => return,
+                    Ok(Some(mut feed)) => loop {
+                        let caught_up = match feed.next().await {
+                            Ok(Signal::Changed(revision)) => {
+                                if revision <= engine.snapshot.load().revision {
+                                    continue;
+                                }
+                                engine.catch_up().await
+                            }
+                            Ok(Signal::Connected) => {
+                                tracing::debug!("configuration change feed connected");
+                                engine.catch_up().await
+                            }
+                            Err(e) => {
+                                count_store_error(&e);
+                                tracing::warn!(error = %e, "the configuration change feed broke; subscribing again");
+                                break;
+                            }
+                        };
+                        backoff = first;
+                        if let Err(e) = caught_up {
+                            tracing::warn!(error = %e, "catching up with a notified change failed; the refresher will retry");
+                        }
+                    },
+                    Err(e) => {
+                        count_store_error(&e);
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot subscribe to configuration changes; polling meanwhile");
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(most);
+            }
         })
     }
 

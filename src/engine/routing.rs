@@ -169,8 +169,8 @@ fn no_participant(id: &str) -> EngineError {
 }
 
 impl Engine {
-    fn routable(&self, key: &str) -> Result<Arc<ExperimentEntry>, EngineError> {
-        let entry = self.experiment_entry(key)?;
+    async fn routable(&self, key: &str) -> Result<Arc<ExperimentEntry>, EngineError> {
+        let entry = self.experiment_entry(key).await?;
         if let Err(e) = &entry.experiment {
             return Err(EngineError::Unavailable(e.clone()));
         }
@@ -192,7 +192,7 @@ impl Engine {
         let mut stale = 0;
         let mut retried = false;
         loop {
-            let entry = self.routable(key)?;
+            let entry = self.routable(key).await?;
             let outcome = {
                 let Ok(experiment) = &entry.experiment else {
                     return Err(EngineError::Internal("checked above".into()));
@@ -236,7 +236,7 @@ impl Engine {
                             "experiment {key:?} kept changing while routing; try again"
                         )));
                     }
-                    self.refresh().await?;
+                    self.catch_up().await?;
                 }
                 // The connection or the server went away mid-transaction
                 // (a failover, a fast shutdown): nothing was committed, or
@@ -266,7 +266,7 @@ impl Engine {
         operation: Operation,
     ) -> Result<ParticipantView, EngineError> {
         let id = path_id(participant_id, "participant id")?;
-        self.routable(key)?;
+        self.routable(key).await?;
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut queues = self.routing_queues.lock();
@@ -358,11 +358,34 @@ impl Engine {
             ));
         }
         let attributes = Value::Object(super::flags::attributes(&mut body, "")?);
-        let entry = self.routable(key)?;
-        let (participant, created) = self
-            .store
-            .register(&entry.id, id.as_str(), &attributes)
-            .await?;
+        // Checked against the stored experiment: one deleted (or deleted and
+        // created afresh) on another replica is caught up with, then the
+        // registration goes to the key's live experiment, if there is one.
+        let mut entry = self.routable(key).await?;
+        let mut attempts = 0;
+        let (participant, created) = loop {
+            match self
+                .store
+                .register(&entry.id, id.as_str(), &attributes)
+                .await
+            {
+                Err(StoreError::NotFound) if attempts < PLAN_ATTEMPTS => {
+                    attempts += 1;
+                    self.catch_up().await?;
+                    let live = self.routable(key).await?;
+                    if live.id == entry.id {
+                        return Err(EngineError::NotFound(format!("no experiment {key:?}")));
+                    }
+                    entry = live;
+                }
+                Err(StoreError::NotFound) => {
+                    return Err(EngineError::Unavailable(format!(
+                        "experiment {key:?} kept being deleted and created while registering; try again"
+                    )))
+                }
+                other => break other?,
+            }
+        };
         let outcome = if created {
             Outcome::Created
         } else {
@@ -407,7 +430,7 @@ impl Engine {
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
-        let entry = self.routable(key)?;
+        let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::Internal("checked above".into()));
         };
@@ -421,7 +444,7 @@ impl Engine {
     }
 
     pub async fn cohorts(&self, key: &str) -> Result<Vec<CohortView>, EngineError> {
-        let entry = self.experiment_entry(key)?;
+        let entry = self.experiment_entry(key).await?;
         Ok(self
             .store
             .cohorts(&entry.id)
@@ -447,7 +470,7 @@ impl Engine {
         key: &str,
         cohort_id: &str,
     ) -> Result<Vec<ParticipantView>, EngineError> {
-        let entry = self.routable(key)?;
+        let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::Internal("checked above".into()));
         };
@@ -470,7 +493,7 @@ impl Engine {
         limit: i64,
         before: Option<i64>,
     ) -> Result<EventPage, EngineError> {
-        let entry = self.experiment_entry(key)?;
+        let entry = self.experiment_entry(key).await?;
         let mut records = self
             .store
             .routing_events(&entry.id, limit + 1, before)

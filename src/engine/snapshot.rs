@@ -18,7 +18,7 @@ use crate::domain::flag::{CompiledFlag, FlagConfig};
 use crate::domain::ids::Key;
 use crate::domain::layout::Range;
 use crate::domain::problem::Problem;
-use crate::store::{ExperimentRecord, FlagRecord, Loaded};
+use crate::store::{Delta, ExperimentRecord, FlagRecord, Loaded};
 
 /// Sticky assignments remembered per experiment version, at most this many.
 const STICKY_CACHE_CAPACITY: usize = 100_000;
@@ -200,6 +200,51 @@ impl Snapshot {
             flags,
             experiments,
         }
+    }
+
+    /// The snapshot at `delta.revision`: this one with the changed entities
+    /// replaced (or removed) and every other entry shared. An experiment
+    /// whose stored version did not change keeps its entry (and its cache).
+    pub fn with_delta(&self, delta: Delta, counters: &Registry) -> Self {
+        let mut next = self.next(delta.revision);
+        for (key, flag) in delta.flags {
+            match flag {
+                Some((record, overrides)) => {
+                    let overrides = overrides
+                        .into_iter()
+                        .map(|o| (o.org_id, o.enabled))
+                        .collect();
+                    next.flags
+                        .insert(key, Arc::new(FlagEntry::from_record(record, overrides)));
+                }
+                None => {
+                    next.flags.remove(&key);
+                }
+            }
+        }
+        for (flag, org_id, enabled) in delta.overrides {
+            next = next.with_override(delta.revision, &flag, &org_id, enabled);
+        }
+        for (key, experiment) in delta.experiments {
+            match experiment {
+                Some(record) => {
+                    let same = next
+                        .experiments
+                        .get(&key)
+                        .is_some_and(|e| e.id == record.id && e.version == record.version);
+                    if !same {
+                        next.experiments.insert(
+                            key,
+                            Arc::new(ExperimentEntry::from_record(record, counters)),
+                        );
+                    }
+                }
+                None => {
+                    next.experiments.remove(&key);
+                }
+            }
+        }
+        next
     }
 
     /// A copy sharing every entry, at a new revision, for a writer to patch.

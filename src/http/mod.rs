@@ -31,6 +31,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Set when shutdown begins, so `/readyz` turns 503 at once.
     pub shutting_down: Arc<AtomicBool>,
+    /// `/readyz` turns 503 when the configuration is older than this.
+    pub max_config_age: Option<Duration>,
     /// Renders `/metrics`; `None` if the process has another recorder.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }

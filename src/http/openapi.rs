@@ -127,6 +127,12 @@ pub struct Health {
 pub struct Readiness {
     /// `ready` or `not_ready`
     pub status: String,
-    /// Why it is not ready.
+    /// When ready: `ok`, or `unreachable` while the store does not answer
+    /// (the replica keeps serving its loaded configuration).
+    pub store: Option<String>,
+    /// When ready: milliseconds since the configuration was last confirmed
+    /// current with the store.
+    pub config_age_ms: Option<u64>,
+    /// When not ready: why.
     pub reason: Option<String>,
 }

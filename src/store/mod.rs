@@ -32,6 +32,10 @@ pub enum StoreError {
     /// The row changed since it was read (optimistic concurrency lost a race).
     #[error("concurrent change")]
     Stale,
+    /// `If-Match` does not admit the stored version (`None`: there is no
+    /// live entity), checked inside the write's transaction.
+    #[error("the stored version is {current:?}")]
+    VersionMismatch { current: Option<i64> },
     /// A referenced row does not exist (e.g. an unknown eligibility flag).
     #[error("missing reference")]
     MissingReference,
@@ -150,6 +154,8 @@ pub struct VersionRecord {
     pub actor: Option<String>,
     pub config: String,
     pub layout: String,
+    /// The version that deleted the experiment (its config is `null`).
+    pub deleted: bool,
 }
 
 /// Everything the in-memory snapshot is built from, read consistently.
@@ -159,6 +165,115 @@ pub struct Loaded {
     pub flags: Vec<FlagRecord>,
     pub overrides: Vec<OverrideRecord>,
     pub experiments: Vec<ExperimentRecord>,
+}
+
+/// What one configuration revision changed: the entity a replica reloads
+/// to catch up with it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A flag with its overrides (created, updated or deleted).
+    Flag(String),
+    /// One org override of a flag.
+    Override { flag: String, org_id: String },
+    /// The live experiment under a key (created, updated or deleted).
+    Experiment(String),
+}
+
+impl Change {
+    /// As stored in `config_changes`: (kind, key, org_id).
+    pub(crate) fn parts(&self) -> (&'static str, &str, Option<&str>) {
+        match self {
+            Change::Flag(key) => ("flag", key, None),
+            Change::Override { flag, org_id } => ("override", flag, Some(org_id)),
+            Change::Experiment(key) => ("experiment", key, None),
+        }
+    }
+
+    /// The inverse of [`Change::parts`]; `None` for a row allot did not write.
+    pub(crate) fn from_parts(kind: &str, key: String, org_id: Option<String>) -> Option<Self> {
+        match (kind, org_id) {
+            ("flag", None) => Some(Change::Flag(key)),
+            ("override", Some(org_id)) => Some(Change::Override { flag: key, org_id }),
+            ("experiment", None) => Some(Change::Experiment(key)),
+            _ => None,
+        }
+    }
+}
+
+/// A live flag and every override of it.
+pub type FlagWithOverrides = (FlagRecord, Vec<OverrideRecord>);
+
+/// The entities that changed after a revision, as they are now.
+#[derive(Debug, Clone, Default)]
+pub struct Delta {
+    /// The revision the entities are read at.
+    pub revision: i64,
+    /// Each changed flag with all its overrides, or `None` if it is gone.
+    pub flags: Vec<(String, Option<FlagWithOverrides>)>,
+    /// Changed overrides of flags not in `flags`: `None` if removed.
+    pub overrides: Vec<(String, String, Option<bool>)>,
+    /// Each changed experiment key with its live experiment, if any.
+    pub experiments: Vec<(String, Option<ExperimentRecord>)>,
+}
+
+impl Delta {
+    /// The entities to reload for `changes`, each once, in first-seen order;
+    /// a flag's reload covers its overrides.
+    pub fn entities(changes: Vec<Change>) -> Vec<Change> {
+        let flags: std::collections::HashSet<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Flag(key) => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        changes
+            .into_iter()
+            .filter(|c| match c {
+                Change::Override { flag, .. } => !flags.contains(flag),
+                _ => true,
+            })
+            .filter(|c| seen.insert(c.clone()))
+            .collect()
+    }
+}
+
+/// How a snapshot at some revision catches up with the store.
+#[derive(Debug, Clone)]
+pub enum CatchUp {
+    /// Nothing changed: the store is at this revision.
+    Current(i64),
+    /// Only these entities changed.
+    Delta(Delta),
+    /// Too much changed, or what changed is unknown: everything.
+    Full(Loaded),
+}
+
+/// What a [`ChangeFeed`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// A configuration write committed with this revision.
+    Changed(i64),
+    /// The feed (re)connected: changes may have been missed before.
+    Connected,
+}
+
+/// Configuration changes pushed by the store as they commit.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Waits for the next signal. An error means the feed is broken:
+    /// subscribe again.
+    async fn next(&mut self) -> Result<Signal, StoreError>;
+}
+
+/// An experiment version that was stored.
+#[derive(Debug, Clone)]
+pub struct ExperimentWritten {
+    pub record: ExperimentRecord,
+    pub revision: i64,
+    /// No live experiment had the key before (a first or a new incarnation).
+    pub created: bool,
 }
 
 /// What a flag upsert did.
@@ -241,19 +356,31 @@ pub trait Store: Send + Sync + 'static {
     /// The configuration revision: bumped by every configuration write.
     async fn revision(&self) -> Result<i64, StoreError>;
     async fn load(&self) -> Result<Loaded, StoreError>;
+    /// What changed after revision `since`, read consistently with the
+    /// revision it brings the caller to.
+    async fn catch_up(&self, since: i64) -> Result<CatchUp, StoreError>;
+    /// A feed of configuration changes as they commit, where the store
+    /// pushes them (PostgreSQL); `None` where replicas only poll.
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError>;
 
     /// Creates or updates a flag. `expected` (If-Match) must admit the
-    /// stored version, else [`StoreError::Stale`]; a document equal to the
-    /// stored one changes nothing.
+    /// stored version, else [`StoreError::VersionMismatch`]; a document
+    /// equal to the stored one changes nothing. A deleted flag's key
+    /// continues its versions.
     async fn put_flag(
         &self,
         key: &str,
         config: &Value,
         expected: Option<&Precondition>,
     ) -> Result<FlagWritten, StoreError>;
-    /// Deletes a flag and its overrides; [`StoreError::Conflict`] while a live
-    /// experiment names it. Returns the new revision.
-    async fn delete_flag(&self, key: &str) -> Result<i64, StoreError>;
+    /// Deletes a flag and its overrides (the deletion is a version);
+    /// [`StoreError::Conflict`] while a live experiment names it. Returns the
+    /// new revision.
+    async fn delete_flag(
+        &self,
+        key: &str,
+        expected: Option<&Precondition>,
+    ) -> Result<i64, StoreError>;
     /// Sets an org override; returns (created, revision).
     async fn set_override(
         &self,
@@ -270,14 +397,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OverrideRecord>, StoreError>;
 
     /// Reads the live experiment `key` under the configuration lock, asks
-    /// `plan` what to do, and stores the new version it returns (version 1
-    /// of a new incarnation when there is none). `None` when it abandoned.
+    /// `plan` what to do, and stores the new version it returns (a new
+    /// incarnation when there is none, continuing the key's versions).
+    /// `None` when it abandoned.
     async fn write_experiment(
         &self,
         key: &str,
         plan: Planner<'_>,
-    ) -> Result<Option<(ExperimentRecord, i64)>, StoreError>;
-    async fn delete_experiment(&self, key: &str) -> Result<i64, StoreError>;
+    ) -> Result<Option<ExperimentWritten>, StoreError>;
+    /// Takes the live experiment out of service, recording the deletion as
+    /// a version by `actor`. Returns the new revision.
+    async fn delete_experiment(
+        &self,
+        key: &str,
+        expected: Option<&Precondition>,
+        actor: Option<&str>,
+    ) -> Result<i64, StoreError>;
+    /// Every version of every incarnation of `key`, newest first.
     async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError>;
 
     /// The stored sticky treatment of a unit, if any.
@@ -326,7 +462,8 @@ pub trait Store: Send + Sync + 'static {
         planner: RoutePlanner<'_>,
     ) -> Result<Result<Routed, StaleConfig>, StoreError>;
     /// Registers a participant (status `new`) or replaces its attributes,
-    /// without the routing lock. Returns it and whether it was created.
+    /// without the routing lock. Returns it and whether it was created;
+    /// [`StoreError::NotFound`] if the experiment is deleted.
     async fn register(
         &self,
         experiment_id: &str,

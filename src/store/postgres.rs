@@ -2,13 +2,42 @@
 
 use std::str::FromStr;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
-use super::sql::impl_sql_store;
-use super::PoolOptions;
+use super::sql::{impl_sql_store, Dialect, CHANNEL};
+use super::{PoolOptions, Signal};
 
 pub struct PgStore {
     pool: PgPool,
+    /// One connection of its own for LISTEN, outside the request pool, so
+    /// that a busy pool never delays a notification.
+    listen_pool: PgPool,
+}
+
+/// Notifications on [`CHANNEL`], sent by every configuration write as it
+/// commits (the payload is the new revision).
+struct PgFeed {
+    listener: PgListener,
+    /// Not yet said that the feed is connected.
+    announce: bool,
+}
+
+#[async_trait::async_trait]
+impl super::ChangeFeed for PgFeed {
+    async fn next(&mut self) -> Result<Signal, super::StoreError> {
+        if std::mem::take(&mut self.announce) {
+            return Ok(Signal::Connected);
+        }
+        // `None`: the connection was lost and made again, and whatever was
+        // notified in between is lost.
+        Ok(match self.listener.try_recv().await? {
+            Some(n) => n
+                .payload()
+                .parse()
+                .map_or(Signal::Connected, Signal::Changed),
+            None => Signal::Connected,
+        })
+    }
 }
 
 impl PgStore {
@@ -17,9 +46,27 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
-        Ok(Self { pool })
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect);
+        Ok(Self { pool, listen_pool })
+    }
+
+    async fn subscribe_feed(
+        &self,
+    ) -> Result<Option<Box<dyn super::ChangeFeed>>, super::StoreError> {
+        let mut listener = PgListener::connect_with(&self.listen_pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(Box::new(PgFeed {
+            listener,
+            announce: true,
+        })))
     }
 
     async fn run_migrations(&self) -> Result<(), super::StoreError> {
@@ -30,10 +77,18 @@ impl PgStore {
     }
 }
 
-// READ COMMITTED would let each query of a load see a different commit.
 impl_sql_store!(
     PgStore,
     sqlx::Postgres,
     "postgres",
-    Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    Dialect {
+        // READ COMMITTED would let each query of a load see a different commit.
+        snapshot: Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+        notify: Some("SELECT pg_notify('allot_config', $1)"),
+        // KEY SHARE does not wait for routing transactions (they update the
+        // row, not its key) nor for other participant writes; FOR UPDATE
+        // waits for all of them.
+        lock_shared: " FOR KEY SHARE",
+        lock_exclusive: " FOR UPDATE",
+    }
 );

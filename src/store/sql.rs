@@ -8,19 +8,47 @@
 //! pool types; what really differs per dialect (connection options,
 //! migrations) lives in those files.
 
-/// Implements [`crate::store::Store`] for a struct with a `pool` field and a
-/// `run_migrations` method. `$snapshot_sql` is the statement (if any) that
-/// makes a transaction read one consistent snapshot.
+/// The few statements and clauses in which the two dialects differ.
+pub(crate) struct Dialect {
+    /// Makes a transaction read one consistent snapshot, if it does not already.
+    pub snapshot: Option<&'static str>,
+    /// Sends `$1` (the new revision) to the other replicas when the writing
+    /// transaction commits; none where there is no push.
+    pub notify: Option<&'static str>,
+    /// Appended to a `SELECT` of an experiment row that a participant write
+    /// depends on: it waits for a deletion in flight and keeps one from
+    /// starting until the write commits, without blocking other writers.
+    pub lock_shared: &'static str,
+    /// Appended to the `SELECT` of an experiment row about to be deleted.
+    pub lock_exclusive: &'static str,
+}
+
+/// Configuration changes kept in `config_changes`; a replica further behind
+/// reloads everything.
+pub(crate) const CHANGES_KEPT: i64 = 10_000;
+
+/// A catch-up that would reload more entities than this one by one reloads
+/// everything in one go instead.
+pub(crate) const MAX_DELTA: i64 = 256;
+
+/// The channel configuration writes are announced on.
+pub(crate) const CHANNEL: &str = "allot_config";
+
+/// Implements [`crate::store::Store`] for a struct with a `pool` field and
+/// `run_migrations` and `subscribe_feed` methods, in the [`Dialect`] given.
 macro_rules! impl_sql_store {
-    ($store:ty, $db:ty, $backend:literal, $snapshot_sql:expr) => {
+    ($store:ty, $db:ty, $backend:literal, $dialect:expr) => {
         use async_trait::async_trait;
         use time::OffsetDateTime;
         use $crate::domain::routing::lifecycle::{Cohort, Event, Participant, Reason, State, Status};
         use $crate::domain::routing::CohortDef;
+        use $crate::domain::precondition::Precondition;
         use $crate::store::{
-            EventRecord, ExperimentRecord, FlagRecord, FlagWritten, Loaded, OverrideRecord, Plan, Planner, StaleConfig,
-            RoutePlanner, RouteScope, Routed, Store, StoreError, VersionRecord,
+            CatchUp, Change, ChangeFeed, Delta, EventRecord, ExperimentRecord, ExperimentWritten, FlagRecord, FlagWritten, Loaded,
+            OverrideRecord, Plan, Planner, StaleConfig, RoutePlanner, RouteScope, Routed, Store, StoreError, VersionRecord,
         };
+
+        const DIALECT: super::sql::Dialect = $dialect;
 
         type Tx<'t> = sqlx::Transaction<'t, $db>;
         type ParticipantRow = (
@@ -57,6 +85,8 @@ macro_rules! impl_sql_store {
             String,
         );
 
+        /// Selects the experiment `$1` if it is live (not deleted).
+        const LIVE_EXPERIMENT: &str = "SELECT 1 FROM experiments e WHERE e.id = $1 AND e.deleted_at IS NULL";
         const PARTICIPANT_COLUMNS: &str =
             "participant_id, status, attributes, cohort_id, group_name, entry, waiting_since, wait_seq, updated_at";
         /// Cohorts with their member counts (kept by the routing
@@ -230,6 +260,7 @@ macro_rules! impl_sql_store {
         }
 
         type FlagRow = (String, i64, String, OffsetDateTime, OffsetDateTime);
+        const FLAG_SELECT: &str = "SELECT key, version, config, created_at, updated_at FROM flags";
         type OverrideRow = (String, String, bool, OffsetDateTime);
         type ExperimentRow = (String, String, i64, String, String, OffsetDateTime, OffsetDateTime);
 
@@ -268,11 +299,87 @@ macro_rules! impl_sql_store {
         const BUMP_REVISION: &str = "UPDATE config_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision";
 
         /// Begins a configuration write: the transaction and its new revision
-        /// (bumping it first takes the configuration lock).
-        async fn config_write(pool: &sqlx::Pool<$db>) -> Result<(Tx<'static>, i64), StoreError> {
+        /// (bumping it first takes the configuration lock). The change is
+        /// recorded with the revision and, where the dialect can, announced
+        /// to the other replicas; both take effect only if the write commits.
+        async fn config_write(pool: &sqlx::Pool<$db>, change: &Change) -> Result<(Tx<'static>, i64), StoreError> {
             let mut tx = pool.begin().await?;
             let (revision,): (i64,) = sqlx::query_as(BUMP_REVISION).fetch_one(&mut *tx).await?;
+            let (kind, key, org_id) = change.parts();
+            sqlx::query("INSERT INTO config_changes (revision, kind, key, org_id, at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(revision)
+                .bind(kind)
+                .bind(key)
+                .bind(org_id)
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM config_changes WHERE revision <= $1")
+                .bind(revision - super::sql::CHANGES_KEPT)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(notify) = DIALECT.notify {
+                sqlx::query(notify).bind(revision.to_string()).execute(&mut *tx).await?;
+            }
             Ok((tx, revision))
+        }
+
+        /// Every live flag, override and experiment, in `tx`'s snapshot.
+        async fn load_all(tx: &mut Tx<'_>, revision: i64) -> Result<Loaded, StoreError> {
+            let flags: Vec<FlagRow> = sqlx::query_as(&format!("{FLAG_SELECT} WHERE deleted_at IS NULL"))
+                .fetch_all(&mut **tx)
+                .await?;
+            let overrides: Vec<OverrideRow> =
+                sqlx::query_as("SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides")
+                    .fetch_all(&mut **tx)
+                    .await?;
+            let experiments: Vec<ExperimentRow> = sqlx::query_as(EXPERIMENT_SELECT).fetch_all(&mut **tx).await?;
+            Ok(Loaded {
+                revision,
+                flags: flags.into_iter().map(flag_record).collect(),
+                overrides: overrides.into_iter().map(override_record).collect(),
+                experiments: experiments.into_iter().map(experiment_record).collect(),
+            })
+        }
+
+        /// Begins a read-only transaction that sees one consistent snapshot,
+        /// and reads the configuration revision in it.
+        async fn snapshot_read(pool: &sqlx::Pool<$db>) -> Result<(Tx<'static>, i64), StoreError> {
+            let mut tx = pool.begin().await?;
+            if let Some(sql) = DIALECT.snapshot {
+                sqlx::query(sql).execute(&mut *tx).await?;
+            }
+            let (revision,): (i64,) = sqlx::query_as("SELECT revision FROM config_revision WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+            Ok((tx, revision))
+        }
+
+        /// The live flag `key`, if any, in `tx`.
+        async fn live_flag(tx: &mut Tx<'_>, key: &str) -> Result<Option<FlagRecord>, StoreError> {
+            let row: Option<FlagRow> = sqlx::query_as(&format!("{FLAG_SELECT} WHERE key = $1 AND deleted_at IS NULL"))
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+            Ok(row.map(flag_record))
+        }
+
+        /// The live experiment `key`, if any, in `tx`.
+        async fn live_experiment(tx: &mut Tx<'_>, key: &str) -> Result<Option<ExperimentRecord>, StoreError> {
+            let row: Option<ExperimentRow> = sqlx::query_as(&format!("{EXPERIMENT_SELECT} AND e.key = $1"))
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+            Ok(row.map(experiment_record))
+        }
+
+        /// Checks `expected` (If-Match) against the stored version (`None`:
+        /// there is no live entity).
+        fn precondition(expected: Option<&Precondition>, current: Option<i64>) -> Result<(), StoreError> {
+            match expected {
+                Some(p) if !p.admits(current) => Err(StoreError::VersionMismatch { current }),
+                _ => Ok(()),
+            }
         }
 
         /// Ends a write that removed `rows` rows: none is [`StoreError::NotFound`]
@@ -315,54 +422,115 @@ macro_rules! impl_sql_store {
             async fn load(&self) -> Result<Loaded, StoreError> {
                 // One read transaction: every query sees the same snapshot,
                 // so the rows belong to the revision read with them.
-                let mut tx = self.pool.begin().await?;
-                if let Some(sql) = $snapshot_sql {
-                    sqlx::query(sql).execute(&mut *tx).await?;
-                }
-                let (revision,): (i64,) = sqlx::query_as("SELECT revision FROM config_revision WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let flags: Vec<FlagRow> = sqlx::query_as("SELECT key, version, config, created_at, updated_at FROM flags")
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let overrides: Vec<OverrideRow> =
-                    sqlx::query_as("SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides")
-                        .fetch_all(&mut *tx)
-                        .await?;
-                let experiments: Vec<ExperimentRow> = sqlx::query_as(EXPERIMENT_SELECT).fetch_all(&mut *tx).await?;
+                let (mut tx, revision) = snapshot_read(&self.pool).await?;
+                let loaded = load_all(&mut tx, revision).await?;
                 tx.commit().await?;
-                Ok(Loaded {
-                    revision,
-                    flags: flags.into_iter().map(flag_record).collect(),
-                    overrides: overrides.into_iter().map(override_record).collect(),
-                    experiments: experiments.into_iter().map(experiment_record).collect(),
-                })
+                Ok(loaded)
+            }
+
+            async fn catch_up(&self, since: i64) -> Result<CatchUp, StoreError> {
+                let (mut tx, revision) = snapshot_read(&self.pool).await?;
+                if revision == since {
+                    tx.commit().await?;
+                    return Ok(CatchUp::Current(revision));
+                }
+                // Behind by more than a delta is worth, or ahead of the store
+                // (a database restored from a backup): start over.
+                if revision < since || revision - since > super::sql::MAX_DELTA {
+                    let loaded = load_all(&mut tx, revision).await?;
+                    tx.commit().await?;
+                    return Ok(CatchUp::Full(loaded));
+                }
+                let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+                    "SELECT revision, kind, key, org_id FROM config_changes WHERE revision > $1 ORDER BY revision",
+                )
+                .bind(since)
+                .fetch_all(&mut *tx)
+                .await?;
+                let changes: Option<Vec<Change>> = rows
+                    .into_iter()
+                    .map(|(_, kind, key, org_id)| Change::from_parts(&kind, key, org_id))
+                    .collect();
+                // A revision without its change (pruned, or bumped by hand):
+                // what changed is unknown, so everything is reloaded.
+                let changes = match changes {
+                    Some(changes) if i64::try_from(changes.len()).ok() == Some(revision - since) => changes,
+                    _ => {
+                        let loaded = load_all(&mut tx, revision).await?;
+                        tx.commit().await?;
+                        return Ok(CatchUp::Full(loaded));
+                    }
+                };
+                let mut delta = Delta { revision, ..Delta::default() };
+                for change in Delta::entities(changes) {
+                    match change {
+                        Change::Flag(key) => {
+                            let record = match live_flag(&mut tx, &key).await? {
+                                Some(record) => {
+                                    let rows: Vec<OverrideRow> = sqlx::query_as(
+                                        "SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides WHERE flag_key = $1",
+                                    )
+                                    .bind(&key)
+                                    .fetch_all(&mut *tx)
+                                    .await?;
+                                    Some((record, rows.into_iter().map(override_record).collect()))
+                                }
+                                None => None,
+                            };
+                            delta.flags.push((key, record));
+                        }
+                        Change::Override { flag, org_id } => {
+                            let enabled: Option<(bool,)> =
+                                sqlx::query_as("SELECT enabled FROM flag_overrides WHERE flag_key = $1 AND org_id = $2")
+                                    .bind(&flag)
+                                    .bind(&org_id)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                            delta.overrides.push((flag, org_id, enabled.map(|(e,)| e)));
+                        }
+                        Change::Experiment(key) => {
+                            let record = live_experiment(&mut tx, &key).await?;
+                            delta.experiments.push((key, record));
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(CatchUp::Delta(delta))
+            }
+
+            async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+                self.subscribe_feed().await
             }
 
             async fn put_flag(
                 &self,
                 key: &str,
                 config: &serde_json::Value,
-                expected: Option<&$crate::domain::precondition::Precondition>,
+                expected: Option<&Precondition>,
             ) -> Result<FlagWritten, StoreError> {
-                let (mut tx, revision) = config_write(&self.pool).await?;
-                let current: Option<FlagRow> =
-                    sqlx::query_as("SELECT key, version, config, created_at, updated_at FROM flags WHERE key = $1")
+                let (mut tx, revision) = config_write(&self.pool, &Change::Flag(key.to_owned())).await?;
+                // The row of a deleted flag stays (deleted_at set) so that its
+                // versions continue when the key is created again.
+                let current: Option<(i64, String, bool)> =
+                    sqlx::query_as("SELECT version, config, deleted_at IS NULL FROM flags WHERE key = $1")
                         .bind(key)
                         .fetch_optional(&mut *tx)
                         .await?;
-                let text = config.to_string();
-                let now = now_micros();
-                let written = match current {
-                    None if expected.is_some() => return Err(StoreError::Stale),
-                    Some(row) if expected.is_some_and(|p| !p.admits(Some(row.1))) => return Err(StoreError::Stale),
-                    Some(row) if serde_json::from_str::<serde_json::Value>(&row.2).ok().as_ref() == Some(config) => {
+                let live = current.as_ref().filter(|c| c.2);
+                precondition(expected, live.map(|c| c.0))?;
+                if let Some((_, stored, _)) = live {
+                    if serde_json::from_str::<serde_json::Value>(stored).ok().as_ref() == Some(config) {
                         // Nothing to write: the transaction rolls back on drop
                         // and the revision stays as it was.
-                        return Ok(FlagWritten::Unchanged(flag_record(row)));
+                        let record = live_flag(&mut tx, key).await?.ok_or(StoreError::NotFound)?;
+                        return Ok(FlagWritten::Unchanged(record));
                     }
-                    Some(_) => {
-                        let row: FlagRow = sqlx::query_as(
+                }
+                let text = config.to_string();
+                let now = now_micros();
+                let row: FlagRow = match current {
+                    Some((_, _, true)) => {
+                        sqlx::query_as(
                             "UPDATE flags SET version = version + 1, config = $2, updated_at = $3 WHERE key = $1 \
                              RETURNING key, version, config, created_at, updated_at",
                         )
@@ -370,11 +538,21 @@ macro_rules! impl_sql_store {
                         .bind(&text)
                         .bind(now)
                         .fetch_one(&mut *tx)
-                        .await?;
-                        FlagWritten::Updated(flag_record(row), revision)
+                        .await?
+                    }
+                    Some((_, _, false)) => {
+                        sqlx::query_as(
+                            "UPDATE flags SET version = version + 1, config = $2, created_at = $3, updated_at = $3, \
+                             deleted_at = NULL WHERE key = $1 RETURNING key, version, config, created_at, updated_at",
+                        )
+                        .bind(key)
+                        .bind(&text)
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?
                     }
                     None => {
-                        let row: FlagRow = sqlx::query_as(
+                        sqlx::query_as(
                             "INSERT INTO flags (key, version, config, created_at, updated_at) VALUES ($1, 1, $2, $3, $3) \
                              RETURNING key, version, config, created_at, updated_at",
                         )
@@ -382,28 +560,48 @@ macro_rules! impl_sql_store {
                         .bind(&text)
                         .bind(now)
                         .fetch_one(&mut *tx)
-                        .await?;
-                        FlagWritten::Created(flag_record(row), revision)
+                        .await?
                     }
                 };
                 tx.commit().await?;
-                Ok(written)
+                let record = flag_record(row);
+                Ok(match live {
+                    Some(_) => FlagWritten::Updated(record, revision),
+                    None => FlagWritten::Created(record, revision),
+                })
             }
 
-            async fn delete_flag(&self, key: &str) -> Result<i64, StoreError> {
-                let (mut tx, revision) = config_write(&self.pool).await?;
-                let deleted = sqlx::query("DELETE FROM flags WHERE key = $1")
+            async fn delete_flag(&self, key: &str, expected: Option<&Precondition>) -> Result<i64, StoreError> {
+                let (mut tx, revision) = config_write(&self.pool, &Change::Flag(key.to_owned())).await?;
+                let current = live_flag(&mut tx, key).await?;
+                precondition(expected, current.as_ref().map(|c| c.version))?;
+                if current.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                // Configuration writers are serialised by the revision row, so
+                // no experiment can take this flag between here and the commit.
+                let users: Vec<(String,)> =
+                    sqlx::query_as("SELECT key FROM experiments WHERE eligibility_flag = $1 AND deleted_at IS NULL ORDER BY key LIMIT 1")
+                        .bind(key)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                if let Some((user,)) = users.first() {
+                    return Err(StoreError::Conflict(format!(
+                        "flag {key:?} is the eligibility flag of experiment {user:?}"
+                    )));
+                }
+                sqlx::query("DELETE FROM flag_overrides WHERE flag_key = $1")
                     .bind(key)
                     .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)
-                    .map_err(|e| match e {
-                        StoreError::MissingReference => {
-                            StoreError::Conflict(format!("flag {key:?} is the eligibility flag of an experiment"))
-                        }
-                        other => other,
-                    })?;
-                finish_removal(tx, deleted.rows_affected(), revision).await
+                    .await?;
+                // The deletion is a version of its own.
+                sqlx::query("UPDATE flags SET version = version + 1, updated_at = $2, deleted_at = $2 WHERE key = $1")
+                    .bind(key)
+                    .bind(now_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(revision)
             }
 
             async fn set_override(
@@ -412,7 +610,11 @@ macro_rules! impl_sql_store {
                 org_id: &str,
                 enabled: bool,
             ) -> Result<(OverrideRecord, bool, i64), StoreError> {
-                let (mut tx, revision) = config_write(&self.pool).await?;
+                let change = Change::Override { flag: flag_key.to_owned(), org_id: org_id.to_owned() };
+                let (mut tx, revision) = config_write(&self.pool, &change).await?;
+                if live_flag(&mut tx, flag_key).await?.is_none() {
+                    return Err(StoreError::NotFound);
+                }
                 let existing: Option<(bool,)> =
                     sqlx::query_as("SELECT enabled FROM flag_overrides WHERE flag_key = $1 AND org_id = $2")
                         .bind(flag_key)
@@ -429,18 +631,14 @@ macro_rules! impl_sql_store {
                 .bind(enabled)
                 .bind(now_micros())
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from)
-                .map_err(|e| match e {
-                    StoreError::MissingReference => StoreError::NotFound,
-                    other => other,
-                })?;
+                .await?;
                 tx.commit().await?;
                 Ok((override_record(row), existing.is_none(), revision))
             }
 
             async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError> {
-                let (mut tx, revision) = config_write(&self.pool).await?;
+                let change = Change::Override { flag: flag_key.to_owned(), org_id: org_id.to_owned() };
+                let (mut tx, revision) = config_write(&self.pool, &change).await?;
                 let deleted = sqlx::query("DELETE FROM flag_overrides WHERE flag_key = $1 AND org_id = $2")
                     .bind(flag_key)
                     .bind(org_id)
@@ -471,33 +669,46 @@ macro_rules! impl_sql_store {
                 &self,
                 key: &str,
                 plan: Planner<'_>,
-            ) -> Result<Option<(ExperimentRecord, i64)>, StoreError> {
+            ) -> Result<Option<ExperimentWritten>, StoreError> {
                 // Taking the configuration lock first means the read below
                 // sees every earlier write and nothing changes before ours.
-                let (mut tx, revision) = config_write(&self.pool).await?;
-                let current: Option<ExperimentRow> = sqlx::query_as(&format!("{EXPERIMENT_SELECT} AND e.key = $1"))
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let current = current.map(experiment_record);
+                let (mut tx, revision) = config_write(&self.pool, &Change::Experiment(key.to_owned())).await?;
+                let current = live_experiment(&mut tx, key).await?;
                 let Plan::Write(new) = plan(current.as_ref()) else {
                     return Ok(None);
                 };
+                // A deleted flag's row stays, so the foreign key alone would
+                // not refuse it.
+                if let Some(flag) = &new.eligibility_flag {
+                    if live_flag(&mut tx, flag).await?.is_none() {
+                        return Err(StoreError::MissingReference);
+                    }
+                }
                 let now = now_micros();
                 let (id, version, created_at) = match &current {
                     None => {
+                        // A new incarnation continues the key's versions: an
+                        // old If-Match can never match the new document.
+                        let (last,): (i64,) = sqlx::query_as(
+                            "SELECT COALESCE(MAX(v.version), 0) FROM experiment_versions v \
+                             JOIN experiments e ON e.id = v.experiment_id WHERE e.key = $1",
+                        )
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
                         let id = uuid::Uuid::new_v4().to_string();
                         sqlx::query(
                             "INSERT INTO experiments (id, key, version, eligibility_flag, created_at, updated_at) \
-                             VALUES ($1, $2, 1, $3, $4, $4)",
+                             VALUES ($1, $2, $3, $4, $5, $5)",
                         )
                         .bind(&id)
                         .bind(key)
+                        .bind(last + 1)
                         .bind(new.eligibility_flag.as_deref())
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
-                        (id, 1, now)
+                        (id, last + 1, now)
                     }
                     Some(c) => {
                         let (version,): (i64,) = sqlx::query_as(
@@ -537,28 +748,61 @@ macro_rules! impl_sql_store {
                     created_at,
                     updated_at: now,
                 };
-                Ok(Some((record, revision)))
+                Ok(Some(ExperimentWritten { record, revision, created: current.is_none() }))
             }
 
-            async fn delete_experiment(&self, key: &str) -> Result<i64, StoreError> {
-                let (mut tx, revision) = config_write(&self.pool).await?;
-                // The row and its versions stay for analysis; clearing the
-                // flag reference lets that flag be deleted later.
-                let deleted = sqlx::query(
-                    "UPDATE experiments SET deleted_at = $2, eligibility_flag = NULL WHERE key = $1 AND deleted_at IS NULL",
-                )
+            async fn delete_experiment(
+                &self,
+                key: &str,
+                expected: Option<&Precondition>,
+                actor: Option<&str>,
+            ) -> Result<i64, StoreError> {
+                let (mut tx, revision) = config_write(&self.pool, &Change::Experiment(key.to_owned())).await?;
+                // The exclusive row lock waits for participant writes in
+                // flight, and those that come later see the deletion.
+                let current: Option<(String, i64)> = sqlx::query_as(&format!(
+                    "SELECT id, version FROM experiments WHERE key = $1 AND deleted_at IS NULL{}",
+                    DIALECT.lock_exclusive
+                ))
                 .bind(key)
-                .bind(now_micros())
+                .fetch_optional(&mut *tx)
+                .await?;
+                precondition(expected, current.as_ref().map(|c| c.1))?;
+                let Some((id, _)) = current else {
+                    return Err(StoreError::NotFound);
+                };
+                // The row and its versions stay for analysis; clearing the
+                // flag reference lets that flag be deleted later. The deletion
+                // is a version of its own.
+                let now = now_micros();
+                let (version,): (i64,) = sqlx::query_as(
+                    "UPDATE experiments SET version = version + 1, updated_at = $2, deleted_at = $2, eligibility_flag = NULL \
+                     WHERE id = $1 RETURNING version",
+                )
+                .bind(&id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO experiment_versions (experiment_id, version, created_at, actor, config, layout, deleted) \
+                     VALUES ($1, $2, $3, $4, 'null', '[]', TRUE)",
+                )
+                .bind(&id)
+                .bind(version)
+                .bind(now)
+                .bind(actor)
                 .execute(&mut *tx)
                 .await?;
-                finish_removal(tx, deleted.rows_affected(), revision).await
+                tx.commit().await?;
+                Ok(revision)
             }
 
             async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError> {
-                let rows: Vec<(i64, OffsetDateTime, Option<String>, String, String)> = sqlx::query_as(
-                    "SELECT v.version, v.created_at, v.actor, v.config, v.layout FROM experiment_versions v \
+                // Every incarnation of the key: deleted ones stay readable.
+                let rows: Vec<(i64, OffsetDateTime, Option<String>, String, String, bool)> = sqlx::query_as(
+                    "SELECT v.version, v.created_at, v.actor, v.config, v.layout, v.deleted FROM experiment_versions v \
                      JOIN experiments e ON e.id = v.experiment_id \
-                     WHERE e.key = $1 AND e.deleted_at IS NULL ORDER BY v.version DESC",
+                     WHERE e.key = $1 ORDER BY e.created_at DESC, v.version DESC",
                 )
                 .bind(key)
                 .fetch_all(&self.pool)
@@ -568,7 +812,14 @@ macro_rules! impl_sql_store {
                 }
                 Ok(rows
                     .into_iter()
-                    .map(|r| VersionRecord { version: r.0, created_at: r.1, actor: r.2, config: r.3, layout: r.4 })
+                    .map(|r| VersionRecord {
+                        version: r.0,
+                        created_at: r.1,
+                        actor: r.2,
+                        config: r.3,
+                        layout: r.4,
+                        deleted: r.5,
+                    })
                     .collect())
             }
 
@@ -620,18 +871,20 @@ macro_rules! impl_sql_store {
             ) -> Result<(), StoreError> {
                 let now = now_micros();
                 for chunk in rows.chunks(200) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO sticky_assignments (experiment_id, org_id, unit_id, treatment, version, assigned_at) ",
-                    );
+                    let mut q = sqlx::QueryBuilder::<$db>::new("WITH claims (org_id, unit_id, treatment) AS (");
                     q.push_values(chunk, |mut row, (org, unit, treatment)| {
-                        row.push_bind(experiment_id)
-                            .push_bind(org.as_str())
-                            .push_bind(unit.as_str())
-                            .push_bind(treatment.as_str())
-                            .push_bind(version)
-                            .push_bind(now);
+                        row.push_bind(org.as_str()).push_bind(unit.as_str()).push_bind(treatment.as_str());
                     });
-                    q.push(" ON CONFLICT (experiment_id, org_id, unit_id) DO NOTHING");
+                    // Nothing is stored for an experiment deleted meanwhile.
+                    q.push(
+                        ") INSERT INTO sticky_assignments (experiment_id, org_id, unit_id, treatment, version, assigned_at) \
+                         SELECT ",
+                    );
+                    q.push_bind(experiment_id).push(", c.org_id, c.unit_id, c.treatment, ");
+                    q.push_bind(version).push(", ").push_bind(now);
+                    q.push(" FROM claims c WHERE EXISTS (SELECT 1 FROM experiments e WHERE e.id = ");
+                    q.push_bind(experiment_id);
+                    q.push(" AND e.deleted_at IS NULL) ON CONFLICT (experiment_id, org_id, unit_id) DO NOTHING");
                     q.build().execute(&self.pool).await?;
                 }
                 Ok(())
@@ -651,7 +904,9 @@ macro_rules! impl_sql_store {
                     None => {
                         sqlx::query(
                             "INSERT INTO sticky_assignments (experiment_id, org_id, unit_id, treatment, version, assigned_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (experiment_id, org_id, unit_id) DO NOTHING",
+                             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS \
+                             (SELECT 1 FROM experiments e WHERE e.id = $1 AND e.deleted_at IS NULL) \
+                             ON CONFLICT (experiment_id, org_id, unit_id) DO NOTHING",
                         )
                         .bind(experiment_id)
                         .bind(org_id)
@@ -665,7 +920,8 @@ macro_rules! impl_sql_store {
                     Some(old) => {
                         sqlx::query(
                             "UPDATE sticky_assignments SET treatment = $4, version = $5, assigned_at = $6 \
-                             WHERE experiment_id = $1 AND org_id = $2 AND unit_id = $3 AND treatment = $7",
+                             WHERE experiment_id = $1 AND org_id = $2 AND unit_id = $3 AND treatment = $7 \
+                             AND EXISTS (SELECT 1 FROM experiments e WHERE e.id = $1 AND e.deleted_at IS NULL)",
                         )
                         .bind(experiment_id)
                         .bind(org_id)
@@ -678,7 +934,18 @@ macro_rules! impl_sql_store {
                         .await?;
                     }
                 }
-                self.sticky_get(experiment_id, org_id, unit_id).await?.ok_or(StoreError::NotFound)
+                // What is stored now, unless the experiment was deleted
+                // meanwhile (then there is no answer to give).
+                let row: Option<(String,)> = sqlx::query_as(
+                    "SELECT s.treatment FROM sticky_assignments s JOIN experiments e ON e.id = s.experiment_id \
+                     WHERE s.experiment_id = $1 AND s.org_id = $2 AND s.unit_id = $3 AND e.deleted_at IS NULL",
+                )
+                .bind(experiment_id)
+                .bind(org_id)
+                .bind(unit_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|(t,)| t).ok_or(StoreError::NotFound)
             }
 
             async fn route(
@@ -869,13 +1136,30 @@ macro_rules! impl_sql_store {
             ) -> Result<(Participant, bool), StoreError> {
                 let now = now_micros();
                 let attributes = attributes.to_string();
+                let mut tx = self.pool.begin().await?;
+                // The experiment must be live and stay so until this commits:
+                // a deletion waits for the lock, and one that committed first
+                // is seen. (SQLite's single writer gives the same order to the
+                // guarded statements below.)
+                if !DIALECT.lock_shared.is_empty() {
+                    let live: Option<(String,)> = sqlx::query_as(&format!(
+                        "SELECT id FROM experiments WHERE id = $1 AND deleted_at IS NULL{}",
+                        DIALECT.lock_shared
+                    ))
+                    .bind(experiment_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if live.is_none() {
+                        return Err(StoreError::NotFound);
+                    }
+                }
                 // Insert-or-nothing first: of any number of concurrent
                 // registrations (through any replicas) exactly one inserts,
                 // so exactly one answers "created". A check-then-insert would
                 // let several see "no row yet".
                 let inserted: Option<ParticipantRow> = sqlx::query_as(&format!(
                     "INSERT INTO participants (experiment_id, participant_id, status, attributes, wait_seq, created_at, updated_at) \
-                     VALUES ($1, $2, 'new', $3, 0, $4, $4) \
+                     SELECT $1, $2, 'new', $3, 0, $4, $4 WHERE EXISTS ({LIVE_EXPERIMENT}) \
                      ON CONFLICT (experiment_id, participant_id) DO NOTHING \
                      RETURNING {PARTICIPANT_COLUMNS}"
                 ))
@@ -883,23 +1167,28 @@ macro_rules! impl_sql_store {
                 .bind(participant_id)
                 .bind(&attributes)
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
                 if let Some(row) = inserted {
+                    tx.commit().await?;
                     return Ok((participant_record(row)?, true));
                 }
                 // Only the attributes change; routing transactions never write
                 // them, so neither overwrites the other.
-                let row: ParticipantRow = sqlx::query_as(&format!(
+                let row: Option<ParticipantRow> = sqlx::query_as(&format!(
                     "UPDATE participants SET attributes = $3, updated_at = $4 \
-                     WHERE experiment_id = $1 AND participant_id = $2 RETURNING {PARTICIPANT_COLUMNS}"
+                     WHERE experiment_id = $1 AND participant_id = $2 AND EXISTS ({LIVE_EXPERIMENT}) \
+                     RETURNING {PARTICIPANT_COLUMNS}"
                 ))
                 .bind(experiment_id)
                 .bind(participant_id)
                 .bind(&attributes)
                 .bind(now)
-                .fetch_one(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
+                // Neither inserted nor updated: the experiment is gone.
+                let row = row.ok_or(StoreError::NotFound)?;
+                tx.commit().await?;
                 Ok((participant_record(row)?, false))
             }
 

@@ -10,7 +10,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::sql::impl_sql_store;
+use super::sql::{impl_sql_store, Dialect};
 use super::PoolOptions;
 
 pub struct SqliteStore {
@@ -46,7 +46,27 @@ impl SqliteStore {
             .await
             .map_err(|e| super::StoreError::Other(format!("migration failed: {e}")))
     }
+
+    /// SQLite has no push: other processes on the file learn of changes by
+    /// polling the revision.
+    async fn subscribe_feed(
+        &self,
+    ) -> Result<Option<Box<dyn super::ChangeFeed>>, super::StoreError> {
+        Ok(None)
+    }
 }
 
-// In WAL mode a transaction's first read fixes its snapshot already.
-impl_sql_store!(SqliteStore, sqlx::Sqlite, "sqlite", None::<&str>);
+impl_sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "sqlite",
+    Dialect {
+        // In WAL mode a transaction's first read fixes its snapshot already.
+        snapshot: None,
+        notify: None,
+        // One writer at a time: a guarded statement cannot interleave with
+        // a deletion.
+        lock_shared: "",
+        lock_exclusive: "",
+    }
+);

@@ -75,21 +75,46 @@ async fn lifecycle_create_update_resend_delete_recreate(backend: Backend) {
     )
     .await
     .expect_error(404, "not_found");
-    app.get("/v1/experiments/code-review/versions")
+    // The history stays readable, the deletion a version of its own.
+    let history = app
+        .get("/v1/experiments/code-review/versions")
         .await
-        .expect_error(404, "not_found");
+        .expect(200);
+    let listed: Vec<(i64, bool)> = history
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["deleted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, vec![(3, true), (2, false), (1, false)]);
+    assert_eq!(history.body[0]["config"], json!(null));
+    assert_eq!(history.body[0]["layout"], json!([]));
     app.delete("/v1/experiments/code-review")
         .await
         .expect_error(404, "not_found");
+    app.get("/v1/experiments/never-was/versions")
+        .await
+        .expect_error(404, "not_found");
 
-    // Created afresh: version 1 and a new, empty-based layout.
+    // Created afresh: a new, empty-based layout, and the versions continue
+    // (an If-Match of the old incarnation can never match the new one).
     let mut three = two_arms();
     three["treatments"] = json!([{"name": "x", "weight": 1}, {"name": "y", "weight": 3}]);
+    app.put_if("/v1/experiments/code-review", "2", three.clone())
+        .await
+        .expect_error(412, "version_mismatch");
     let recreated = app
         .put("/v1/experiments/code-review", three)
         .await
         .expect(201);
-    assert_eq!(recreated.body["version"], 1);
+    assert_eq!(recreated.body["version"], 4);
+    assert_eq!(recreated.headers["etag"], "\"4\"");
     assert_eq!(
         recreated.body["layout"],
         json!([{"treatment": "x", "start": 0, "end": 2500}, {"treatment": "y", "start": 2500, "end": 10000}])
@@ -98,7 +123,9 @@ async fn lifecycle_create_update_resend_delete_recreate(backend: Backend) {
         .get("/v1/experiments/code-review/versions")
         .await
         .expect(200);
-    assert_eq!(history.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(history.body.as_array().map(Vec::len), Some(4));
+    assert_eq!(history.body[0]["version"], 4);
+    assert_eq!(history.body[0]["deleted"], false);
 }
 
 async fn every_invalid_document_is_refused_and_changes_nothing(backend: Backend) {

@@ -305,10 +305,16 @@ async fn a_flag_named_by_an_experiment_cannot_be_deleted(backend: Backend) {
     app.delete(&format!("/v1/flags/{FLAG}"))
         .await
         .expect_error(404, "not_found");
-    // Re-created, it starts at version 1 with no overrides.
-    app.put(&format!("/v1/flags/{FLAG}"), seed_flag())
+    // Re-created, its versions continue (the deletion was version 2) and it
+    // has no overrides.
+    app.put_if(&format!("/v1/flags/{FLAG}"), "1", seed_flag())
+        .await
+        .expect_error(412, "version_mismatch");
+    let recreated = app
+        .put(&format!("/v1/flags/{FLAG}"), seed_flag())
         .await
         .expect(201);
+    assert_eq!(recreated.body["version"], 3);
     let page = app.get(&format!("/v1/flags/{FLAG}/orgs")).await.expect(200);
     assert_eq!(page.body["overrides"], json!([]));
 }

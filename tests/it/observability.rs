@@ -57,6 +57,7 @@ async fn metrics_describe_the_traffic_that_passed(backend: Backend) {
         "allot_db_pool_connections{state=\"idle\"}".to_owned(),
         "allot_db_pool_max_connections".to_owned(),
         "allot_config_revision".to_owned(),
+        "allot_config_age_seconds".to_owned(),
     ] {
         assert!(text.contains(&needle), "missing {needle} in:\n{text}");
     }
@@ -119,20 +120,34 @@ impl Drop for Proxy {
     }
 }
 
-async fn wait_for_ready(app: &crate::helpers::TestApp, status: u16) -> serde_json::Value {
+/// Asks `/readyz` until `done` holds for its answer (status, body), or 10 s.
+async fn wait_for_readiness(
+    app: &crate::helpers::TestApp,
+    what: &str,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let answer = app.get("/readyz").await;
-        if answer.status.as_u16() == status || std::time::Instant::now() > deadline {
-            assert_eq!(answer.status.as_u16(), status, "readyz: {}", answer.body);
+        if done(answer.status.as_u16(), &answer.body) {
             return answer.body;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz never became {what}: {} {}",
+            answer.status,
+            answer.body
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
 /// PostgreSQL goes away (every connection cut, new ones refused) and comes
-/// back: readiness says so both times, with no restart.
+/// back. A store outage alone leaves the replica ready (§7: taking every
+/// replica out because their shared database blinked would turn a partial
+/// outage into a total one), saying `store: unreachable` and letting the
+/// configuration's age grow; a replica with `readiness_max_config_age_secs`
+/// turns unready once its configuration is older than that. No restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_readiness_follows_the_store_going_away_and_coming_back() {
     let Some(store) = crate::helpers::TestStore::new(Backend::Postgres).await else {
@@ -149,8 +164,15 @@ async fn postgres_readiness_follows_the_store_going_away_and_coming_back() {
     );
     settings.database_url = url;
     settings.db_acquire_timeout_ms = 500;
-    let app = crate::helpers::TestApp::spawn_with(settings).await;
-    app.get("/readyz").await.expect(200);
+    settings.refresh_interval_ms = 100;
+    let app = crate::helpers::TestApp::spawn_with(settings.clone()).await;
+    settings.readiness_max_config_age_secs = 1;
+    let strict = crate::helpers::TestApp::spawn_with(settings).await;
+    let ready = app.get("/readyz").await.expect(200).body;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["store"], "ok");
+    assert!(ready["config_age_ms"].as_u64().is_some(), "{ready}");
+    strict.get("/readyz").await.expect(200);
     app.put(
         "/v1/experiments/e",
         json!({"treatments": [{"name": "a", "weight": 1}]}),
@@ -159,8 +181,21 @@ async fn postgres_readiness_follows_the_store_going_away_and_coming_back() {
     .expect(201);
 
     proxy.cut();
-    let down = wait_for_ready(&app, 503).await;
-    assert_eq!(down["status"], "not_ready");
+    let down = wait_for_readiness(&app, "store: unreachable", |status, body| {
+        status == 200 && body["store"] == "unreachable"
+    })
+    .await;
+    assert_eq!(down["status"], "ready");
+    let strict_down = wait_for_readiness(&strict, "503", |status, _| status == 503).await;
+    assert_eq!(strict_down["status"], "not_ready");
+    assert!(
+        strict_down["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("readiness_max_config_age_secs")),
+        "{strict_down}"
+    );
+    let aged = app.get("/readyz").await.expect(200).body;
+    assert!(aged["config_age_ms"].as_u64().unwrap() >= 1000, "{aged}");
     // Non-sticky assignment needs no store: it keeps answering.
     app.post(
         "/v1/experiments/e/assign",
@@ -168,6 +203,13 @@ async fn postgres_readiness_follows_the_store_going_away_and_coming_back() {
     )
     .await
     .expect(200);
+    // An unknown key cannot be confirmed unknown without the store.
+    app.post(
+        "/v1/experiments/unknown/assign",
+        json!({"org_id": 1, "unit_id": "u"}),
+    )
+    .await
+    .expect_error(503, "unavailable");
     // A write needs the store: 503 unavailable, never a hang or a 500.
     app.put(
         "/v1/experiments/e",
@@ -177,7 +219,15 @@ async fn postgres_readiness_follows_the_store_going_away_and_coming_back() {
     .expect_error(503, "unavailable");
 
     proxy.mend();
-    assert_eq!(wait_for_ready(&app, 200).await["status"], "ready");
+    let back = wait_for_readiness(&strict, "ready again", |status, body| {
+        status == 200 && body["store"] == "ok"
+    })
+    .await;
+    assert!(back["config_age_ms"].as_u64().unwrap() < 1000, "{back}");
+    wait_for_readiness(&app, "store: ok", |status, body| {
+        status == 200 && body["store"] == "ok"
+    })
+    .await;
     app.put(
         "/v1/experiments/e",
         json!({"treatments": [{"name": "a", "weight": 2}]}),
@@ -197,6 +247,7 @@ async fn readiness_turns_503_as_soon_as_shutdown_begins(backend: Backend) {
     let state = allot::http::AppState {
         engine: app.engine.clone(),
         shutting_down: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        max_config_age: None,
         metrics: None,
     };
     let router = allot::http::router(state.clone(), &store.settings());

@@ -39,7 +39,7 @@ async fn read(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    let experiment = state.engine.get_experiment(&key)?;
+    let experiment = state.engine.get_experiment(&key).await?;
     Ok(versioned(StatusCode::OK, experiment.version, experiment))
 }
 
@@ -73,20 +73,29 @@ async fn upsert(
 }
 
 /// Takes an experiment out of service; its history, assignments and
-/// participants are kept.
+/// participants are kept, and the deletion is a version of its own.
 #[utoipa::path(delete, path = "/v1/experiments/{key}", tag = "experiments", security(("bearer" = [])),
-    params(("key" = String, Path, description = "Experiment key")),
+    params(("key" = String, Path, description = "Experiment key"),
+           ("If-Match" = Option<String>, Header, description = "Only if this is the current version")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 412, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
+    IfMatch(if_match): IfMatch,
+    actor: Option<Extension<Actor>>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_experiment(&key).await?;
+    let actor = actor.and_then(|Extension(Actor(name))| name);
+    state
+        .engine
+        .delete_experiment(&key, if_match, actor)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Every accepted version, newest first, with its config and layout.
+/// Every accepted version, newest first, with its config and layout; a
+/// deletion is listed as a version (`deleted: true`), and the history stays
+/// readable after it.
 #[utoipa::path(get, path = "/v1/experiments/{key}/versions", tag = "experiments", security(("bearer" = [])),
     params(("key" = String, Path, description = "Experiment key")),
     responses((status = 200, body = Vec<VersionView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),

@@ -42,7 +42,7 @@ async fn read(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    let flag = state.engine.get_flag(&key)?;
+    let flag = state.engine.get_flag(&key).await?;
     Ok(versioned(StatusCode::OK, flag.version, flag))
 }
 
@@ -66,14 +66,17 @@ async fn upsert(
 
 /// Deletes a flag and its overrides (409 while an experiment uses it).
 #[utoipa::path(delete, path = "/v1/flags/{key}", tag = "flags", security(("bearer" = [])),
-    params(("key" = String, Path, description = "Flag key")),
+    params(("key" = String, Path, description = "Flag key"),
+           ("If-Match" = Option<String>, Header, description = "Only if this is the current version")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
+    IfMatch(if_match): IfMatch,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_flag(&key).await?;
+    state.engine.delete_flag(&key, if_match).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -144,5 +147,5 @@ async fn evaluate(
     PathParams(key): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.engine.evaluate_flag(&key, body)?).into_response())
+    Ok(Json(state.engine.evaluate_flag(&key, body).await?).into_response())
 }

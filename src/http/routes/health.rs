@@ -1,4 +1,6 @@
-//! Probes (§7): `/healthz` does no I/O; `/readyz` asks the store.
+//! Probes (§7): `/healthz` does no I/O; `/readyz` reports the store and
+//! the configuration's age, and is unready only while shutting down or when
+//! the configuration is older than `readiness_max_config_age_secs`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,8 +15,8 @@ use utoipa_axum::routes;
 
 use crate::http::AppState;
 
-/// How long readiness waits for the store.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long readiness waits for the store before calling it unreachable.
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -28,7 +30,10 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 once the store answers; 503 if it does not, or once shutdown began.
+/// 200 while serving, with the store's state and the configuration's age: a
+/// store outage alone does not make a replica unready, since it keeps
+/// answering from its loaded configuration. 503 once shutdown began, or when
+/// the configuration is older than `readiness_max_config_age_secs`.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = crate::http::openapi::Readiness), (status = 503, body = crate::http::openapi::Readiness)))]
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -42,8 +47,23 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutting_down.load(Ordering::Relaxed) {
         return not_ready("shutting down".into());
     }
-    match state.engine.check_store(READY_TIMEOUT).await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(reason) => not_ready(reason),
+    let store = match state.engine.check_store(STORE_TIMEOUT).await {
+        Ok(()) => "ok",
+        Err(why) => {
+            tracing::warn!(reason = %why, "readiness: the store is unreachable; serving the loaded configuration");
+            "unreachable"
+        }
+    };
+    let age = state.engine.config_age();
+    if let Some(max) = state.max_config_age {
+        if age > max {
+            return not_ready(format!(
+                "the configuration was last confirmed current {} ms ago, more than readiness_max_config_age_secs ({} s); the store is {store}",
+                age.as_millis(),
+                max.as_secs()
+            ));
+        }
     }
+    let config_age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+    Json(json!({"status": "ready", "store": store, "config_age_ms": config_age_ms})).into_response()
 }

@@ -30,6 +30,7 @@ async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
         .set(f64::from(open.saturating_sub(idle)));
     metrics::gauge!("allot_db_pool_max_connections").set(f64::from(max));
     metrics::gauge!("allot_config_revision").set(state.engine.snapshot().revision as f64);
+    metrics::gauge!("allot_config_age_seconds").set(state.engine.config_age().as_secs_f64());
     handle.run_upkeep();
     let mut text = handle.render();
     // Kept apart from the recorder so that they can be removed with their
