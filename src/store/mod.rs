@@ -500,7 +500,57 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::{postgres_went_away, sqlite_went_away};
+    use super::{postgres_went_away, sqlite_went_away, Change, Delta};
+
+    #[test]
+    fn a_change_is_stored_and_read_back_as_itself() {
+        for change in [
+            Change::Flag("f".into()),
+            Change::Override {
+                flag: "f".into(),
+                org_id: "42".into(),
+            },
+            Change::Experiment("e".into()),
+        ] {
+            let (kind, key, org) = change.parts();
+            let back = Change::from_parts(kind, key.to_owned(), org.map(str::to_owned));
+            assert_eq!(back, Some(change));
+        }
+        // Rows allot did not write are not guessed at.
+        assert_eq!(
+            Change::from_parts("flag", "f".into(), Some("1".into())),
+            None
+        );
+        assert_eq!(Change::from_parts("override", "f".into(), None), None);
+        assert_eq!(Change::from_parts("cohort", "c".into(), None), None);
+    }
+
+    #[test]
+    fn each_changed_entity_is_reloaded_once_and_a_flag_covers_its_overrides() {
+        let o = |flag: &str, org: &str| Change::Override {
+            flag: flag.into(),
+            org_id: org.into(),
+        };
+        let changes = vec![
+            o("f", "1"),
+            Change::Experiment("e".into()),
+            o("g", "1"),
+            Change::Flag("f".into()),
+            o("g", "1"),
+            Change::Experiment("e".into()),
+            o("g", "2"),
+            o("f", "3"),
+        ];
+        assert_eq!(
+            Delta::entities(changes),
+            vec![
+                Change::Experiment("e".into()),
+                o("g", "1"),
+                Change::Flag("f".into()),
+                o("g", "2"),
+            ]
+        );
+    }
 
     #[test]
     fn codes_that_mean_the_store_went_away_are_recognised() {
