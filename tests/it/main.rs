@@ -18,6 +18,7 @@ mod hash_vectors;
 mod observability;
 mod openapi;
 mod operations;
+mod replicas;
 mod robustness;
 mod routing;
 mod sticky;
