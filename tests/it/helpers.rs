@@ -85,6 +85,31 @@ impl TestStore {
         }
     }
 
+    /// Runs a query that answers one integer (e.g. a `COUNT(*)`) directly
+    /// against the store, bypassing every replica's cache.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
+                let value: i64 = sqlx::query_scalar(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("scalar query");
+                pool.close().await;
+                value
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
+                let value: i64 = sqlx::query_scalar(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("scalar query");
+                pool.close().await;
+                value
+            }
+        }
+    }
+
     pub fn settings(&self) -> Settings {
         let mut s = Settings::defaults().expect("defaults");
         s.listen = "127.0.0.1:0".into();
@@ -210,6 +235,15 @@ impl TestApp {
     pub async fn delete(&self, path: &str) -> Answer {
         self.send(self.client.delete(self.url(path))).await
     }
+
+    pub async fn delete_if(&self, path: &str, version: &str) -> Answer {
+        self.send(
+            self.client
+                .delete(self.url(path))
+                .header("if-match", version),
+        )
+        .await
+    }
 }
 
 impl Answer {
@@ -277,6 +311,24 @@ macro_rules! on_both_stores {
             )*
         }
         mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// Declares each listed `async fn name(Backend)` as one test,
+/// `postgres_only::name`, for behaviour only PostgreSQL has (notifications,
+/// server-side sessions). Without `TEST_DATABASE_URL` it says it was skipped
+/// and passes, like the PostgreSQL half of `on_both_stores!`.
+#[macro_export]
+macro_rules! on_postgres {
+    ($($name:ident),* $(,)?) => {
+        mod postgres_only {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {

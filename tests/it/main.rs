@@ -19,6 +19,7 @@ mod observability;
 mod openapi;
 mod operations;
 mod replica_races;
+mod replicas;
 mod robustness;
 mod routing;
 mod sticky;
