@@ -9,6 +9,7 @@ mod helpers;
 mod assign;
 mod auth;
 mod binary;
+mod catch_up;
 mod conformance;
 mod experiments;
 mod flags;

@@ -1,0 +1,100 @@
+//! How a replica catches up with the store: only the changed entities when
+//! it knows what changed, everything when it cannot know (§7 Replicas).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, TestStore};
+use crate::on_both_stores;
+
+/// A revision bumped by hand, with no record of what it changed (an
+/// operator's repair in SQL): the other replica reloads everything and
+/// serves the edited row.
+async fn a_revision_without_its_change_reloads_everything(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let a = TestApp::spawn(&store).await;
+    let b = TestApp::spawn(&store).await;
+    a.put(
+        "/v1/flags/edited",
+        json!({"description": "as written", "enabled": true}),
+    )
+    .await
+    .expect(201);
+    b.get("/v1/flags/edited").await.expect(200);
+    store
+        .execute(
+            "UPDATE flags SET config = '{\"description\": \"edited by hand\", \"enabled\": true, \"rules\": []}' \
+             WHERE key = 'edited'",
+        )
+        .await;
+    store
+        .execute("UPDATE config_revision SET revision = revision + 1 WHERE id = 1")
+        .await;
+    assert!(b.engine.refresh().await.unwrap());
+    let served = b.get("/v1/flags/edited").await.expect(200);
+    assert_eq!(served.body["description"], "edited by hand");
+    // The next ordinary write is applied by changes again.
+    a.put(
+        "/v1/flags/edited",
+        json!({"description": "third", "enabled": true}),
+    )
+    .await
+    .expect(200);
+    b.engine.refresh().await.unwrap();
+    assert_eq!(
+        b.get("/v1/flags/edited").await.expect(200).body["description"],
+        "third"
+    );
+}
+
+/// 300 writes (more than one catch-up reloads one by one) while the other
+/// replica does not look: afterwards it serves exactly what the writer does.
+async fn a_replica_far_behind_catches_up_in_one_go(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let a = Arc::new(TestApp::spawn(&store).await);
+    let b = TestApp::spawn(&store).await;
+    for i in 0..300u32 {
+        let key = format!("/v1/experiments/e{}", i % 50);
+        let doc =
+            json!({"treatments": [{"name": "x", "weight": 1}, {"name": "y", "weight": i + 1}]});
+        let status = a.put(&key, doc).await.status.as_u16();
+        assert!(matches!(status, 200 | 201), "{status}");
+    }
+    a.put("/v1/flags/f", json!({"enabled": true}))
+        .await
+        .expect(201);
+    a.put("/v1/flags/f/orgs/7", json!({"enabled": false}))
+        .await
+        .expect(201);
+    a.delete("/v1/experiments/e49").await.expect(204);
+    b.engine.refresh().await.unwrap();
+    assert_eq!(
+        a.engine.snapshot().revision,
+        b.engine.snapshot().revision,
+        "both replicas serve the store's revision"
+    );
+    assert_eq!(
+        a.get("/v1/experiments").await.expect(200).body,
+        b.get("/v1/experiments").await.expect(200).body
+    );
+    assert_eq!(
+        b.post("/v1/flags/f/evaluate", json!({"org_id": 7}))
+            .await
+            .expect(200)
+            .body["reason"],
+        "override"
+    );
+    b.get("/v1/experiments/e49")
+        .await
+        .expect_error(404, "not_found");
+}
+
+on_both_stores!(
+    a_revision_without_its_change_reloads_everything,
+    a_replica_far_behind_catches_up_in_one_go,
+);
