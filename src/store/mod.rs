@@ -3,9 +3,13 @@
 //! The store only persists and locks; it does not interpret configs. Every
 //! configuration write runs in one transaction whose first statement bumps the
 //! single-row `config_revision` counter: that row lock serialises configuration
-//! writers across replicas on PostgreSQL, takes SQLite's write lock up front
-//! (no deferred-transaction upgrade deadlocks), and tells every replica's
-//! snapshot poller that something changed.
+//! writers across replicas on PostgreSQL, and takes SQLite's write lock up
+//! front (no deferred-transaction upgrade deadlocks). The same transaction
+//! records what it changed under the new revision (`config_changes`) and, on
+//! PostgreSQL, notifies every replica as it commits; a replica then asks
+//! [`Store::catch_up`] for the entities changed since its own revision.
+//! Writes are checked against the stored rows inside their transaction
+//! (If-Match, existence, deletion), never against a replica's cached copy.
 
 mod postgres;
 mod sql;

@@ -84,7 +84,7 @@ impl_sql_store!(
     Dialect {
         // READ COMMITTED would let each query of a load see a different commit.
         snapshot: Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
-        notify: Some("SELECT pg_notify('allot_config', $1)"),
+        notify: Some("SELECT pg_notify($1, $2)"),
         // KEY SHARE does not wait for routing transactions (they update the
         // row, not its key) nor for other participant writes; FOR UPDATE
         // waits for all of them.

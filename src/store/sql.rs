@@ -12,8 +12,9 @@
 pub(crate) struct Dialect {
     /// Makes a transaction read one consistent snapshot, if it does not already.
     pub snapshot: Option<&'static str>,
-    /// Sends `$1` (the new revision) to the other replicas when the writing
-    /// transaction commits; none where there is no push.
+    /// Sends `$2` (the new revision) on channel `$1` ([`CHANNEL`]) to the
+    /// other replicas when the writing transaction commits; none where there
+    /// is no push.
     pub notify: Option<&'static str>,
     /// Appended to a `SELECT` of an experiment row that a participant write
     /// depends on: it waits for a deletion in flight and keeps one from
@@ -319,7 +320,11 @@ macro_rules! impl_sql_store {
                 .execute(&mut *tx)
                 .await?;
             if let Some(notify) = DIALECT.notify {
-                sqlx::query(notify).bind(revision.to_string()).execute(&mut *tx).await?;
+                sqlx::query(notify)
+                    .bind(super::sql::CHANNEL)
+                    .bind(revision.to_string())
+                    .execute(&mut *tx)
+                    .await?;
             }
             Ok((tx, revision))
         }
