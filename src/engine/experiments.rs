@@ -180,11 +180,10 @@ impl Engine {
         };
         let guard = self.writes.lock().await;
         let written = match self.store.write_experiment(key.as_str(), &plan).await {
-            Err(StoreError::VersionMismatch { current }) => {
-                return Err(EngineError::VersionMismatch {
-                    expected: if_match.unwrap_or(Precondition::Exists),
-                    current,
-                })
+            Err(e @ StoreError::VersionMismatch { .. }) => {
+                return Err(super::refused_write(e, if_match.as_ref(), || {
+                    not_found(key.as_str())
+                }))
             }
             Err(StoreError::MissingReference) => {
                 let flag = config
@@ -288,14 +287,7 @@ impl Engine {
             .store
             .delete_experiment(key, if_match.as_ref(), actor.as_deref())
             .await
-            .map_err(|e| match e {
-                StoreError::NotFound => not_found(key),
-                StoreError::VersionMismatch { current } => EngineError::VersionMismatch {
-                    expected: if_match.clone().unwrap_or(Precondition::Exists),
-                    current,
-                },
-                other => other.into(),
-            })?;
+            .map_err(|e| super::refused_write(e, if_match.as_ref(), || not_found(key)))?;
         self.install(revision, |s| {
             let mut next = s.next(revision);
             next.experiments.remove(key);

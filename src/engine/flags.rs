@@ -172,13 +172,12 @@ impl Engine {
             .put_flag(key.as_str(), &document, if_match.as_ref())
             .await
         {
-            Err(StoreError::VersionMismatch { current }) => {
-                return Err(EngineError::VersionMismatch {
-                    expected: if_match.unwrap_or(Precondition::Exists),
-                    current,
-                })
+            Err(e) => {
+                return Err(super::refused_write(e, if_match.as_ref(), || {
+                    not_found(key.as_str())
+                }))
             }
-            other => other?,
+            Ok(written) => written,
         };
         let created = matches!(written, FlagWritten::Created(..));
         let (record, outcome) = match written {
@@ -219,14 +218,7 @@ impl Engine {
             .store
             .delete_flag(key, if_match.as_ref())
             .await
-            .map_err(|e| match e {
-                StoreError::NotFound => not_found(key),
-                StoreError::VersionMismatch { current } => EngineError::VersionMismatch {
-                    expected: if_match.clone().unwrap_or(Precondition::Exists),
-                    current,
-                },
-                other => other.into(),
-            })?;
+            .map_err(|e| super::refused_write(e, if_match.as_ref(), || not_found(key)))?;
         self.install(revision, |s| {
             let mut next = s.next(revision);
             next.flags.remove(key);

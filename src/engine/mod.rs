@@ -79,6 +79,23 @@ impl EngineError {
     }
 }
 
+/// A configuration write the store refused: `NotFound` is `missing()`, a
+/// failed `If-Match` is 412 with the stored version it was checked against.
+pub(crate) fn refused_write(
+    e: StoreError,
+    if_match: Option<&Precondition>,
+    missing: impl FnOnce() -> EngineError,
+) -> EngineError {
+    match e {
+        StoreError::NotFound => missing(),
+        StoreError::VersionMismatch { current } => EngineError::VersionMismatch {
+            expected: if_match.cloned().unwrap_or(Precondition::Exists),
+            current,
+        },
+        other => other.into(),
+    }
+}
+
 /// Counts a store failure in `allot_store_errors_total` (the outcomes that
 /// are answers, like "not found", are not failures).
 pub(crate) fn count_store_error(e: &StoreError) {
