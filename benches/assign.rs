@@ -5,7 +5,7 @@
 //! * `engine_assign`: `Engine::assign` for a non-sticky experiment, as the
 //!   HTTP handler calls it (snapshot read, request parsing excluded, answer
 //!   built), over an SQLite store that it never touches on this path.
-//! * `condition_worst`: one condition evaluation at the limits of contract §1
+//! * `condition_worst`: one condition evaluation at the limits of §1
 //!   (a condition of at most 64 KiB, `$in`-style lists of at most 10 000
 //!   entries, attributes of at most 16 KiB): the inputs that make each
 //!   operator do the most work it can; and the write-time cost of a condition

@@ -1,6 +1,6 @@
 //! Propagation benchmark for `bench/propagation.sh`: how long a configuration
 //! change accepted by replica A takes to be served by replica B (two allot
-//! processes on one PostgreSQL; contract §7 "Replicas" says 100 ms at p99).
+//! processes on one PostgreSQL; §7 "Replicas" says 100 ms at p99).
 //!
 //! 1. Creates N experiments on A (and waits until B serves each).
 //! 2. Makes W weight changes through A, each on an experiment picked at

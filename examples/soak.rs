@@ -1578,7 +1578,7 @@ async fn hostile(ctx: &Ctx, op: Op, rng: &mut Rng, r: usize) {
                 "before=%00",
                 "limit=1&limit=2",
             ]);
-            // U+0000 is 422 wherever it is (contract §1); the rest is a bad query.
+            // U+0000 is 422 wherever it is (§1); the rest is a bad query.
             let expect: &'static [u16] = if q.contains("%00") { &[422] } else { &[400] };
             Req::hostile(
                 "bad_query",
@@ -1643,7 +1643,7 @@ async fn hostile(ctx: &Ctx, op: Op, rng: &mut Rng, r: usize) {
     ctx.send(r, req).await;
 }
 
-/// Durations out of the contract's range (1 to 31 536 000 s) must be 422.
+/// Durations out of the range of §1 (1 to 31 536 000 s) must be 422.
 /// Should the server store one anyway, a pair is routed, accepted and
 /// declined in that study, to show what the stored value does, and the study
 /// is deleted so that such studies do not pile up.
@@ -1762,7 +1762,7 @@ async fn extreme_weights(ctx: &Ctx, rng: &mut Rng, r: usize) {
 }
 
 /// One new participant registered 8 times at once over both replicas: the
-/// contract says exactly one 201.
+/// §5 says exactly one 201.
 async fn dup_register(ctx: &Ctx, r: usize) {
     let path = format!("/v1/experiments/{STUDY}/participants/dup-{}", ctx.next_id());
     let body = json!({"attributes": {"score": 6}});

@@ -57,7 +57,7 @@ pub struct Settings {
     pub auth: AuthSettings,
 }
 
-/// Bearer-token authentication (contract §1). No token: auth is off.
+/// Bearer-token authentication (§1). No token: auth is off.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {

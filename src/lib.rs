@@ -1,8 +1,11 @@
 //! allot: deterministic experiment assignment over HTTP.
 //!
+//! What the server promises its clients is `docs/reference.md`; comments
+//! cite its sections as `§N` (`§4.2` is the layout rule).
+//!
 //! Layers import downward only:
 //!
-//! * [`domain`]: the pure rules of the contract (ids, hash, layout,
+//! * [`domain`]: the pure rules of the API (ids, hash, layout,
 //!   conditions, flags, experiments); no I/O.
 //! * [`store`]: one trait, a PostgreSQL and an SQLite implementation.
 //! * [`engine`]: composes them: the in-memory snapshot, writes, assignment.

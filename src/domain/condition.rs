@@ -1,4 +1,4 @@
-//! The condition language (contract §6): GrowthBook's `evalCondition`.
+//! The condition language (§6): GrowthBook's `evalCondition`.
 //!
 //! A condition is compiled once, when the config that holds it is stored, into
 //! a [`Condition`] tree with its regular expressions built; evaluation then
@@ -15,7 +15,7 @@
 //! `value * 1`, `<` between mixed types, strict `===`) because GrowthBook's
 //! reference implementation is JavaScript and its cross-SDK cases encode them.
 //!
-//! Bounded work (contract §1): [`validate`] refuses conditions over
+//! Bounded work (§1): [`validate`] refuses conditions over
 //! [`limits::MAX_CONDITION_BYTES`], `$in`-style lists over
 //! [`limits::MAX_LIST_ENTRIES`], and patterns that together compile to more
 //! than [`limits::MAX_CONDITION_PATTERN_BYTES`]. Membership (`$in`, `$nin`,

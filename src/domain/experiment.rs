@@ -1,4 +1,4 @@
-//! Experiments (contract §3) and the assignment decision (§4.3).
+//! Experiments (§3) and the assignment decision (§4.3).
 //!
 //! [`ExperimentConfig::parse`] validates a document into its normalised form
 //! (every default filled in), which is what is stored, versioned and served.

@@ -1,4 +1,4 @@
-//! Eligibility flags (contract §2): rules, rollout, overrides → decision + reason.
+//! Eligibility flags (§2): rules, rollout, overrides → decision + reason.
 
 use serde::Serialize;
 use serde_json::{Map, Value};

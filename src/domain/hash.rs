@@ -1,4 +1,4 @@
-//! The documented bucket hash (contract §4.1).
+//! The documented bucket hash (§4.1).
 //!
 //! `bucket(p1, p2, …)` is the first 8 bytes of SHA-256 over the UTF-8 string
 //! `p1:p2:…`, read as a big-endian `u64`, modulo 10 000. Analysts recompute it

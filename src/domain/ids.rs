@@ -2,7 +2,7 @@
 //!
 //! A [`Key`] names flags, experiments, treatments, cohorts and variables; an
 //! [`Id`] names an organization, a unit of work or a participant. Once a value
-//! has one of these types it is known to satisfy the contract's §1 rules.
+//! has one of these types it is known to satisfy the rules of §1.
 
 use std::fmt;
 

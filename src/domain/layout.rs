@@ -1,4 +1,4 @@
-//! Weights to buckets, moving as few units as possible (contract §4.2).
+//! Weights to buckets, moving as few units as possible (§4.2).
 //!
 //! A [`Layout`] maps each of the 10 000 buckets to a treatment (by its index in
 //! the experiment's treatment list) or to nothing. Every accepted change of
@@ -49,7 +49,7 @@ impl std::fmt::Debug for Layout {
 /// gets `floor(total × w / W)`, and the remainder goes one each to the
 /// largest fractional parts, ties to the earlier treatment. When `W` or some
 /// `total × w` overflows to infinity, the weights are first divided by the
-/// largest one (the contract's overflow rule), so any finite weights ≥ 0
+/// largest one (the overflow rule of §4.2), so any finite weights ≥ 0
 /// give targets that add up to `total` (or all zeros when no weight is > 0).
 ///
 /// Validation only lets finite weights ≥ 0 through; anything else (NaN, an
@@ -88,7 +88,7 @@ fn active(weight: f64) -> bool {
     weight.is_finite() && weight > 0.0
 }
 
-/// The sum of the active weights, in list order (the contract's `W`).
+/// The sum of the active weights, in list order (`W` in §4.2).
 fn weight_sum(weights: &[f64]) -> f64 {
     weights
         .iter()
@@ -384,7 +384,7 @@ mod tests {
     }
 
     /// The issue "Hardening": `total × w` overflowed to infinity and the
-    /// leftover loop never ended. The contract's overflow rule rescales.
+    /// leftover loop never ended. The overflow rule of §4.2 rescales.
     #[test]
     fn weights_whose_products_overflow_are_rescaled_by_the_largest() {
         assert_eq!(targets(&[1e305], 1.0), vec![10_000]);
@@ -423,7 +423,7 @@ mod tests {
         assert_eq!(targets(&[1.0], 7.0), vec![10_000]);
     }
 
-    /// §4.2 step 1 as the contract words it, written independently of
+    /// §4.2 step 1 as docs/reference.md words it, written independently of
     /// [`targets`], for weights that do not overflow.
     fn plain_rule(weights: &[f64], coverage: f64) -> Vec<u32> {
         let total = (coverage * 10_000.0 + 0.5).floor();

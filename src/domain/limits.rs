@@ -1,4 +1,4 @@
-//! The bounds of contract §1 ("Bounded work"): every request finishes in time
+//! The bounds of §1 ("Bounded work"): every request finishes in time
 //! bounded by these, whatever its content.
 //!
 //! Each limit is checked where the value enters (the request body, a stored

@@ -1,4 +1,4 @@
-//! Pure rules of the contract: no I/O, no HTTP, no database.
+//! Pure rules of the API (docs/reference.md): no I/O, no HTTP, no database.
 //!
 //! Everything here is a function of plain data so that it can be unit- and
 //! property-tested in isolation, and so that the engine can call it on the

@@ -1,4 +1,4 @@
-//! `If-Match` (contract §1 "Versions"): a write may name the version it was
+//! `If-Match` (§1 "Versions"): a write may name the version it was
 //! made against; a stale one changes nothing.
 
 use std::fmt;

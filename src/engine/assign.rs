@@ -1,4 +1,4 @@
-//! Deciding a unit's treatment (contract §4.3), single and batch.
+//! Deciding a unit's treatment (§4.3), single and batch.
 //!
 //! The decision is taken from the snapshot without awaiting anything; only a
 //! sticky experiment goes on to read (through a per-version cache) and write

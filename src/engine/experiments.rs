@@ -1,4 +1,4 @@
-//! Experiment operations: validated upsert with layouts, delete, history (contract §3).
+//! Experiment operations: validated upsert with layouts, delete, history (§3).
 
 use std::sync::{Arc, Mutex};
 

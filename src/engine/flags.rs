@@ -1,4 +1,4 @@
-//! Flag operations: upsert, delete, overrides, evaluation (contract §2).
+//! Flag operations: upsert, delete, overrides, evaluation (§2).
 
 use std::sync::Arc;
 

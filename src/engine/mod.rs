@@ -33,7 +33,7 @@ const RESUBSCRIBE_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why an engine operation did not succeed; the HTTP layer maps each to the
-/// contract's status and code.
+/// status and code of §1.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]

@@ -1,4 +1,4 @@
-//! Participant routing (contract §5): register, route, accept, decline, read,
+//! Participant routing (§5): register, route, accept, decline, read,
 //! cohort views, the audit log, and the timeout sweeper.
 //!
 //! Every call that can change state runs as one store transaction under the

@@ -1,4 +1,4 @@
-//! Request bodies: JSON text → [`Value`], with the rules of contract §1 that
+//! Request bodies: JSON text → [`Value`], with the rules of §1 that
 //! apply to every string and number wherever it stands.
 //!
 //! * U+0000 in any string or object key is refused (PostgreSQL cannot store

@@ -1,6 +1,6 @@
 //! The edge middleware: what every request goes through once, in one place
 //! (one boxed future instead of four): the request span, the request timeout,
-//! the contract's error body with the request id, and the request metrics.
+//! the error body of §1 with the request id, and the request metrics.
 //!
 //! The span (method, route, request id, then status and latency) is at DEBUG
 //! level: at the default INFO a per-request span costs about a tenth of the

@@ -1,4 +1,4 @@
-//! [`ApiError`]: the one error shape of every non-2xx answer (contract §1).
+//! [`ApiError`]: the one error shape of every non-2xx answer (§1).
 //!
 //! Handlers and extractors return an `ApiError`; it travels in the response's
 //! extensions to the edge middleware (`http::edge`), which knows the request

@@ -1,4 +1,4 @@
-//! Extractors whose rejections are [`ApiError`]s in the contract's shape.
+//! Extractors whose rejections are [`ApiError`]s in the error shape of §1.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};

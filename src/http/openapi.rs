@@ -19,7 +19,7 @@ use crate::domain::problem::Problem;
     ),
     modifiers(&BearerAuth),
     tags(
-        (name = "flags", description = "Eligibility flags (contract §2)"),
+        (name = "flags", description = "Eligibility flags (§2)"),
         (name = "experiments", description = "Experiments and their versions (§3)"),
         (name = "assignment", description = "Pull request → treatment (§4)"),
         (name = "routing", description = "Participants, cohorts and the routing audit log (§5)"),

@@ -1,4 +1,4 @@
-//! Generated documents (contract §1 "the server never answers 500 to input"):
+//! Generated documents (§1 "the server never answers 500 to input"):
 //! arbitrary JSON in every field of flag and experiment documents, and
 //! documents that are arbitrary throughout, fed to the pure domain.
 //!

@@ -1,7 +1,7 @@
-//! Hostile input on both stores (contract §1): U+0000 anywhere, numbers at
+//! Hostile input on both stores (§1): U+0000 anywhere, numbers at
 //! the edges of their types, the bounded-work limits, `If-Match: *`, the
 //! bearer scheme in any case, concurrent registrations, and a stored
-//! configuration broken by hand. Every refusal is the contract's error shape
+//! configuration broken by hand. Every refusal is the error shape of §1
 //! and changes nothing; nothing here is ever a 500.
 
 use std::sync::Arc;

@@ -258,7 +258,7 @@ impl Answer {
         self
     }
 
-    /// Asserts the contract's error shape with this status and code.
+    /// Asserts the error shape of §1 with this status and code.
     #[track_caller]
     pub fn expect_error(self, status: u16, code: &str) -> Self {
         assert_eq!(

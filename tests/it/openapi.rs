@@ -14,7 +14,7 @@ fn the_committed_openapi_document_matches_the_code() {
     );
     let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    // Every endpoint of the contract is documented.
+    // Every endpoint of docs/reference.md is documented.
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in [
         ("/healthz", &["get"][..]),

@@ -20,7 +20,7 @@ use crate::helpers::{Answer, Backend, TestApp, TestStore};
 use crate::{on_both_stores, on_postgres};
 
 /// How long a change may take to travel before a test calls it lost. The
-/// contract's figure is 100 ms (p99); this only separates "slow" from "never".
+/// figure in §7 is 100 ms (p99); this only separates "slow" from "never".
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A refresh interval no test outlives: with it, only a notification (or a

@@ -1,4 +1,4 @@
-//! Malformed requests get the contract's error shape (never a 500), request
+//! Malformed requests get the error shape of §1 (never a 500), request
 //! ids are echoed, probes answer, and concurrent writers never corrupt state.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Participant routing over HTTP (§5): the contract's two examples,
+//! Participant routing over HTTP (§5): the two examples of §5,
 //! overflow, waiting, server-side timeouts, validation, idempotence, cohort
 //! views, the audit log, and a burst through two replicas.
 

@@ -1,4 +1,4 @@
-//! Participant lifecycle (contract §5): what one routing call changes.
+//! Participant lifecycle (§5): what one routing call changes.
 //!
 //! `new → waiting → (pending → assigned | declined) | assigned | timed_out`.
 //!

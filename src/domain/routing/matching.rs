@@ -1,4 +1,4 @@
-//! The matcher (contract §5 "Matching"): a waiting pool in, formations out.
+//! The matcher (§5 "Matching"): a waiting pool in, formations out.
 //!
 //! Repeat until no group is ready: each pool member sits in the first
 //! composition entry of each group whose condition it matches; a group is

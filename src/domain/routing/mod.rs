@@ -1,4 +1,4 @@
-//! Cohorts, per-cohort variables and participant routing (contract §5).
+//! Cohorts, per-cohort variables and participant routing (§5).
 //!
 //! * this file: the `cohorts`, `variables` and `routing` documents and their
 //!   validation;
