@@ -18,21 +18,31 @@ fn allot() -> Command {
     command
 }
 
+/// The address in the service's JSON "allot is serving" line: it listens on
+/// port 0 and says which port it got, so no test hands a port it freed to a
+/// child that might lose it to another process.
+fn serving_addr(line: &str) -> String {
+    let log: serde_json::Value = serde_json::from_str(line).expect("json logs");
+    let addr = log["addr"]
+        .as_str()
+        .expect("the serving line names its address");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    addr.to_owned()
+}
+
 #[test]
 fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let file = dir.path().join("allot.toml");
     let from_file = dir.path().join("file-data");
     let from_env = dir.path().join("env-data");
     std::fs::write(
         &file,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nlog_format = \"json\"\ndata_dir = {:?}\n",
+            "listen = \"127.0.0.1:0\"\nlog_format = \"json\"\ndata_dir = {:?}\n",
             from_file.display().to_string()
         ),
     )
@@ -51,8 +61,9 @@ fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_
         .map_while(Result::ok)
         .find(|line| line.contains("allot is serving"))
         .expect("the service starts");
-    let log: serde_json::Value = serde_json::from_str(&serving).expect("json logs");
-    assert_eq!(log["addr"], format!("127.0.0.1:{port}"));
+    // The file's listen address (port 0) beat the default's (8080).
+    let addr = serving_addr(&serving);
+    assert!(!addr.ends_with(":8080"), "{addr}");
     assert!(
         from_env.join("allot.db").exists(),
         "ALLOT_DATA_DIR wins over the file"
@@ -63,6 +74,7 @@ fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_
     let healthy = allot()
         .arg("healthcheck")
         .env("ALLOT_CONFIG", &file)
+        .env("ALLOT_LISTEN", &addr)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -80,6 +92,7 @@ fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_
     let gone = allot()
         .arg("healthcheck")
         .env("ALLOT_CONFIG", &file)
+        .env("ALLOT_LISTEN", &addr)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -121,26 +134,24 @@ fn a_missing_config_file_is_a_clear_start_up_error() {
 fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut child = allot()
-        .env("ALLOT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ALLOT_LISTEN", "127.0.0.1:0")
+        .env("ALLOT_LOG_FORMAT", "json")
         .env("ALLOT_DATA_DIR", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines
+    let serving = lines
         .by_ref()
         .map_while(Result::ok)
-        .any(|l| l.contains("allot is serving")));
+        .find(|l| l.contains("allot is serving"))
+        .expect("the service starts");
+    let addr = serving_addr(&serving);
 
     let body = br#"{"items": []}"#;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     write!(
         stream,
         "POST /v1/assign HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
@@ -210,15 +221,9 @@ fn exit_within(
 #[test]
 fn kubernetes_service_variables_are_ignored_with_one_warning_naming_them_all() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
     let mut child = allot()
         .envs(KUBERNETES)
-        .env("ALLOT_LISTEN", &listen)
+        .env("ALLOT_LISTEN", "127.0.0.1:0")
         .env("ALLOT_DATA_DIR", dir.path())
         .env("ALLOT_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
@@ -227,8 +232,10 @@ fn kubernetes_service_variables_are_ignored_with_one_warning_naming_them_all() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut warnings = Vec::new();
+    let mut listen = String::new();
     for line in lines.by_ref().map_while(Result::ok) {
         if line.contains("allot is serving") {
+            listen = serving_addr(&line);
             break;
         }
         if line.contains("name no setting") {
