@@ -794,24 +794,24 @@ on_both_stores!(
 
 /// The application's backends waiting on a lock, once there is one.
 async fn blocked_backend(admin: &sqlx::PgPool, application: &str) -> i32 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let pid: Option<(i32,)> = sqlx::query_as(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' LIMIT 1",
-        )
-        .bind(application)
-        .fetch_optional(admin)
-        .await
-        .unwrap();
-        if let Some((pid,)) = pid {
-            return pid;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never blocked on the lock"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let mut blocked = None;
+    crate::helpers::until_within(
+        "the call blocks on the lock",
+        std::time::Duration::from_secs(20),
+        async || {
+            blocked = sqlx::query_as::<_, (i32,)>(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' LIMIT 1",
+            )
+            .bind(application)
+            .fetch_optional(admin)
+            .await
+            .unwrap()
+            .map(|(pid,)| pid);
+            blocked.is_some()
+        },
+    )
+    .await;
+    blocked.unwrap_or_default()
 }
 
 async fn terminate(admin: &sqlx::PgPool, pid: i32) {

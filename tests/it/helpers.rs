@@ -5,6 +5,7 @@
 //! they print that they were skipped and pass.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use allot::app::Application;
 use allot::config::Settings;
@@ -17,6 +18,59 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const PG_ENV: &str = "TEST_DATABASE_URL";
+
+/// How long a condition polled with [`until`] may take before the test
+/// calls it lost. It only separates "slow" from "never": no test asserts
+/// a time.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Polls `probe` back to back (each probe is a round trip to a server or
+/// the store; no sleeps) until it holds; panics naming `what` after
+/// [`PATIENCE`]. Answers how long it took.
+pub async fn until(what: &str, probe: impl AsyncFnMut() -> bool) -> Duration {
+    until_within(what, PATIENCE, probe).await
+}
+
+/// [`until`] with a limit of its own.
+pub async fn until_within(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if probe().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: still not so after {limit:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `TEST_LOG=1` (or a filter, e.g. `TEST_LOG=allot=trace,sqlx=debug`) shows
+/// the servers' logs in the output of a failing test (libtest captures it
+/// like the test's own output).
+fn init_test_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(filter) = std::env::var("TEST_LOG") else {
+            return;
+        };
+        let filter = if filter == "1" {
+            "allot=debug,info".to_owned()
+        } else {
+            filter
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -141,6 +195,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(settings: Settings) -> Self {
+        init_test_logs();
         let app = Application::build(settings)
             .await
             .expect("the server starts");

@@ -120,26 +120,20 @@ impl Drop for Proxy {
     }
 }
 
-/// Asks `/readyz` until `done` holds for its answer (status, body), or 10 s.
+/// Asks `/readyz` until `done` holds for its answer (status, body).
 async fn wait_for_readiness(
     app: &crate::helpers::TestApp,
     what: &str,
     done: impl Fn(u16, &serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let mut last = serde_json::Value::Null;
+    crate::helpers::until(&format!("readyz {what}"), async || {
         let answer = app.get("/readyz").await;
-        if done(answer.status.as_u16(), &answer.body) {
-            return answer.body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "readyz never became {what}: {} {}",
-            answer.status,
-            answer.body
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        last = answer.body;
+        done(answer.status.as_u16(), &last)
+    })
+    .await;
+    last
 }
 
 /// PostgreSQL goes away (every connection cut, new ones refused) and comes

@@ -16,12 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{Answer, Backend, TestApp, TestStore};
+use crate::helpers::{until, Answer, Backend, TestApp, TestStore};
 use crate::{on_both_stores, on_postgres};
-
-/// How long a change may take to travel before a test calls it lost. The
-/// figure in §7 is 100 ms (p99); this only separates "slow" from "never".
-const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A refresh interval no test outlives: with it, only a notification (or a
 /// look-up in the store) can bring a change to the replica in time.
@@ -51,21 +47,6 @@ fn flag(description: &str, rollout: u32) -> Value {
 /// The unit every assignment here asks about.
 fn unit() -> Value {
     json!({"org_id": 42, "unit_id": "pr-1"})
-}
-
-/// Polls `probe` back to back until it holds; panics naming `what` once
-/// `DEADLINE` has passed. Answers how long it took.
-async fn until(what: &str, mut probe: impl AsyncFnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if probe().await {
-            return started.elapsed();
-        }
-        if started.elapsed() > DEADLINE {
-            panic!("{what}: still not so after {DEADLINE:?}");
-        }
-        tokio::task::yield_now().await;
-    }
 }
 
 fn ms(d: Duration) -> f64 {
