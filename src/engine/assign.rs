@@ -147,18 +147,11 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
         let Some(flag_entry) = snapshot.flags.get(flag_key.as_str()) else {
             return false;
         };
-        match &flag_entry.flag {
+        match flag_entry.decide(org_id.as_str(), attributes) {
+            Ok(decision) => decision.enabled,
             Err(e) => {
-                broken_gate = Some(e.clone());
+                broken_gate = Some(e.to_owned());
                 false
-            }
-            Ok(flag) => {
-                let mut attributes = attributes;
-                attributes.insert("org_id".into(), Value::String(org_id.as_str().to_owned()));
-                let attributes = Value::Object(attributes);
-                let override_ = flag_entry.overrides.get(org_id.as_str()).copied();
-                flag.evaluate(flag_key.as_str(), org_id.as_str(), override_, &attributes)
-                    .enabled
             }
         }
     });

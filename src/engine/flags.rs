@@ -329,20 +329,11 @@ impl Engine {
             ));
         };
         let org = body_id(&mut body, "org_id", "")?;
-        let mut attrs = attributes(&mut body, "")?;
+        let attrs = attributes(&mut body, "")?;
         let entry = self.flag_entry(key).await?;
-        let flag = entry
-            .flag
-            .as_ref()
-            .map_err(|e| EngineError::Unavailable(e.clone()))?;
-        attrs.insert("org_id".into(), Value::String(org.as_str().to_owned()));
-        let attrs = Value::Object(attrs);
-        let decision = flag.evaluate(
-            key,
-            org.as_str(),
-            entry.overrides.get(org.as_str()).copied(),
-            &attrs,
-        );
+        let decision = entry
+            .decide(org.as_str(), attrs)
+            .map_err(|e| EngineError::Unavailable(e.to_owned()))?;
         Ok(FlagEvaluation {
             flag: entry.key.clone(),
             enabled: decision.enabled,

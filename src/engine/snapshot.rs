@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::counters::{EntryCounters, Registry};
 use crate::domain::experiment::{Experiment, ExperimentConfig};
-use crate::domain::flag::{CompiledFlag, FlagConfig};
+use crate::domain::flag::{CompiledFlag, FlagConfig, FlagDecision};
 use crate::domain::ids::Key;
 use crate::domain::layout::Range;
 use crate::domain::problem::Problem;
@@ -104,6 +104,26 @@ fn describe(problems: &[Problem]) -> String {
 }
 
 impl FlagEntry {
+    /// Evaluates the flag for an org (§2): its override, else its rules
+    /// against `attributes`, which gain `org_id` as a string. The flag gate
+    /// of an assignment and `…/evaluate` both decide here. `Err` names why
+    /// the stored flag cannot be used.
+    pub fn decide(
+        &self,
+        org_id: &str,
+        mut attributes: serde_json::Map<String, Value>,
+    ) -> Result<FlagDecision<'_>, &str> {
+        let flag = self.flag.as_ref().map_err(String::as_str)?;
+        attributes.insert("org_id".into(), Value::String(org_id.to_owned()));
+        let attributes = Value::Object(attributes);
+        Ok(flag.evaluate(
+            &self.key,
+            org_id,
+            self.overrides.get(org_id).copied(),
+            &attributes,
+        ))
+    }
+
     pub fn from_record(record: FlagRecord, overrides: HashMap<String, bool>) -> Self {
         let flag = serde_json::from_str::<Value>(&record.config)
             .map_err(|e| format!("stored flag {:?} is not valid JSON: {e}", record.key))
