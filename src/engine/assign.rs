@@ -4,7 +4,6 @@
 //! sticky experiment goes on to read (through a per-version cache) and write
 //! its stored assignment.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -13,11 +12,11 @@ use tracing::Instrument;
 
 use super::flags::{attributes, body_id};
 use super::snapshot::{ExperimentEntry, Snapshot};
+use super::sticky::StickyPending;
 use super::{Engine, EngineError};
 use crate::domain::experiment::{Precheck, Reason};
 use crate::domain::ids::{Id, Key};
 use crate::domain::problem::pointer;
-use crate::store::StoreError;
 
 /// At most this many items in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -84,20 +83,13 @@ impl AssignRequest {
     }
 }
 
-/// What is left to do after the in-memory part of a sticky decision.
-struct StickyPending {
-    entry: Arc<ExperimentEntry>,
-    org_id: Id,
-    unit_id: Id,
-    bucket: u16,
-}
-
 enum Step {
     Done(Assignment),
     Sticky(StickyPending),
 }
 
-fn answer(
+/// Builds an answer and counts it.
+pub(crate) fn answer(
     entry: &ExperimentEntry,
     org_id: Id,
     unit_id: Id,
@@ -212,78 +204,18 @@ impl Engine {
         let step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
         match step {
             Step::Done(assignment) => Ok(assignment),
-            Step::Sticky(pending) => self.assign_sticky(pending).instrument(span).await,
-        }
-    }
-
-    /// Steps 4 and 5 for a sticky experiment: a stored assignment whose
-    /// treatment is still active wins; otherwise the bucket's treatment is
-    /// stored first (first write wins) and answered.
-    async fn assign_sticky(&self, p: StickyPending) -> Result<Assignment, EngineError> {
-        let entry = &p.entry;
-        let experiment = entry
-            .experiment
-            .as_ref()
-            .map_err(|e| EngineError::Unavailable(e.clone()))?;
-        let (org, unit) = (p.org_id.as_str(), p.unit_id.as_str());
-        let mut stored = match entry.sticky.get(org, unit) {
-            Some(t) => Some(t),
-            None => self.store.sticky_get(&entry.id, org, unit).await?,
-        };
-        // Each round either answers or learns of a newer stored row; only a
-        // race with a concurrent writer can take more than two.
-        for _ in 0..4 {
-            if let Some(name) = &stored {
-                if let Some(index) = experiment.active_treatment(name) {
-                    entry.sticky.put(org, unit, name);
-                    return Ok(answer(
-                        entry,
-                        p.org_id,
-                        p.unit_id,
-                        Some(index),
-                        None,
-                        Reason::Sticky,
-                    ));
-                }
+            Step::Sticky(pending) => {
+                let resolved = self.resolve_sticky(vec![(0, pending)]).instrument(span);
+                resolved.await.pop().map_or_else(
+                    || {
+                        Err(EngineError::Internal(
+                            "a sticky decision went unanswered".into(),
+                        ))
+                    },
+                    |(_, answer)| answer,
+                )
             }
-            let Some(index) = experiment.treatment_at(p.bucket) else {
-                return Ok(answer(
-                    entry,
-                    p.org_id,
-                    p.unit_id,
-                    None,
-                    Some(p.bucket),
-                    Reason::NotInCoverage,
-                ));
-            };
-            let name = experiment.config.treatments[index].name.as_str();
-            let winner = self
-                .store
-                .sticky_claim(&entry.id, org, unit, name, entry.version, stored.as_deref())
-                .await
-                .map_err(|e| match e {
-                    // Deleted on another replica since this one looked.
-                    StoreError::NotFound => {
-                        EngineError::NotFound(format!("no experiment {:?}", entry.key))
-                    }
-                    other => other.into(),
-                })?;
-            if winner == name {
-                entry.sticky.put(org, unit, name);
-                return Ok(answer(
-                    entry,
-                    p.org_id,
-                    p.unit_id,
-                    Some(index),
-                    Some(p.bucket),
-                    Reason::Assigned,
-                ));
-            }
-            stored = Some(winner);
         }
-        Err(EngineError::Unavailable(
-            "the sticky assignment kept changing under concurrent writers; try again".into(),
-        ))
     }
 
     /// `POST /v1/assign`: every item answered in order; an item's error does
@@ -307,7 +239,7 @@ impl Engine {
             ));
         }
         // Every decision from one snapshot; sticky ones are then resolved
-        // together (see `assign_sticky_many`).
+        // together (see `engine::sticky`).
         let mut results: Vec<Option<Result<Assignment, EngineError>>> =
             Vec::with_capacity(items.len());
         let mut sticky = Vec::new();
@@ -353,7 +285,7 @@ impl Engine {
                 }
             }
         }
-        for (i, answer) in self.assign_sticky_many(sticky).await {
+        for (i, answer) in self.resolve_sticky(sticky).await {
             results[i] = Some(answer);
         }
         Ok(results
@@ -369,176 +301,5 @@ impl Engine {
                 .map_err(|e| e.within(&pointer("/items", i)))
             })
             .collect())
-    }
-
-    /// Sticky items of a batch, resolved with a few queries per experiment
-    /// instead of a few per item: one read of the stored rows (after the
-    /// per-version cache), one multi-row insert of the new claims, one read
-    /// of the winners. The rare cases (a unit repeated in the batch, a stored
-    /// treatment since deactivated, a lost race) take the one-by-one path, so
-    /// every answer is what the items would have got one after another.
-    async fn assign_sticky_many(
-        &self,
-        pendings: Vec<(usize, StickyPending)>,
-    ) -> Vec<(usize, Result<Assignment, EngineError>)> {
-        if pendings.is_empty() {
-            return Vec::new();
-        }
-        /// (experiment id, org id, unit id).
-        type UnitKey = (String, String, String);
-        /// Per experiment id: its version and the (org, unit, treatment) rows to claim.
-        type Claims = HashMap<String, (i64, Vec<(String, String, String)>)>;
-        let key_of = |p: &StickyPending| -> UnitKey {
-            (
-                p.entry.id.clone(),
-                p.org_id.as_str().to_owned(),
-                p.unit_id.as_str().to_owned(),
-            )
-        };
-        let mut out = Vec::with_capacity(pendings.len());
-        let mut deferred = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut stored: HashMap<UnitKey, String> = HashMap::new();
-        let mut misses: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        let mut first = Vec::with_capacity(pendings.len());
-        for (i, p) in pendings {
-            let key = key_of(&p);
-            if !seen.insert(key.clone()) {
-                deferred.push((i, p));
-                continue;
-            }
-            match p.entry.sticky.get(&key.1, &key.2) {
-                Some(t) => {
-                    stored.insert(key, t);
-                }
-                None => misses
-                    .entry(key.0.clone())
-                    .or_default()
-                    .push((key.1, key.2)),
-            }
-            first.push((i, p));
-        }
-        let result: Result<(), EngineError> = async {
-            for (id, keys) in &misses {
-                for (org, unit, t) in self.store.sticky_get_many(id, keys).await? {
-                    stored.insert((id.clone(), org, unit), t);
-                }
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            return first
-                .into_iter()
-                .chain(deferred)
-                .map(|(i, _)| (i, Err(e.clone())))
-                .collect();
-        }
-
-        let mut claims: Claims = HashMap::new();
-        let mut claimed = Vec::new();
-        for (i, p) in first {
-            let Ok(experiment) = &p.entry.experiment else {
-                out.push((
-                    i,
-                    Err(EngineError::Internal(
-                        "sticky item of a broken experiment".into(),
-                    )),
-                ));
-                continue;
-            };
-            let key = key_of(&p);
-            match stored.get(&key) {
-                Some(t) => match experiment.active_treatment(t) {
-                    Some(index) => {
-                        p.entry.sticky.put(&key.1, &key.2, t);
-                        out.push((
-                            i,
-                            Ok(answer(
-                                &p.entry,
-                                p.org_id,
-                                p.unit_id,
-                                Some(index),
-                                None,
-                                Reason::Sticky,
-                            )),
-                        ));
-                    }
-                    None => deferred.push((i, p)),
-                },
-                None => match experiment.treatment_at(p.bucket) {
-                    None => {
-                        let bucket = Some(p.bucket);
-                        out.push((
-                            i,
-                            Ok(answer(
-                                &p.entry,
-                                p.org_id,
-                                p.unit_id,
-                                None,
-                                bucket,
-                                Reason::NotInCoverage,
-                            )),
-                        ));
-                    }
-                    Some(index) => {
-                        let name = experiment.config.treatments[index].name.as_str().to_owned();
-                        let (_, rows) = claims
-                            .entry(key.0.clone())
-                            .or_insert((p.entry.version, Vec::new()));
-                        rows.push((key.1, key.2, name));
-                        claimed.push((i, p, index));
-                    }
-                },
-            }
-        }
-        let mut winners: HashMap<UnitKey, String> = HashMap::new();
-        let result: Result<(), EngineError> = async {
-            for (id, (version, rows)) in &claims {
-                self.store.sticky_insert_many(id, *version, rows).await?;
-                let keys: Vec<(String, String)> = rows
-                    .iter()
-                    .map(|(o, u, _)| (o.clone(), u.clone()))
-                    .collect();
-                for (org, unit, t) in self.store.sticky_get_many(id, &keys).await? {
-                    winners.insert((id.clone(), org, unit), t);
-                }
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            out.extend(claimed.into_iter().map(|(i, _, _)| (i, Err(e.clone()))));
-            claimed = Vec::new();
-        }
-        for (i, p, index) in claimed {
-            let key = key_of(&p);
-            let Ok(experiment) = &p.entry.experiment else {
-                continue;
-            };
-            let name = experiment.config.treatments[index].name.as_str();
-            match winners.get(&key) {
-                Some(w) if w == name => {
-                    p.entry.sticky.put(&key.1, &key.2, name);
-                    let bucket = Some(p.bucket);
-                    out.push((
-                        i,
-                        Ok(answer(
-                            &p.entry,
-                            p.org_id,
-                            p.unit_id,
-                            Some(index),
-                            bucket,
-                            Reason::Assigned,
-                        )),
-                    ));
-                }
-                _ => deferred.push((i, p)),
-            }
-        }
-        for (i, p) in deferred {
-            out.push((i, self.assign_sticky(p).await));
-        }
-        out
     }
 }

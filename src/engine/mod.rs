@@ -11,6 +11,7 @@ pub mod experiments;
 pub mod flags;
 pub mod routing;
 pub mod snapshot;
+mod sticky;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
