@@ -123,7 +123,7 @@ impl Engine {
         };
         // Why the planner abandoned, when it did.
         let verdict: Mutex<Option<Result<ExperimentRecord, EngineError>>> = Mutex::new(None);
-        let plan = |current: Option<&ExperimentRecord>| -> Plan {
+        let plan = |current: Option<&ExperimentRecord>| -> Plan<NewVersion> {
             let abandon = |why| {
                 *verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 Plan::Abandon
@@ -149,7 +149,7 @@ impl Engine {
             };
             let previous: Vec<Range> = match current.map(|c| (c, stored(c))) {
                 Some((c, Ok(ranges))) => {
-                    if serde_json::from_str::<Value>(&c.config).ok().as_ref() == Some(&document) {
+                    if super::unchanged(&c.config, &document) {
                         return abandon(Ok(c.clone()));
                     }
                     ranges
@@ -165,7 +165,7 @@ impl Engine {
                 .layout_from(&previous)
                 .ranges(&config.treatment_names());
             match serde_json::to_value(&ranges) {
-                Ok(layout) => Plan::Write(Box::new(NewVersion {
+                Ok(layout) => Plan::Write(NewVersion {
                     config: document.clone(),
                     layout,
                     eligibility_flag: config
@@ -174,7 +174,7 @@ impl Engine {
                         .map(|k| k.as_str().to_owned()),
                     actor: actor.clone(),
                     cohorts: config.cohorts.clone(),
-                })),
+                }),
                 Err(e) => abandon(Err(EngineError::Internal(e.to_string()))),
             }
         };

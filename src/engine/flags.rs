@@ -1,6 +1,6 @@
 //! Flag operations: upsert, delete, overrides, evaluation (§2).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -12,7 +12,7 @@ use crate::domain::flag::{FlagConfig, FlagReason};
 use crate::domain::ids::{Id, Key};
 use crate::domain::limits;
 use crate::domain::precondition::Precondition;
-use crate::store::{FlagWritten, OverrideRecord, StoreError};
+use crate::store::{FlagRecord, FlagWritten, OverrideRecord, Plan, StoreError};
 
 /// A flag as served.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -166,33 +166,54 @@ impl Engine {
         let config = FlagConfig::parse(doc).map_err(EngineError::Validation)?;
         let document =
             serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let _guard = self.writes.lock().await;
-        let written = match self
-            .store
-            .put_flag(key.as_str(), &document, if_match.as_ref())
-            .await
-        {
-            Err(e) => {
-                return Err(super::refused_write(e, if_match.as_ref(), || {
-                    not_found(key.as_str())
-                }))
+        // Why the planner abandoned, when it did.
+        let verdict: Mutex<Option<Result<FlagRecord, EngineError>>> = Mutex::new(None);
+        let plan = |current: Option<&FlagRecord>| -> Plan<Value> {
+            let mut why = verdict.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(expected) = &if_match {
+                if !expected.admits(current.map(|c| c.version)) {
+                    *why = Some(Err(EngineError::VersionMismatch {
+                        expected: expected.clone(),
+                        current: current.map(|c| c.version),
+                    }));
+                    return Plan::Abandon;
+                }
             }
-            Ok(written) => written,
+            match current {
+                Some(c) if super::unchanged(&c.config, &document) => {
+                    *why = Some(Ok(c.clone()));
+                    Plan::Abandon
+                }
+                _ => Plan::Write(document.clone()),
+            }
         };
-        let created = matches!(written, FlagWritten::Created(..));
+        let _guard = self.writes.lock().await;
+        let written = self.store.write_flag(key.as_str(), &plan).await?;
         let (record, outcome) = match written {
-            FlagWritten::Created(record, revision) | FlagWritten::Updated(record, revision) => {
+            Some(FlagWritten {
+                record,
+                revision,
+                created,
+            }) => {
+                let patch = record.clone();
+                self.install(revision, move |s| s.with_flag(revision, patch))
+                    .await;
                 let outcome = if created {
                     Outcome::Created
                 } else {
                     Outcome::Updated
                 };
-                let patch = record.clone();
-                self.install(revision, move |s| s.with_flag(revision, patch))
-                    .await;
                 (record, outcome)
             }
-            FlagWritten::Unchanged(record) => (record, Outcome::Unchanged),
+            None => match verdict.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(Ok(unchanged)) => (unchanged, Outcome::Unchanged),
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(EngineError::Internal(
+                        "the flag write was abandoned without a reason".into(),
+                    ))
+                }
+            },
         };
         Ok((
             FlagView {

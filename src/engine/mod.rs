@@ -80,6 +80,14 @@ impl EngineError {
     }
 }
 
+/// Whether a document equals the stored text of the current version: then a
+/// write makes no new version (§1, for flags and experiments alike). A
+/// stored text that does not parse is never equal, so any valid write
+/// repairs it.
+pub(crate) fn unchanged(stored: &str, document: &Value) -> bool {
+    serde_json::from_str::<Value>(stored).ok().as_ref() == Some(document)
+}
+
 /// A configuration write the store refused: `NotFound` is `missing()`, a
 /// failed `If-Match` is 412 with the stored version it was checked against.
 pub(crate) fn refused_write(

@@ -280,13 +280,13 @@ pub struct ExperimentWritten {
     pub created: bool,
 }
 
-/// What a flag upsert did.
+/// A flag version that was stored.
 #[derive(Debug, Clone)]
-pub enum FlagWritten {
-    Created(FlagRecord, i64),
-    Updated(FlagRecord, i64),
-    /// The document equals the stored one: nothing written, no new version.
-    Unchanged(FlagRecord),
+pub struct FlagWritten {
+    pub record: FlagRecord,
+    pub revision: i64,
+    /// No live flag had the key before (a first or a new incarnation).
+    pub created: bool,
 }
 
 /// A new experiment version, as the engine plans it.
@@ -302,18 +302,19 @@ pub struct NewVersion {
     pub cohorts: Vec<CohortDef>,
 }
 
-/// The engine's decision, given the experiment's current version (or
-/// `None`) read under the configuration lock.
+/// The engine's decision, given the entity's current version (or `None`)
+/// read under the configuration lock: what to write, if anything.
 #[derive(Debug, Clone)]
-pub enum Plan {
-    Write(Box<NewVersion>),
+pub enum Plan<T> {
+    Write(T),
     /// Write nothing (unchanged document, failed precondition, …).
     Abandon,
 }
 
-/// Plans a write from the current version; called once, inside the store's
-/// transaction, so nothing can change between the read and the write.
-pub type Planner<'a> = &'a (dyn Fn(Option<&ExperimentRecord>) -> Plan + Send + Sync);
+/// Plans a write from the current version of a `R`; called once, inside
+/// the store's transaction, so nothing can change between the read and the
+/// write. The store interprets no document: every rule is the planner's.
+pub type Planner<'a, R, T> = &'a (dyn Fn(Option<&R>) -> Plan<T> + Send + Sync);
 
 /// The routing planner's configuration is not the stored version it was
 /// given: nothing was written; catch up and plan again.
@@ -367,16 +368,15 @@ pub trait Store: Send + Sync + 'static {
     /// pushes them (PostgreSQL); `None` where replicas only poll.
     async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError>;
 
-    /// Creates or updates a flag. `expected` (If-Match) must admit the
-    /// stored version, else [`StoreError::VersionMismatch`]; a document
-    /// equal to the stored one changes nothing. A deleted flag's key
-    /// continues its versions.
-    async fn put_flag(
+    /// Reads the live flag `key` under the configuration lock, asks `plan`
+    /// what to do, and stores the document it returns as the next version
+    /// (a deleted flag's key continues its versions). `None` when it
+    /// abandoned.
+    async fn write_flag(
         &self,
         key: &str,
-        config: &Value,
-        expected: Option<&Precondition>,
-    ) -> Result<FlagWritten, StoreError>;
+        plan: Planner<'_, FlagRecord, Value>,
+    ) -> Result<Option<FlagWritten>, StoreError>;
     /// Deletes a flag and its overrides (the deletion is a version);
     /// [`StoreError::Conflict`] while a live experiment names it. Returns the
     /// new revision.
@@ -407,7 +407,7 @@ pub trait Store: Send + Sync + 'static {
     async fn write_experiment(
         &self,
         key: &str,
-        plan: Planner<'_>,
+        plan: Planner<'_, ExperimentRecord, NewVersion>,
     ) -> Result<Option<ExperimentWritten>, StoreError>;
     /// Takes the live experiment out of service, recording the deletion as
     /// a version by `actor`. Returns the new revision.

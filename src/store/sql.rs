@@ -507,34 +507,27 @@ macro_rules! impl_sql_store {
                 self.subscribe_feed().await
             }
 
-            async fn put_flag(
+            async fn write_flag(
                 &self,
                 key: &str,
-                config: &serde_json::Value,
-                expected: Option<&Precondition>,
-            ) -> Result<FlagWritten, StoreError> {
+                plan: Planner<'_, FlagRecord, serde_json::Value>,
+            ) -> Result<Option<FlagWritten>, StoreError> {
                 let (mut tx, revision) = config_write(&self.pool, &Change::Flag(key.to_owned())).await?;
                 // The row of a deleted flag stays (deleted_at set) so that its
                 // versions continue when the key is created again.
-                let current: Option<(i64, String, bool)> =
-                    sqlx::query_as("SELECT version, config, deleted_at IS NULL FROM flags WHERE key = $1")
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let live = current.as_ref().filter(|c| c.2);
-                precondition(expected, live.map(|c| c.0))?;
-                if let Some((_, stored, _)) = live {
-                    if serde_json::from_str::<serde_json::Value>(stored).ok().as_ref() == Some(config) {
-                        // Nothing to write: the transaction rolls back on drop
-                        // and the revision stays as it was.
-                        let record = live_flag(&mut tx, key).await?.ok_or(StoreError::NotFound)?;
-                        return Ok(FlagWritten::Unchanged(record));
-                    }
-                }
+                let row: Option<(bool,)> = sqlx::query_as("SELECT deleted_at IS NULL FROM flags WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let current = live_flag(&mut tx, key).await?;
+                let Plan::Write(config) = plan(current.as_ref()) else {
+                    // The transaction rolls back on drop: no revision is used.
+                    return Ok(None);
+                };
                 let text = config.to_string();
                 let now = now_micros();
-                let row: FlagRow = match current {
-                    Some((_, _, true)) => {
+                let row: FlagRow = match row {
+                    Some((true,)) => {
                         sqlx::query_as(
                             "UPDATE flags SET version = version + 1, config = $2, updated_at = $3 WHERE key = $1 \
                              RETURNING key, version, config, created_at, updated_at",
@@ -545,7 +538,7 @@ macro_rules! impl_sql_store {
                         .fetch_one(&mut *tx)
                         .await?
                     }
-                    Some((_, _, false)) => {
+                    Some((false,)) => {
                         sqlx::query_as(
                             "UPDATE flags SET version = version + 1, config = $2, created_at = $3, updated_at = $3, \
                              deleted_at = NULL WHERE key = $1 RETURNING key, version, config, created_at, updated_at",
@@ -569,11 +562,7 @@ macro_rules! impl_sql_store {
                     }
                 };
                 tx.commit().await?;
-                let record = flag_record(row);
-                Ok(match live {
-                    Some(_) => FlagWritten::Updated(record, revision),
-                    None => FlagWritten::Created(record, revision),
-                })
+                Ok(Some(FlagWritten { record: flag_record(row), revision, created: current.is_none() }))
             }
 
             async fn delete_flag(&self, key: &str, expected: Option<&Precondition>) -> Result<i64, StoreError> {
@@ -673,7 +662,7 @@ macro_rules! impl_sql_store {
             async fn write_experiment(
                 &self,
                 key: &str,
-                plan: Planner<'_>,
+                plan: Planner<'_, ExperimentRecord, $crate::store::NewVersion>,
             ) -> Result<Option<ExperimentWritten>, StoreError> {
                 // Taking the configuration lock first means the read below
                 // sees every earlier write and nothing changes before ours.
