@@ -12,7 +12,7 @@ use crate::domain::flag::{FlagConfig, FlagReason};
 use crate::domain::ids::{Id, Key};
 use crate::domain::limits;
 use crate::domain::precondition::Precondition;
-use crate::store::{FlagRecord, FlagWritten, OverrideRecord, Plan, StoreError};
+use crate::store::{FlagRecord, FlagWritten, OverrideRecord, OverrideWritten, Plan, StoreError};
 
 /// A flag as served.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -276,7 +276,11 @@ impl Engine {
             }
         };
         let _guard = self.writes.lock().await;
-        let (record, created, revision) = self
+        let OverrideWritten {
+            record,
+            created,
+            revision,
+        } = self
             .store
             .set_override(key, org.as_str(), enabled)
             .await

@@ -24,7 +24,7 @@ use crate::domain::routing::lifecycle::{
     self, Cohort, Operation, Participant, Refusal, Status, Study,
 };
 use crate::domain::routing::resolve_variables;
-use crate::store::{RouteScope, Routed, StaleConfig, StoreError};
+use crate::store::{RouteOutcome, RouteScope, Routed, StaleConfig, StoreError};
 
 /// How many times a call re-plans after finding its configuration stale.
 const PLAN_ATTEMPTS: usize = 3;
@@ -219,7 +219,7 @@ impl Engine {
                 self.store.route(&entry.id, &ids, scope, &planner).await
             };
             match outcome {
-                Ok(Ok(routed)) => {
+                Ok(RouteOutcome::Routed(routed)) => {
                     for e in &routed.changes.events {
                         entry
                             .counters
@@ -229,7 +229,7 @@ impl Engine {
                 }
                 // Our snapshot is behind the store (another replica changed or
                 // deleted the experiment): catch up and plan again.
-                Ok(Err(StaleConfig)) | Err(StoreError::NotFound) => {
+                Ok(RouteOutcome::Stale) | Err(StoreError::NotFound) => {
                     stale += 1;
                     if stale >= PLAN_ATTEMPTS {
                         return Err(EngineError::Unavailable(format!(

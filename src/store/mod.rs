@@ -333,6 +333,25 @@ pub struct Routed {
     pub cohorts: Vec<Cohort>,
 }
 
+/// How a routing transaction ended.
+#[derive(Debug, Clone)]
+pub enum RouteOutcome {
+    /// The plan was applied (or changed nothing).
+    Routed(Routed),
+    /// The planner's configuration is not the stored version: nothing was
+    /// written; catch up and plan again.
+    Stale,
+}
+
+/// An override that was stored.
+#[derive(Debug, Clone)]
+pub struct OverrideWritten {
+    pub record: OverrideRecord,
+    /// There was no override for this org before.
+    pub created: bool,
+    pub revision: i64,
+}
+
 /// What a routing transaction must read beyond the subject and the cohorts.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteScope {
@@ -385,13 +404,14 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         expected: Option<&Precondition>,
     ) -> Result<i64, StoreError>;
-    /// Sets an org override; returns (created, revision).
+    /// Sets an org override of a live flag ([`StoreError::NotFound`] if
+    /// there is none).
     async fn set_override(
         &self,
         flag_key: &str,
         org_id: &str,
         enabled: bool,
-    ) -> Result<(OverrideRecord, bool, i64), StoreError>;
+    ) -> Result<OverrideWritten, StoreError>;
     async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError>;
     async fn list_overrides(
         &self,
@@ -464,7 +484,7 @@ pub trait Store: Send + Sync + 'static {
         participant_ids: &[String],
         scope: RouteScope,
         planner: RoutePlanner<'_>,
-    ) -> Result<Result<Routed, StaleConfig>, StoreError>;
+    ) -> Result<RouteOutcome, StoreError>;
     /// Registers a participant (status `new`) or replaces its attributes,
     /// without the routing lock. Returns it and whether it was created;
     /// [`StoreError::NotFound`] if the experiment is deleted.

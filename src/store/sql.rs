@@ -603,7 +603,7 @@ macro_rules! impl_sql_store {
                 flag_key: &str,
                 org_id: &str,
                 enabled: bool,
-            ) -> Result<(OverrideRecord, bool, i64), StoreError> {
+            ) -> Result<$crate::store::OverrideWritten, StoreError> {
                 let change = Change::Override { flag: flag_key.to_owned(), org_id: org_id.to_owned() };
                 let (mut tx, revision) = config_write(&self.pool, &change).await?;
                 if live_flag(&mut tx, flag_key).await?.is_none() {
@@ -627,7 +627,7 @@ macro_rules! impl_sql_store {
                 .fetch_one(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok((override_record(row), existing.is_none(), revision))
+                Ok($crate::store::OverrideWritten { record: override_record(row), created: existing.is_none(), revision })
             }
 
             async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError> {
@@ -948,7 +948,7 @@ macro_rules! impl_sql_store {
                 participant_ids: &[String],
                 scope: RouteScope,
                 planner: RoutePlanner<'_>,
-            ) -> Result<Result<Routed, StaleConfig>, StoreError> {
+            ) -> Result<$crate::store::RouteOutcome, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 // The experiment row is the routing lock (see migration 0002).
                 let locked: Option<(i64, i64)> = sqlx::query_as(
@@ -1027,11 +1027,11 @@ macro_rules! impl_sql_store {
                 let state = State { now, seq, cohorts: cohorts.clone(), group_cohorts, waiting, subjects };
                 let changes = match planner(version, state) {
                     Ok(changes) => changes,
-                    Err(stale) => return Ok(Err(stale)),
+                    Err(StaleConfig) => return Ok($crate::store::RouteOutcome::Stale),
                 };
                 if changes.is_empty() {
                     // Nothing to write: roll back, the sequence bump included.
-                    return Ok(Ok(Routed { changes, cohorts }));
+                    return Ok($crate::store::RouteOutcome::Routed(Routed { changes, cohorts }));
                 }
                 let mut cohort_seq = next_cohort_seq(&mut tx, experiment_id).await?;
                 for c in &changes.new_cohorts {
@@ -1119,7 +1119,7 @@ macro_rules! impl_sql_store {
                 tx.commit().await?;
                 let mut all = cohorts;
                 all.extend(changes.new_cohorts.iter().cloned());
-                Ok(Ok(Routed { changes, cohorts: all }))
+                Ok($crate::store::RouteOutcome::Routed(Routed { changes, cohorts: all }))
             }
 
             async fn register(
