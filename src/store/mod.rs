@@ -12,6 +12,7 @@
 //! (If-Match, existence, deletion), never against a replica's cached copy.
 
 mod postgres;
+mod rows;
 mod sql;
 mod sqlite;
 

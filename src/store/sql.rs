@@ -41,7 +41,7 @@ macro_rules! impl_sql_store {
     ($store:ty, $db:ty, $backend:literal, $dialect:expr) => {
         use async_trait::async_trait;
         use time::OffsetDateTime;
-        use $crate::domain::routing::lifecycle::{Cohort, Event, Participant, Reason, State, Status};
+        use $crate::domain::routing::lifecycle::{Cohort, Participant, State, Status};
         use $crate::domain::routing::CohortDef;
         use $crate::domain::precondition::Precondition;
         use $crate::store::{
@@ -52,98 +52,13 @@ macro_rules! impl_sql_store {
         const DIALECT: super::sql::Dialect = $dialect;
 
         type Tx<'t> = sqlx::Transaction<'t, $db>;
-        type ParticipantRow = (
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<OffsetDateTime>,
-            i64,
-            OffsetDateTime,
-        );
-        type CohortRow = (
-            String,
-            Option<String>,
-            String,
-            String,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            i64,
-            i64,
-        );
-        type EventRow = (
-            i64,
-            OffsetDateTime,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            String,
-        );
+        use super::rows::{
+            ChangeRow, CohortRow, DefinedCohortRow, EventRow, ExperimentRow, FlagRow, OverrideRow, ParticipantRow,
+            VersionRow, COHORT_SELECT, PARTICIPANT_COLUMNS,
+        };
 
         /// Selects the experiment `$1` if it is live (not deleted).
         const LIVE_EXPERIMENT: &str = "SELECT 1 FROM experiments e WHERE e.id = $1 AND e.deleted_at IS NULL";
-        const PARTICIPANT_COLUMNS: &str =
-            "participant_id, status, attributes, cohort_id, group_name, entry, waiting_since, wait_seq, updated_at";
-        /// Cohorts with their member counts (kept by the routing
-        /// transactions, see migration 0003).
-        const COHORT_COLUMNS: &str = "SELECT c.id, c.alias, c.name, c.description, c.capacity, c.overflow_of, c.group_name, \
-             c.assigned_members, c.pending_members FROM cohorts c";
-
-        fn participant_record(r: ParticipantRow) -> Result<Participant, StoreError> {
-            let status = Status::parse(&r.1)
-                .ok_or_else(|| StoreError::Other(format!("participant {:?} has unknown status {:?}", r.0, r.1)))?;
-            Ok(Participant {
-                id: r.0,
-                status,
-                attributes: serde_json::from_str(&r.2).unwrap_or(serde_json::Value::Null),
-                cohort_id: r.3,
-                group: r.4,
-                entry: r.5,
-                waiting_since: r.6,
-                wait_seq: r.7,
-                updated_at: r.8,
-            })
-        }
-
-        fn cohort_record(r: CohortRow) -> Cohort {
-            Cohort {
-                id: r.0,
-                alias: r.1,
-                name: r.2,
-                description: r.3,
-                capacity: r.4.and_then(|c| u32::try_from(c).ok()),
-                overflow_of: r.5,
-                group: r.6,
-                assigned: u32::try_from(r.7).unwrap_or(u32::MAX),
-                pending: u32::try_from(r.8).unwrap_or(u32::MAX),
-            }
-        }
-
-        fn event_record(r: EventRow) -> Result<EventRecord, StoreError> {
-            let bad = |what: &str| StoreError::Other(format!("routing event {} has an unknown {what}", r.0));
-            Ok(EventRecord {
-                id: r.0,
-                at: r.1,
-                event: Event {
-                    participant_id: r.2.clone(),
-                    status: Status::parse(&r.3).ok_or_else(|| bad("status"))?,
-                    previous: match &r.4 {
-                        Some(p) => Some(Status::parse(p).ok_or_else(|| bad("previous status"))?),
-                        None => None,
-                    },
-                    group: r.5.clone(),
-                    entry: r.6.clone(),
-                    cohort_id: r.7.clone(),
-                    reason: Reason::parse(&r.8).ok_or_else(|| bad("reason"))?,
-                },
-            })
-        }
 
         async fn next_cohort_seq(tx: &mut Tx<'_>, experiment_id: &str) -> Result<i64, StoreError> {
             let (seq,): (i64,) =
@@ -174,40 +89,30 @@ macro_rules! impl_sql_store {
             Ok(())
         }
 
-        /// Makes the defined cohorts match `defs`: new aliases get a cohort,
-        /// kept ones are updated (their overflows inherit the capacity), and
-        /// removed ones go, unless that would strand members.
+        /// Makes the defined cohorts match `defs`, as planned by
+        /// [`cohorts::sync`](crate::domain::routing::cohorts::sync) from the
+        /// stored ones and their members, read in this transaction.
         async fn sync_cohorts(tx: &mut Tx<'_>, experiment_id: &str, defs: &[CohortDef], now: OffsetDateTime) -> Result<(), StoreError> {
-            let existing: Vec<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+            use $crate::domain::routing::cohorts::{self, StoredCohort};
+            let rows: Vec<DefinedCohortRow> = sqlx::query_as(
                 "SELECT c.id, c.alias, c.overflow_of, \
-                 (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status IN ('assigned', 'pending')) \
+                 (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status IN ('assigned', 'pending')) AS members \
                  FROM cohorts c WHERE c.experiment_id = $1 AND c.alias IS NOT NULL",
             )
             .bind(experiment_id)
             .fetch_all(&mut **tx)
             .await?;
-            for (id, alias, _, members) in &existing {
-                let alias = alias.as_deref().unwrap_or_default();
-                match defs.iter().find(|d| d.alias.as_str() == alias) {
-                    None if *members > 0 => {
-                        return Err(StoreError::Conflict(format!(
-                            "cohort {alias:?} ({id}) has {members} member(s) and cannot be removed"
-                        )))
-                    }
-                    Some(CohortDef { capacity: Some(cap), .. }) if *members > i64::from(*cap) => {
-                        return Err(StoreError::Conflict(format!(
-                            "cohort {alias:?} ({id}) has {members} member(s), more than the new capacity {cap}"
-                        )))
-                    }
-                    _ => {}
-                }
-            }
-            let removed: Vec<&String> = existing
-                .iter()
-                .filter_map(|(_, alias, _, _)| alias.as_ref())
-                .filter(|alias| !defs.iter().any(|d| d.alias.as_str() == alias.as_str()))
+            let stored: Vec<StoredCohort> = rows
+                .into_iter()
+                .map(|r| StoredCohort {
+                    id: r.id,
+                    alias: r.alias.unwrap_or_default(),
+                    overflow_of: r.overflow_of,
+                    members: u64::try_from(r.members).unwrap_or_default(),
+                })
                 .collect();
-            for alias in removed {
+            let plan = cohorts::sync(&stored, defs).map_err(StoreError::Conflict)?;
+            for alias in &plan.removed {
                 sqlx::query("DELETE FROM cohorts WHERE experiment_id = $1 AND alias = $2 AND overflow_of IS NOT NULL")
                     .bind(experiment_id)
                     .bind(alias)
@@ -219,52 +124,41 @@ macro_rules! impl_sql_store {
                     .execute(&mut **tx)
                     .await?;
             }
+            for (id, def) in &plan.kept {
+                sqlx::query("UPDATE cohorts SET name = $2, description = $3, capacity = $4 WHERE id = $1")
+                    .bind(id)
+                    .bind(&def.name)
+                    .bind(&def.description)
+                    .bind(def.capacity.map(i64::from))
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("UPDATE cohorts SET description = $2, capacity = $3 WHERE overflow_of = $1")
+                    .bind(id)
+                    .bind(&def.description)
+                    .bind(def.capacity.map(i64::from))
+                    .execute(&mut **tx)
+                    .await?;
+            }
             let mut seq = next_cohort_seq(tx, experiment_id).await?;
-            for def in defs {
-                let defined = existing
-                    .iter()
-                    .find(|(_, alias, overflow_of, _)| alias.as_deref() == Some(def.alias.as_str()) && overflow_of.is_none());
-                match defined {
-                    Some((id, ..)) => {
-                        sqlx::query("UPDATE cohorts SET name = $2, description = $3, capacity = $4 WHERE id = $1")
-                            .bind(id)
-                            .bind(&def.name)
-                            .bind(&def.description)
-                            .bind(def.capacity.map(i64::from))
-                            .execute(&mut **tx)
-                            .await?;
-                        sqlx::query("UPDATE cohorts SET description = $2, capacity = $3 WHERE overflow_of = $1")
-                            .bind(id)
-                            .bind(&def.description)
-                            .bind(def.capacity.map(i64::from))
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    None => {
-                        let cohort = Cohort {
-                            id: uuid::Uuid::new_v4().to_string(),
-                            alias: Some(def.alias.as_str().to_owned()),
-                            name: def.name.clone(),
-                            description: def.description.clone(),
-                            capacity: def.capacity,
-                            overflow_of: None,
-                            group: None,
-                            assigned: 0,
-                            pending: 0,
-                        };
-                        insert_cohort(tx, experiment_id, &cohort, seq, now).await?;
-                        seq += 1;
-                    }
-                }
+            for def in &plan.created {
+                let cohort = Cohort {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    alias: Some(def.alias.as_str().to_owned()),
+                    name: def.name.clone(),
+                    description: def.description.clone(),
+                    capacity: def.capacity,
+                    overflow_of: None,
+                    group: None,
+                    assigned: 0,
+                    pending: 0,
+                };
+                insert_cohort(tx, experiment_id, &cohort, seq, now).await?;
+                seq += 1;
             }
             Ok(())
         }
 
-        type FlagRow = (String, i64, String, OffsetDateTime, OffsetDateTime);
         const FLAG_SELECT: &str = "SELECT key, version, config, created_at, updated_at FROM flags";
-        type OverrideRow = (String, String, bool, OffsetDateTime);
-        type ExperimentRow = (String, String, i64, String, String, OffsetDateTime, OffsetDateTime);
-
         const EXPERIMENT_SELECT: &str = "SELECT e.id, e.key, e.version, v.config, v.layout, e.created_at, e.updated_at \
              FROM experiments e JOIN experiment_versions v ON v.experiment_id = e.id AND v.version = e.version \
              WHERE e.deleted_at IS NULL";
@@ -274,26 +168,6 @@ macro_rules! impl_sql_store {
         fn now_micros() -> OffsetDateTime {
             let now = OffsetDateTime::now_utc();
             now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000).unwrap_or(now)
-        }
-
-        fn flag_record(r: FlagRow) -> FlagRecord {
-            FlagRecord { key: r.0, version: r.1, config: r.2, created_at: r.3, updated_at: r.4 }
-        }
-
-        fn override_record(r: OverrideRow) -> OverrideRecord {
-            OverrideRecord { flag_key: r.0, org_id: r.1, enabled: r.2, updated_at: r.3 }
-        }
-
-        fn experiment_record(r: ExperimentRow) -> ExperimentRecord {
-            ExperimentRecord {
-                id: r.0,
-                key: r.1,
-                version: r.2,
-                config: r.3,
-                layout: r.4,
-                created_at: r.5,
-                updated_at: r.6,
-            }
         }
 
         /// The first statement of every configuration write (see the store module docs).
@@ -341,9 +215,9 @@ macro_rules! impl_sql_store {
             let experiments: Vec<ExperimentRow> = sqlx::query_as(EXPERIMENT_SELECT).fetch_all(&mut **tx).await?;
             Ok(Loaded {
                 revision,
-                flags: flags.into_iter().map(flag_record).collect(),
-                overrides: overrides.into_iter().map(override_record).collect(),
-                experiments: experiments.into_iter().map(experiment_record).collect(),
+                flags: flags.into_iter().map(FlagRecord::from).collect(),
+                overrides: overrides.into_iter().map(OverrideRecord::from).collect(),
+                experiments: experiments.into_iter().map(ExperimentRecord::from).collect(),
             })
         }
 
@@ -366,7 +240,7 @@ macro_rules! impl_sql_store {
                 .bind(key)
                 .fetch_optional(&mut **tx)
                 .await?;
-            Ok(row.map(flag_record))
+            Ok(row.map(FlagRecord::from))
         }
 
         /// The live experiment `key`, if any, in `tx`.
@@ -375,7 +249,7 @@ macro_rules! impl_sql_store {
                 .bind(key)
                 .fetch_optional(&mut **tx)
                 .await?;
-            Ok(row.map(experiment_record))
+            Ok(row.map(ExperimentRecord::from))
         }
 
         /// Checks `expected` (If-Match) against the stored version (`None`:
@@ -446,16 +320,13 @@ macro_rules! impl_sql_store {
                     tx.commit().await?;
                     return Ok(CatchUp::Full(loaded));
                 }
-                let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
-                    "SELECT revision, kind, key, org_id FROM config_changes WHERE revision > $1 ORDER BY revision",
+                let rows: Vec<ChangeRow> = sqlx::query_as(
+                    "SELECT kind, key, org_id FROM config_changes WHERE revision > $1 ORDER BY revision",
                 )
                 .bind(since)
                 .fetch_all(&mut *tx)
                 .await?;
-                let changes: Option<Vec<Change>> = rows
-                    .into_iter()
-                    .map(|(_, kind, key, org_id)| Change::from_parts(&kind, key, org_id))
-                    .collect();
+                let changes: Option<Vec<Change>> = rows.into_iter().map(ChangeRow::change).collect();
                 // A revision without its change (pruned, or bumped by hand):
                 // what changed is unknown, so everything is reloaded.
                 let changes = match changes {
@@ -478,7 +349,7 @@ macro_rules! impl_sql_store {
                                     .bind(&key)
                                     .fetch_all(&mut *tx)
                                     .await?;
-                                    Some((record, rows.into_iter().map(override_record).collect()))
+                                    Some((record, rows.into_iter().map(OverrideRecord::from).collect()))
                                 }
                                 None => None,
                             };
@@ -562,7 +433,7 @@ macro_rules! impl_sql_store {
                     }
                 };
                 tx.commit().await?;
-                Ok(Some(FlagWritten { record: flag_record(row), revision, created: current.is_none() }))
+                Ok(Some(FlagWritten { record: FlagRecord::from(row), revision, created: current.is_none() }))
             }
 
             async fn delete_flag(&self, key: &str, expected: Option<&Precondition>) -> Result<i64, StoreError> {
@@ -627,7 +498,7 @@ macro_rules! impl_sql_store {
                 .fetch_one(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok($crate::store::OverrideWritten { record: override_record(row), created: existing.is_none(), revision })
+                Ok($crate::store::OverrideWritten { record: OverrideRecord::from(row), created: existing.is_none(), revision })
             }
 
             async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError> {
@@ -656,7 +527,7 @@ macro_rules! impl_sql_store {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows.into_iter().map(override_record).collect())
+                Ok(rows.into_iter().map(OverrideRecord::from).collect())
             }
 
             async fn write_experiment(
@@ -793,7 +664,7 @@ macro_rules! impl_sql_store {
 
             async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError> {
                 // Every incarnation of the key: deleted ones stay readable.
-                let rows: Vec<(i64, OffsetDateTime, Option<String>, String, String, bool)> = sqlx::query_as(
+                let rows: Vec<VersionRow> = sqlx::query_as(
                     "SELECT v.version, v.created_at, v.actor, v.config, v.layout, v.deleted FROM experiment_versions v \
                      JOIN experiments e ON e.id = v.experiment_id \
                      WHERE e.key = $1 ORDER BY e.created_at DESC, v.version DESC",
@@ -804,17 +675,7 @@ macro_rules! impl_sql_store {
                 if rows.is_empty() {
                     return Err(StoreError::NotFound);
                 }
-                Ok(rows
-                    .into_iter()
-                    .map(|r| VersionRecord {
-                        version: r.0,
-                        created_at: r.1,
-                        actor: r.2,
-                        config: r.3,
-                        layout: r.4,
-                        deleted: r.5,
-                    })
-                    .collect())
+                Ok(rows.into_iter().map(VersionRecord::from).collect())
             }
 
             async fn sticky_get(
@@ -971,11 +832,11 @@ macro_rules! impl_sql_store {
                     }
                     q.push(")");
                     let rows: Vec<ParticipantRow> = q.build_query_as().fetch_all(&mut *tx).await?;
-                    subjects = rows.into_iter().map(participant_record).collect::<Result<Vec<_>, _>>()?;
+                    subjects = rows.into_iter().map(Participant::try_from).collect::<Result<Vec<_>, _>>()?;
                 }
                 // Every aliased cohort (joins and balance need them) and the
                 // subjects' own cohorts (their answers name them).
-                let mut q = sqlx::QueryBuilder::<$db>::new(format!("{COHORT_COLUMNS} WHERE c.experiment_id = "));
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!("{COHORT_SELECT} WHERE c.experiment_id = "));
                 q.push_bind(experiment_id).push(" AND (c.alias IS NOT NULL");
                 let own: Vec<&str> = subjects.iter().filter_map(|p| p.cohort_id.as_deref()).collect();
                 if !own.is_empty() {
@@ -988,7 +849,7 @@ macro_rules! impl_sql_store {
                 }
                 q.push(") ORDER BY c.created_seq");
                 let cohort_rows: Vec<CohortRow> = q.build_query_as().fetch_all(&mut *tx).await?;
-                let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(cohort_record).collect();
+                let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(Cohort::from).collect();
                 let made: Vec<(Option<String>, i64)> = sqlx::query_as(
                     "SELECT group_name, COUNT(*) FROM cohorts WHERE experiment_id = $1 AND alias IS NULL GROUP BY group_name",
                 )
@@ -1023,7 +884,7 @@ macro_rules! impl_sql_store {
                     .fetch_all(&mut *tx)
                     .await?,
                 };
-                let waiting = waiting_rows.into_iter().map(participant_record).collect::<Result<Vec<_>, _>>()?;
+                let waiting = waiting_rows.into_iter().map(Participant::try_from).collect::<Result<Vec<_>, _>>()?;
                 let state = State { now, seq, cohorts: cohorts.clone(), group_cohorts, waiting, subjects };
                 let changes = match planner(version, state) {
                     Ok(changes) => changes,
@@ -1165,7 +1026,7 @@ macro_rules! impl_sql_store {
                 .await?;
                 if let Some(row) = inserted {
                     tx.commit().await?;
-                    return Ok((participant_record(row)?, true));
+                    return Ok((Participant::try_from(row)?, true));
                 }
                 // Only the attributes change; routing transactions never write
                 // them, so neither overwrites the other.
@@ -1183,7 +1044,7 @@ macro_rules! impl_sql_store {
                 // Neither inserted nor updated: the experiment is gone.
                 let row = row.ok_or(StoreError::NotFound)?;
                 tx.commit().await?;
-                Ok((participant_record(row)?, false))
+                Ok((Participant::try_from(row)?, false))
             }
 
             async fn participant(&self, experiment_id: &str, participant_id: &str) -> Result<Option<Participant>, StoreError> {
@@ -1194,15 +1055,15 @@ macro_rules! impl_sql_store {
                 .bind(participant_id)
                 .fetch_optional(&self.pool)
                 .await?;
-                row.map(participant_record).transpose()
+                row.map(Participant::try_from).transpose()
             }
 
             async fn cohorts(&self, experiment_id: &str) -> Result<Vec<Cohort>, StoreError> {
-                let rows: Vec<CohortRow> = sqlx::query_as(&format!("{COHORT_COLUMNS} WHERE c.experiment_id = $1 ORDER BY c.created_seq"))
+                let rows: Vec<CohortRow> = sqlx::query_as(&format!("{COHORT_SELECT} WHERE c.experiment_id = $1 ORDER BY c.created_seq"))
                     .bind(experiment_id)
                     .fetch_all(&self.pool)
                     .await?;
-                Ok(rows.into_iter().map(cohort_record).collect())
+                Ok(rows.into_iter().map(Cohort::from).collect())
             }
 
             async fn cohort_participants(&self, experiment_id: &str, cohort_id: &str) -> Result<Vec<Participant>, StoreError> {
@@ -1213,7 +1074,7 @@ macro_rules! impl_sql_store {
                 .bind(cohort_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.into_iter().map(participant_record).collect()
+                rows.into_iter().map(Participant::try_from).collect()
             }
 
             async fn routing_events(&self, experiment_id: &str, limit: i64, before: Option<i64>) -> Result<Vec<EventRecord>, StoreError> {
@@ -1226,7 +1087,7 @@ macro_rules! impl_sql_store {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.into_iter().map(event_record).collect()
+                rows.into_iter().map(EventRecord::try_from).collect()
             }
 
             /// The experiments' (id, cutoff) pairs travel as a `VALUES` list,

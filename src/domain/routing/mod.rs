@@ -6,6 +6,7 @@
 //! * [`lifecycle`]: participant statuses, timeouts and the audit events a
 //!   routing call produces, as a pure plan the store then applies.
 
+pub mod cohorts;
 pub mod lifecycle;
 pub mod matching;
 
