@@ -926,35 +926,13 @@ macro_rules! impl_sql_store {
                     );
                     q.build().execute(&mut *tx).await?;
                 }
-                // Member counters follow the status changes: -1 for the status
-                // left, +1 for the status taken, on the event's cohort.
-                let mut deltas: Vec<(&str, i64, i64)> = Vec::new();
-                for e in &changes.events {
-                    let Some(cohort) = e.cohort_id.as_deref() else { continue };
-                    let weight = |s: Status| match s {
-                        Status::Assigned => (1, 0),
-                        Status::Pending => (0, 1),
-                        _ => (0, 0),
-                    };
-                    let (a_new, p_new) = weight(e.status);
-                    let (a_old, p_old) = e.previous.map_or((0, 0), weight);
-                    let (da, dp) = (a_new - a_old, p_new - p_old);
-                    if da == 0 && dp == 0 {
-                        continue;
-                    }
-                    match deltas.iter_mut().find(|d| d.0 == cohort) {
-                        Some(d) => {
-                            d.1 += da;
-                            d.2 += dp;
-                        }
-                        None => deltas.push((cohort, da, dp)),
-                    }
-                }
+                // Member counters follow the status changes.
+                let deltas = changes.member_deltas();
                 for (cohort, da, dp) in deltas {
                     sqlx::query(
                         "UPDATE cohorts SET assigned_members = assigned_members + $2, pending_members = pending_members + $3 WHERE id = $1",
                     )
-                    .bind(cohort)
+                    .bind(&cohort)
                     .bind(da)
                     .bind(dp)
                     .execute(&mut *tx)

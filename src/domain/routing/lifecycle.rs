@@ -217,9 +217,44 @@ pub struct Changes {
     pub answers: Vec<Result<Participant, Refusal>>,
 }
 
+/// How a cohort's member counts move: (cohort id, assigned, pending).
+pub type MemberDelta = (String, i64, i64);
+
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.new_cohorts.is_empty() && self.participants.is_empty() && self.events.is_empty()
+    }
+
+    /// The net change of each cohort's members (assigned, pending) that
+    /// these events make: -1 for the status left, +1 for the status taken,
+    /// on the event's cohort. Cohorts whose counts do not move are left out.
+    pub fn member_deltas(&self) -> Vec<MemberDelta> {
+        let weight = |s: Status| match s {
+            Status::Assigned => (1, 0),
+            Status::Pending => (0, 1),
+            _ => (0, 0),
+        };
+        let mut deltas: Vec<MemberDelta> = Vec::new();
+        for e in &self.events {
+            let Some(cohort) = e.cohort_id.as_deref() else {
+                continue;
+            };
+            let (a_new, p_new) = weight(e.status);
+            let (a_old, p_old) = e.previous.map_or((0, 0), weight);
+            let (da, dp) = (a_new - a_old, p_new - p_old);
+            if da == 0 && dp == 0 {
+                continue;
+            }
+            match deltas.iter_mut().find(|d| d.0 == cohort) {
+                Some(d) => {
+                    d.1 += da;
+                    d.2 += dp;
+                }
+                None => deltas.push((cohort.to_owned(), da, dp)),
+            }
+        }
+        deltas.retain(|d| d.1 != 0 || d.2 != 0);
+        deltas
     }
 }
 
@@ -543,6 +578,34 @@ fn form_groups(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn member_deltas_net_each_cohort_s_status_changes() {
+        let event = |cohort: Option<&str>, previous: Option<Status>, status: Status| Event {
+            participant_id: "p".into(),
+            status,
+            previous,
+            group: None,
+            entry: None,
+            cohort_id: cohort.map(Into::into),
+            reason: Reason::Formed,
+        };
+        let changes = Changes {
+            events: vec![
+                event(Some("a"), Some(Status::Waiting), Status::Pending),
+                event(Some("a"), Some(Status::Pending), Status::Assigned),
+                event(Some("b"), Some(Status::Waiting), Status::Pending),
+                event(Some("b"), Some(Status::Pending), Status::Declined),
+                event(Some("c"), Some(Status::Waiting), Status::Assigned),
+                event(None, Some(Status::New), Status::Waiting),
+            ],
+            ..Changes::default()
+        };
+        assert_eq!(
+            changes.member_deltas(),
+            vec![("a".to_owned(), 1, 0), ("c".to_owned(), 1, 0)]
+        );
+    }
     use super::super::{parse_cohorts, parse_routing};
     use super::*;
     use serde_json::json;
