@@ -13,6 +13,7 @@ use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::config::{AuthSettings, Role};
@@ -36,11 +37,6 @@ pub struct Auth {
 
 fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
-}
-
-/// Equal digests, in time that does not depend on where they differ.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Auth {
@@ -69,7 +65,7 @@ impl Auth {
         let presented = digest(presented);
         let mut found = None;
         for known in self.tokens.iter() {
-            if same(&known.digest, &presented) {
+            if bool::from(known.digest[..].ct_eq(&presented[..])) {
                 found = Some(known);
             }
         }
