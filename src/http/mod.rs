@@ -21,8 +21,9 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::config::Settings;
+use crate::config::{AuthSettings, Settings};
 use crate::engine::Engine;
+use auth::{Access, Auth, Routes};
 use error::ApiError;
 
 /// What every handler can reach.
@@ -37,9 +38,10 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
-/// Every documented route, for the router and the OpenAPI document alike.
-fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+/// Every documented route, for the router and the OpenAPI document alike,
+/// each behind the check of the access its module declares (`auth`).
+fn api(auth: &Auth) -> OpenApiRouter<AppState> {
+    Routes::new()
         .merge(routes::health::router())
         .merge(routes::flags::router())
         .merge(routes::experiments::router())
@@ -47,37 +49,40 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(routes::participants::router())
         .merge(routes::cohorts::router())
         .merge(routes::metrics::router())
+        .into_router(openapi::ApiDoc::openapi(), auth)
 }
 
 /// The OpenAPI 3.1 document of every endpoint (`allot openapi`, `/openapi.json`).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
+    // The checks leave no trace in the document, so no tokens are needed.
+    api(&Auth::new(&AuthSettings::default())).into_openapi()
 }
 
 /// The whole application router.
 pub fn router(state: AppState, settings: &Settings) -> Router {
     let request_id = HeaderName::from_static(error::REQUEST_ID);
-    let auth = auth::Auth::new(&settings.auth);
+    let auth = Auth::new(&settings.auth);
     let timeout = Duration::from_millis(settings.request_timeout_ms);
-    let (api, document) = api().split_for_parts();
+    let (api, document) = api(&auth).split_for_parts();
     let document: Arc<str> = document.to_pretty_json().unwrap_or_default().into();
     api.route(
         "/openapi.json",
-        axum::routing::get(move || {
-            let document = Arc::clone(&document);
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    document.to_string(),
-                )
-            }
-        }),
+        // Not in the document it serves, so not among `api`'s routes: guarded here.
+        auth.guard(
+            Access::Open,
+            axum::routing::get(move || {
+                let document = Arc::clone(&document);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
+        ),
     )
-    // Matched routes only: an unknown path is a plain 404 for everyone.
-    .route_layer(axum::middleware::from_fn_with_state(
-        auth,
-        auth::authenticate,
-    ))
+    // Neither fallback is guarded: an unknown path or method is a plain 404
+    // or 405 for everyone.
     .fallback(|| async { ApiError::not_found("no such route") })
     .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
     // Bodies over the limit are refused by the JSON extractor with a 413.

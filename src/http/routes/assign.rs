@@ -3,19 +3,19 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::engine::assign::{AssignRequest, Assignment};
+use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, PathParams, RequestId};
 use crate::http::openapi::{AssignInput, BatchAnswer, BatchInput, BatchResult, ErrorBody};
 use crate::http::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(assign))
-        .routes(routes!(assign_batch))
+pub fn router() -> Routes<AppState> {
+    Routes::new()
+        .routes(Access::Client, routes!(assign))
+        .routes(Access::Client, routes!(assign_batch))
 }
 
 /// The treatment of one unit of work, with the reason.

@@ -5,20 +5,20 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::engine::routing::{CohortView, EventPage, ParticipantView};
+use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{PathParams, QueryParams};
 use crate::http::openapi::ErrorBody;
 use crate::http::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(members))
-        .routes(routes!(events))
+pub fn router() -> Routes<AppState> {
+    Routes::new()
+        .routes(Access::Client, routes!(list))
+        .routes(Access::Client, routes!(members))
+        .routes(Access::Client, routes!(events))
 }
 
 /// Every cohort of the experiment with its member counts.

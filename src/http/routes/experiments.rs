@@ -4,23 +4,23 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{versioned, write_status};
 use crate::domain::experiment::ExperimentConfig;
 use crate::engine::experiments::{ExperimentView, VersionView};
-use crate::http::auth::Actor;
+use crate::http::auth::{Access, Actor, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams};
 use crate::http::openapi::ErrorBody;
 use crate::http::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(read, upsert, remove))
-        .routes(routes!(versions))
+pub fn router() -> Routes<AppState> {
+    Routes::new()
+        .routes(Access::Client, routes!(list))
+        .routes(Access::Client, routes!(read))
+        .routes(Access::Admin, routes!(upsert, remove))
+        .routes(Access::Client, routes!(versions))
 }
 
 /// Every experiment, by key.

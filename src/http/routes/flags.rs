@@ -6,24 +6,25 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{versioned, write_status};
 use crate::domain::flag::FlagConfig;
 use crate::engine::flags::{FlagEvaluation, FlagView, OverridePage, OverrideView};
+use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams, QueryParams};
 use crate::http::openapi::{ErrorBody, EvaluateInput, OverrideInput};
 use crate::http::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(read, upsert, remove))
-        .routes(routes!(list_overrides))
-        .routes(routes!(set_override, remove_override))
-        .routes(routes!(evaluate))
+pub fn router() -> Routes<AppState> {
+    Routes::new()
+        .routes(Access::Client, routes!(list))
+        .routes(Access::Client, routes!(read))
+        .routes(Access::Admin, routes!(upsert, remove))
+        .routes(Access::Client, routes!(list_overrides))
+        .routes(Access::Admin, routes!(set_override, remove_override))
+        .routes(Access::Client, routes!(evaluate))
 }
 
 /// Every flag, by key.

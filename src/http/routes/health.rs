@@ -10,18 +10,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::http::auth::{Access, Routes};
 use crate::http::AppState;
 
 /// How long readiness waits for the store before calling it unreachable.
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
+pub fn router() -> Routes<AppState> {
+    Routes::new()
+        .routes(Access::Open, routes!(healthz))
+        .routes(Access::Open, routes!(readyz))
 }
 
 /// 200 while the process serves; no I/O.

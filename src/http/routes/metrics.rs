@@ -4,14 +4,14 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(render))
+pub fn router() -> Routes<AppState> {
+    Routes::new().routes(Access::Metrics, routes!(render))
 }
 
 /// Prometheus text exposition.

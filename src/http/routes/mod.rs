@@ -1,4 +1,6 @@
 //! One file per resource; handlers only translate between HTTP and the engine.
+//! Each module's `router()` declares, route by route, who may call it
+//! ([`Access`](crate::http::auth::Access)); that line is the only place it is said.
 
 pub mod assign;
 pub mod cohorts;

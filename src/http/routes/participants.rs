@@ -4,22 +4,22 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::write_status;
 use crate::engine::routing::ParticipantView;
+use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, PathParams};
 use crate::http::openapi::{ErrorBody, ParticipantInput};
 use crate::http::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(register, read))
-        .routes(routes!(route))
-        .routes(routes!(accept))
-        .routes(routes!(decline))
+pub fn router() -> Routes<AppState> {
+    Routes::new()
+        .routes(Access::Client, routes!(register, read))
+        .routes(Access::Client, routes!(route))
+        .routes(Access::Client, routes!(accept))
+        .routes(Access::Client, routes!(decline))
 }
 
 type Ids = PathParams<(String, String)>;
