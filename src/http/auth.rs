@@ -1,4 +1,4 @@
-//! Bearer-token authentication and roles (contract §1), and the access each
+//! Bearer-token authentication and roles (§1), and the access each
 //! route declares.
 //!
 //! `admin` may call everything; `client` may call the evaluate, assign, route
@@ -32,7 +32,7 @@
 //! outside (`/openapi.json`, which serves the document built from the others)
 //! is guarded explicitly. `tests/it/auth.rs` then walks every operation of the
 //! OpenAPI document with no token, a client token and an admin token, so a
-//! declaration that disagrees with the contract fails a test.
+//! declaration that disagrees with §1 fails a test.
 
 use std::sync::Arc;
 
