@@ -11,6 +11,9 @@
 //!   operator do the most work it can; and the write-time cost of a condition
 //!   made of patterns that compile large.
 
+// A tool, not the service: a failure stops it with the message given.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -58,7 +61,7 @@ fn decision(c: &mut Criterion) {
                 Precheck::Out(_) => None,
             };
             black_box(treatment)
-        })
+        });
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -101,7 +104,7 @@ fn decision(c: &mut Criterion) {
                     .block_on(engine.assign("code-review", request))
                     .expect("assigned"),
             )
-        })
+        });
     });
     group.finish();
 }
@@ -224,7 +227,7 @@ fn conditions(c: &mut Criterion) {
         limits::check_attributes(&attributes).expect(name);
         let compiled = Condition::compile(&cond);
         group.bench_function(name, |b| {
-            b.iter(|| black_box(compiled.matches(&attributes)))
+            b.iter(|| black_box(compiled.matches(&attributes)));
         });
     }
     // Write time: 64 KiB of patterns that each compile to about a megabyte.
@@ -234,10 +237,10 @@ fn conditions(c: &mut Criterion) {
     let heavy = json!({"$and": heavy});
     assert!(limits::json_size(&heavy) <= limits::MAX_CONDITION_BYTES);
     group.bench_function("validate_2300_unicode_word_patterns", |b| {
-        b.iter(|| black_box(condition::validate(&heavy, "")))
+        b.iter(|| black_box(condition::validate(&heavy, "")));
     });
     group.bench_function("compile_2300_unicode_word_patterns", |b| {
-        b.iter(|| black_box(Condition::compile(&heavy)))
+        b.iter(|| black_box(Condition::compile(&heavy)));
     });
     // A whole flag at the evaluation-work limit: every rule scans the
     // largest array and none matches, so an evaluation tries them all.
@@ -259,7 +262,7 @@ fn conditions(c: &mut Criterion) {
     let attributes = json!({"org_id": "1", "a": (0..8180).map(|_| json!(0)).collect::<Vec<_>>()});
     limits::check_attributes(&attributes).expect("within the limits");
     group.bench_function(format!("flag_of_{ok}_scanning_rules_at_the_limit"), |b| {
-        b.iter(|| black_box(heavy_flag.evaluate("k", "1", None, &attributes)))
+        b.iter(|| black_box(heavy_flag.evaluate("k", "1", None, &attributes)));
     });
     group.finish();
 }

@@ -29,6 +29,11 @@
 //! default 200), C (`PROPAGATION_C`, default 20); `PROPAGATION_SEED` fixes the
 //! random choice of experiments. Only loopback addresses are accepted.
 
+// A tool, not the service: a failure stops it with the message given.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+// Its exit code is its verdict (0 pass, 1 fail, 2 could not run).
+#![allow(clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};

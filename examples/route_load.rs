@@ -6,6 +6,9 @@
 //! `cargo run --release --example route_load -- http://127.0.0.1:18183 3000 32`
 //! Only ever point it at a server on this machine.
 
+// A tool, not the service: a failure stops it with the message given.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

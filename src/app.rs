@@ -49,6 +49,7 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartErro
     Ok(store)
 }
 
+#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     state: AppState,

@@ -1084,7 +1084,7 @@ mod js {
     use serde_json::Value;
 
     /// `typeof`, with arrays and null told apart as GrowthBook's `getType` does.
-    pub fn type_of(v: &Value) -> &'static str {
+    pub(super) fn type_of(v: &Value) -> &'static str {
         match v {
             Value::Null => "null",
             Value::Array(_) => "array",
@@ -1097,12 +1097,12 @@ mod js {
 
     /// A JSON number as JavaScript holds it (serde_json without
     /// `arbitrary_precision` always has an f64 view; NaN is unreachable).
-    pub fn number(n: &serde_json::Number) -> f64 {
+    pub(super) fn number(n: &serde_json::Number) -> f64 {
         n.as_f64().unwrap_or(f64::NAN)
     }
 
     /// `String(v)` (equivalently `v + ""`), borrowing when `v` is a string.
-    pub fn to_str(v: &Value) -> Cow<'_, str> {
+    pub(super) fn to_str(v: &Value) -> Cow<'_, str> {
         match v {
             Value::String(s) => Cow::Borrowed(s),
             Value::Null => Cow::Borrowed("null"),
@@ -1140,7 +1140,7 @@ mod js {
     }
 
     /// `Number::toString` for the values JSON can hold.
-    pub fn number_to_string(f: f64) -> String {
+    pub(super) fn number_to_string(f: f64) -> String {
         if f.is_nan() {
             return "NaN".to_owned();
         }
@@ -1161,7 +1161,7 @@ mod js {
     }
 
     /// `Number(v)` (equivalently `v * 1`).
-    pub fn to_number(v: &Value) -> f64 {
+    pub(super) fn to_number(v: &Value) -> f64 {
         match v {
             Value::Null => 0.0,
             Value::Bool(b) => f64::from(u8::from(*b)),
@@ -1207,7 +1207,7 @@ mod js {
 
     /// `ToPrimitive`: arrays and objects become strings, the rest stay
     /// (borrowed: a comparison copies nothing).
-    pub fn to_primitive(v: &Value) -> Cow<'_, Value> {
+    pub(super) fn to_primitive(v: &Value) -> Cow<'_, Value> {
         match v {
             Value::Array(_) | Value::Object(_) => Cow::Owned(Value::String(to_str(v).into_owned())),
             other => Cow::Borrowed(other),
@@ -1216,7 +1216,7 @@ mod js {
 
     /// The abstract relational comparison `a < b`: `None` is JavaScript's
     /// `undefined` (a NaN was involved), which makes every comparison false.
-    pub fn less_than(a: &Value, b: &Value) -> Option<bool> {
+    pub(super) fn less_than(a: &Value, b: &Value) -> Option<bool> {
         let (pa, pb) = (to_primitive(a), to_primitive(b));
         if let (Value::String(x), Value::String(y)) = (pa.as_ref(), pb.as_ref()) {
             return Some(cmp_utf16(x, y) == Ordering::Less);
@@ -1230,13 +1230,13 @@ mod js {
     }
 
     /// String comparison by UTF-16 code units, as JavaScript compares strings.
-    pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
+    pub(super) fn cmp_utf16(a: &str, b: &str) -> Ordering {
         a.encode_utf16().cmp(b.encode_utf16())
     }
 
     /// `===`: primitives by type and value; two parsed arrays or objects are
     /// never the same reference, so never equal.
-    pub fn strict_eq(a: &Value, b: &Value) -> bool {
+    pub(super) fn strict_eq(a: &Value, b: &Value) -> bool {
         match (a, b) {
             (Value::Null, Value::Null) => true,
             (Value::Bool(x), Value::Bool(y)) => x == y,
@@ -1248,7 +1248,7 @@ mod js {
 
     /// `JSON.stringify(a) === JSON.stringify(b)`: structural, and ordered for
     /// object keys as JavaScript serialises them in insertion order.
-    pub fn stringify_eq(a: &Value, b: &Value) -> bool {
+    pub(super) fn stringify_eq(a: &Value, b: &Value) -> bool {
         match (a, b) {
             (Value::Array(x), Value::Array(y)) => {
                 x.len() == y.len() && x.iter().zip(y).all(|(p, q)| stringify_eq(p, q))
@@ -1460,7 +1460,7 @@ mod tests {
         use super::super::{js, Test};
         use serde_json::Value;
 
-        pub fn to_string(v: &Value) -> String {
+        pub(super) fn to_string(v: &Value) -> String {
             match v {
                 Value::Array(items) => items
                     .iter()
@@ -1477,7 +1477,7 @@ mod tests {
             }
         }
 
-        pub fn is_in(actual: &Value, list: &[Value], insensitive: bool) -> bool {
+        pub(super) fn is_in(actual: &Value, list: &[Value], insensitive: bool) -> bool {
             let same = |a: &Value, b: &Value| match (a, b) {
                 (Value::String(x), Value::String(y)) if insensitive => {
                     x.to_lowercase() == y.to_lowercase()
@@ -1490,13 +1490,13 @@ mod tests {
             }
         }
 
-        pub fn all(tests: &[Test], items: &[Value], insensitive: bool) -> bool {
+        pub(super) fn all(tests: &[Test], items: &[Value], insensitive: bool) -> bool {
             tests
                 .iter()
                 .all(|test| items.iter().any(|item| test.holds(item, insensitive)))
         }
 
-        pub fn padded_version(raw: &str) -> String {
+        pub(super) fn padded_version(raw: &str) -> String {
             let trimmed = raw.strip_prefix('v').unwrap_or(raw);
             let trimmed = trimmed.split('+').next().unwrap_or_default();
             let mut parts: Vec<String> = trimmed.split(['-', '.']).map(str::to_owned).collect();

@@ -147,6 +147,17 @@ pub struct Engine {
     confirmed: std::sync::Mutex<Instant>,
 }
 
+/// The store by its backend and the snapshot by its revision: a whole
+/// configuration is too much for a log line.
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store.backend())
+            .field("revision", &self.snapshot.load().revision)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Read-through lookups, one at a time: a request that misses waits for a
 /// lookup that started after it arrived and shares its outcome, so however
 /// many requests name unknown keys, a replica asks the store one question at

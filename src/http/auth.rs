@@ -79,6 +79,24 @@ pub struct Auth {
     metrics_public: bool,
 }
 
+/// Names the tokens' holders only: not even a token's digest is printed.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let holders: Vec<&str> = self.tokens.iter().map(|k| k.name.as_str()).collect();
+        f.debug_struct("Auth")
+            .field("holders", &holders)
+            .field("metrics_public", &self.metrics_public)
+            .finish()
+    }
+}
+
+impl<S> std::fmt::Debug for Routes<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let access: Vec<Access> = self.declared.iter().map(|(a, _)| *a).collect();
+        f.debug_struct("Routes").field("access", &access).finish()
+    }
+}
+
 fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }

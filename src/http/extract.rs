@@ -20,6 +20,7 @@ const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 /// problem with its JSON Pointer, which typed deserialisation cannot do. The
 /// rules of §1 that hold everywhere (no U+0000, no overflowing number, bounded
 /// nesting) are checked here, while parsing (see [`super::body`]).
+#[derive(Debug)]
 pub struct JsonBody(pub Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -81,6 +82,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Path parameters; a rejection (e.g. bad percent-encoding) is a 400.
+#[derive(Debug)]
 pub struct PathParams<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for PathParams<T>
@@ -114,6 +116,7 @@ fn reject_nul_in_url(part: &str, which: &str) -> Result<(), ApiError> {
 }
 
 /// A query string; anything it cannot parse is a 400.
+#[derive(Debug)]
 pub struct QueryParams<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for QueryParams<T>
@@ -136,6 +139,7 @@ where
 
 /// The `If-Match` header (§1 "Versions"): `"3"`, `3`, `W/"3"`, a list of
 /// those, or `*`.
+#[derive(Debug)]
 pub struct IfMatch(pub Option<Precondition>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
@@ -158,6 +162,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
 }
 
 /// The request id set by the request-id layer (for batch item errors).
+#[derive(Debug)]
 pub struct RequestId(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {

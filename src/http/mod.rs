@@ -38,6 +38,16 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("engine", &self.engine)
+            .field("shutting_down", &self.shutting_down)
+            .field("max_config_age", &self.max_config_age)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Every documented route, for the router and the OpenAPI document alike,
 /// each behind the check of the access its module declares (`auth`).
 fn api(auth: &Auth) -> OpenApiRouter<AppState> {

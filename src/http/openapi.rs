@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::domain::problem::Problem;
 
-#[derive(OpenApi)]
+#[derive(Debug, OpenApi)]
 #[openapi(
     info(
         title = "allot",
@@ -41,12 +41,12 @@ impl Modify for BearerAuth {
 }
 
 /// Every non-2xx answer.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorObject,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorObject {
     /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`,
     /// `conflict`, `version_mismatch`, `payload_too_large`, `validation_failed`,
@@ -59,33 +59,33 @@ pub struct ErrorObject {
 
 /// An org, unit or participant id: a string of 1–256 bytes or a
 /// non-negative integer (`42` ≡ `"42"`).
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum IdInput {
     Text(String),
     Number(u64),
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EvaluateInput {
     pub org_id: IdInput,
     /// Attributes for rule conditions; `org_id` is always added.
     pub attributes: Option<Map<String, Value>>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OverrideInput {
     pub enabled: bool,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AssignInput {
     pub org_id: IdInput,
     pub unit_id: IdInput,
     pub attributes: Option<Map<String, Value>>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchItem {
     pub experiment: String,
     pub org_id: IdInput,
@@ -93,37 +93,37 @@ pub struct BatchItem {
     pub attributes: Option<Map<String, Value>>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchInput {
     /// At most 1000.
     pub items: Vec<BatchItem>,
 }
 
 /// One batch item's answer: the assignment, or `{"error": {...}}`.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum BatchResult {
     Assigned(crate::engine::assign::Assignment),
     Failed(ErrorBody),
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchAnswer {
     pub results: Vec<BatchResult>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ParticipantInput {
     pub attributes: Option<Map<String, Value>>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok`
     pub status: String,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready` or `not_ready`
     pub status: String,

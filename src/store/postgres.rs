@@ -7,6 +7,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use super::sql::{impl_sql_store, Dialect, CHANNEL};
 use super::{PoolOptions, Signal};
 
+#[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
     /// One connection of its own for LISTEN, outside the request pool, so
@@ -23,8 +24,8 @@ struct PgFeed {
 }
 
 #[async_trait::async_trait]
-impl super::ChangeFeed for PgFeed {
-    async fn next(&mut self) -> Result<Signal, super::StoreError> {
+impl ChangeFeed for PgFeed {
+    async fn next(&mut self) -> Result<Signal, StoreError> {
         if std::mem::take(&mut self.announce) {
             return Ok(Signal::Connected);
         }
@@ -41,7 +42,7 @@ impl super::ChangeFeed for PgFeed {
 }
 
 impl PgStore {
-    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, super::StoreError> {
+    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
@@ -58,9 +59,7 @@ impl PgStore {
         Ok(Self { pool, listen_pool })
     }
 
-    async fn subscribe_feed(
-        &self,
-    ) -> Result<Option<Box<dyn super::ChangeFeed>>, super::StoreError> {
+    async fn subscribe_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         let mut listener = PgListener::connect_with(&self.listen_pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(Some(Box::new(PgFeed {
@@ -69,11 +68,11 @@ impl PgStore {
         })))
     }
 
-    async fn run_migrations(&self) -> Result<(), super::StoreError> {
+    async fn run_migrations(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/postgres")
             .run(&self.pool)
             .await
-            .map_err(|e| super::StoreError::Other(format!("migration failed: {e}")))
+            .map_err(|e| StoreError::Other(format!("migration failed: {e}")))
     }
 }
 

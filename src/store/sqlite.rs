@@ -13,12 +13,13 @@ use sqlx::sqlite::{
 use super::sql::{impl_sql_store, Dialect};
 use super::PoolOptions;
 
+#[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, super::StoreError> {
+    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StoreError> {
         let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .foreign_keys(true)
@@ -28,7 +29,7 @@ impl SqliteStore {
         if let Some(dir) = connect.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    super::StoreError::Other(format!("cannot create {}: {e}", dir.display()))
+                    StoreError::Other(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
         }
@@ -40,18 +41,16 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    async fn run_migrations(&self) -> Result<(), super::StoreError> {
+    async fn run_migrations(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.pool)
             .await
-            .map_err(|e| super::StoreError::Other(format!("migration failed: {e}")))
+            .map_err(|e| StoreError::Other(format!("migration failed: {e}")))
     }
 
     /// SQLite has no push: other processes on the file learn of changes by
     /// polling the revision.
-    async fn subscribe_feed(
-        &self,
-    ) -> Result<Option<Box<dyn super::ChangeFeed>>, super::StoreError> {
+    async fn subscribe_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         Ok(None)
     }
 }

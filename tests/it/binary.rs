@@ -201,6 +201,8 @@ const KUBERNETES: [(&str, &str); 7] = [
 ];
 
 /// Waits for `child` to exit, at most `limit`; kills it and fails after that.
+/// (A plain thread in a synchronous test: std has no wait with a timeout.)
+#[allow(clippy::disallowed_methods)]
 fn exit_within(
     child: &mut std::process::Child,
     limit: std::time::Duration,

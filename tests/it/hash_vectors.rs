@@ -47,19 +47,16 @@ fn the_readme_python_snippet_reproduces_the_golden_vectors() {
     let mut program = String::from(snippet);
     program.push_str("\nimport json, sys\nfor parts, want in json.load(sys.stdin):\n    got = bucket(*parts)\n    assert got == want, (parts, got, want)\nprint('ok')\n");
     let input: Vec<(Vec<String>, u16)> = vectors();
-    let mut child = match std::process::Command::new("python3")
+    let Ok(mut child) = std::process::Command::new("python3")
         .arg("-c")
         .arg(&program)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-    {
-        Ok(c) => c,
-        Err(_) => {
-            eprintln!("skipped: python3 is not installed");
-            return;
-        }
+    else {
+        eprintln!("skipped: python3 is not installed");
+        return;
     };
     {
         use std::io::Write;

@@ -1,8 +1,9 @@
 //! The integration-test binary: the real server over HTTP on both stores,
 //! plus the fixtures that pin the pure rules (hash vectors, GrowthBook cases).
 
-// A panic is how a test fails; the unwrap lint guards the service, not tests.
-#![allow(clippy::unwrap_used)]
+// A panic is how a test fails; the unwrap and expect lints guard the service,
+// not tests. Helpers are `pub` for the test modules of this one binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod helpers;
 

@@ -259,6 +259,7 @@ impl Changes {
 }
 
 /// The experiment's study design, as the plan needs it.
+#[derive(Debug)]
 pub struct Study<'a> {
     pub routing: Option<&'a CompiledRouting>,
     pub cohorts: &'a [CohortDef],
@@ -821,7 +822,7 @@ mod tests {
         ));
         let declined = lab.call("l1", Operation::Decline).unwrap();
         assert_eq!(
-            (declined.status, declined.cohort_id.clone()),
+            (declined.status, declined.cohort_id),
             (Status::Declined, None)
         );
         assert_eq!(
