@@ -25,3 +25,4 @@ mod replicas;
 mod robustness;
 mod routing;
 mod sticky;
+mod store_contract;
