@@ -5,6 +5,7 @@
 //! has one of these types it is known to satisfy the rules of §1.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -61,18 +62,45 @@ impl AsRef<str> for Key {
     }
 }
 
-/// An org, unit or participant id: a string of 1–256 bytes, or a
-/// non-negative integer which stands for its decimal string (`42` ≡ `"42"`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// An id of a `K` (an [`Org`], a [`Unit`] or a [`Participant`]): a string
+/// of 1–256 bytes, or a non-negative integer which stands for its decimal
+/// string (`42` ≡ `"42"`). The kinds are distinct types, so an org id cannot
+/// be passed where a unit id is meant.
+#[derive(Serialize)]
 #[serde(transparent)]
-pub struct Id(String);
+pub struct Id<K> {
+    raw: String,
+    #[serde(skip)]
+    kind: PhantomData<K>,
+}
 
-impl Id {
+/// The kind of an organization's id.
+#[derive(Debug)]
+pub enum Org {}
+/// The kind of a unit's (a pull request's) id.
+#[derive(Debug)]
+pub enum Unit {}
+/// The kind of a study participant's id.
+#[derive(Debug)]
+pub enum Participant {}
+
+pub type OrgId = Id<Org>;
+pub type UnitId = Id<Unit>;
+pub type ParticipantId = Id<Participant>;
+
+impl<K> Id<K> {
+    fn new(raw: String) -> Self {
+        Self {
+            raw,
+            kind: PhantomData,
+        }
+    }
+
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() || raw.len() > MAX_ID_BYTES {
             return Err(format!("must be 1 to {MAX_ID_BYTES} bytes long"));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self::new(raw.to_owned()))
     }
 
     pub fn from_json(value: &Value) -> Result<Self, String> {
@@ -80,33 +108,59 @@ impl Id {
         match value {
             Value::String(s) => Self::parse(s).map_err(|_| WANT.to_owned()),
             Value::Number(n) => match n.as_u64() {
-                Some(n) => Ok(Self(n.to_string())),
+                Some(n) => Ok(Self::new(n.to_string())),
                 None => Err(WANT.to_owned()),
             },
             _ => Err(WANT.to_owned()),
         }
     }
 
-    /// As [`Id::from_json`], taking a string's buffer instead of copying it.
     pub fn from_json_owned(value: Value) -> Result<Self, String> {
         match value {
-            Value::String(s) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Ok(Self(s)),
+            Value::String(s) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Ok(Self::new(s)),
             other => Self::from_json(&other),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.raw
     }
 
     pub fn into_string(self) -> String {
-        self.0
+        self.raw
     }
 }
 
-impl fmt::Display for Id {
+// By hand: derived impls would ask the same of the kind marker.
+impl<K> Clone for Id<K> {
+    fn clone(&self) -> Self {
+        Self::new(self.raw.clone())
+    }
+}
+
+impl<K> PartialEq for Id<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl<K> Eq for Id<K> {}
+
+impl<K> std::hash::Hash for Id<K> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.raw.hash(state);
+    }
+}
+
+impl<K> fmt::Debug for Id<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        fmt::Debug::fmt(&self.raw, f)
+    }
+}
+
+impl<K> fmt::Display for Id<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
     }
 }
 
@@ -132,7 +186,7 @@ mod tests {
     #[test]
     fn integer_ids_mean_their_decimal_string() {
         assert_eq!(
-            Id::from_json(&json!(42)).unwrap(),
+            OrgId::from_json(&json!(42)).unwrap(),
             Id::from_json(&json!("42")).unwrap()
         );
     }
@@ -148,8 +202,8 @@ mod tests {
             json!(""),
             json!("x".repeat(257)),
         ] {
-            assert!(Id::from_json(&bad).is_err(), "{bad} should be refused");
+            assert!(OrgId::from_json(&bad).is_err(), "{bad} should be refused");
         }
-        assert!(Id::from_json(&json!("x".repeat(256))).is_ok());
+        assert!(UnitId::from_json(&json!("x".repeat(256))).is_ok());
     }
 }

@@ -15,7 +15,7 @@ use super::snapshot::{ExperimentEntry, Snapshot};
 use super::sticky::StickyPending;
 use super::{Engine, EngineError};
 use crate::domain::experiment::{Precheck, Reason};
-use crate::domain::ids::{Id, Key};
+use crate::domain::ids::{Key, OrgId, UnitId};
 use crate::domain::problem::pointer;
 
 /// At most this many items in one batch.
@@ -36,11 +36,26 @@ pub struct Assignment {
     pub reason: Reason,
 }
 
+/// The value, or `None` with its problems added to `problems`.
+fn keep<T>(
+    r: Result<T, EngineError>,
+    problems: &mut Vec<crate::domain::problem::Problem>,
+) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(EngineError::Validation(p)) => {
+            problems.extend(p);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// A parsed assignment request.
 #[derive(Debug)]
 pub struct AssignRequest {
-    pub org_id: Id,
-    pub unit_id: Id,
+    pub org_id: OrgId,
+    pub unit_id: UnitId,
     pub attributes: Map<String, Value>,
 }
 
@@ -54,16 +69,8 @@ impl AssignRequest {
             ));
         };
         let mut problems = Vec::new();
-        let mut take = |r: Result<Id, EngineError>| match r {
-            Ok(id) => Some(id),
-            Err(EngineError::Validation(p)) => {
-                problems.extend(p);
-                None
-            }
-            Err(_) => None,
-        };
-        let org_id = take(body_id(&mut map, "org_id", at));
-        let unit_id = take(body_id(&mut map, "unit_id", at));
+        let org_id: Option<OrgId> = keep(body_id(&mut map, "org_id", at), &mut problems);
+        let unit_id: Option<UnitId> = keep(body_id(&mut map, "unit_id", at), &mut problems);
         let attributes = match attributes(&mut map, at) {
             Ok(a) => a,
             Err(EngineError::Validation(p)) => {
@@ -91,8 +98,8 @@ enum Step {
 /// Builds an answer and counts it.
 pub(crate) fn answer(
     entry: &ExperimentEntry,
-    org_id: Id,
-    unit_id: Id,
+    org_id: OrgId,
+    unit_id: UnitId,
     treatment: Option<usize>,
     bucket: Option<u16>,
     reason: Reason,

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use super::snapshot::FlagEntry;
 use super::{Engine, EngineError};
 use crate::domain::flag::{FlagConfig, FlagReason};
-use crate::domain::ids::{Id, Key};
+use crate::domain::ids::{Id, Key, OrgId};
 use crate::domain::limits;
 use crate::domain::precondition::Precondition;
 use crate::store::{FlagRecord, FlagWritten, OverrideRecord, OverrideWritten, Plan, StoreError};
@@ -67,8 +67,8 @@ pub fn path_key(raw: &str, what: &str) -> Result<Key, EngineError> {
         .map_err(|e| EngineError::validation("", format!("the {what} key in the URL {e}")))
 }
 
-/// Parses an org id taken from the URL.
-pub fn path_id(raw: &str, what: &str) -> Result<Id, EngineError> {
+/// Parses an id (of an org, a participant…) taken from the URL.
+pub fn path_id<K>(raw: &str, what: &str) -> Result<Id<K>, EngineError> {
     Id::parse(raw).map_err(|e| EngineError::validation("", format!("the {what} in the URL {e}")))
 }
 
@@ -97,9 +97,12 @@ pub fn attributes(
     }
 }
 
-/// Parses a required id field of a request body at `at`.
 /// Takes a required id field out of a request body at `at`.
-pub fn body_id(body: &mut Map<String, Value>, field: &str, at: &str) -> Result<Id, EngineError> {
+pub fn body_id<K>(
+    body: &mut Map<String, Value>,
+    field: &str,
+    at: &str,
+) -> Result<Id<K>, EngineError> {
     match body.remove(field) {
         None => Err(EngineError::validation(
             format!("{at}/{field}"),
@@ -255,7 +258,7 @@ impl Engine {
         org_id: &str,
         doc: &Value,
     ) -> Result<(OverrideView, Outcome), EngineError> {
-        let org = path_id(org_id, "org id")?;
+        let org: OrgId = path_id(org_id, "org id")?;
         let enabled = match doc.as_object() {
             None => {
                 return Err(EngineError::validation(
@@ -353,7 +356,7 @@ impl Engine {
                 "must be an object with org_id and attributes",
             ));
         };
-        let org = body_id(&mut body, "org_id", "")?;
+        let org: OrgId = body_id(&mut body, "org_id", "")?;
         let attrs = attributes(&mut body, "")?;
         let entry = self.flag_entry(key).await?;
         let decision = entry

@@ -20,6 +20,7 @@ use super::flags::{path_id, Outcome};
 use super::snapshot::ExperimentEntry;
 use super::{Engine, EngineError};
 use crate::domain::experiment::Experiment;
+use crate::domain::ids::ParticipantId;
 use crate::domain::routing::lifecycle::{
     self, Cohort, Operation, Participant, Refusal, Status, Study,
 };
@@ -265,7 +266,7 @@ impl Engine {
         participant_id: &str,
         operation: Operation,
     ) -> Result<ParticipantView, EngineError> {
-        let id = path_id(participant_id, "participant id")?;
+        let id: ParticipantId = path_id(participant_id, "participant id")?;
         self.routable(key).await?;
         let (reply, answer) = oneshot::channel();
         let lead = {
@@ -344,7 +345,7 @@ impl Engine {
         participant_id: &str,
         body: Value,
     ) -> Result<(ParticipantView, Outcome), EngineError> {
-        let id = path_id(participant_id, "participant id")?;
+        let id: ParticipantId = path_id(participant_id, "participant id")?;
         let Value::Object(mut body) = body else {
             return Err(EngineError::validation(
                 "",

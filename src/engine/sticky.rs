@@ -27,7 +27,7 @@ use super::assign::{answer, Assignment};
 use super::snapshot::ExperimentEntry;
 use super::{Engine, EngineError};
 use crate::domain::experiment::Reason;
-use crate::domain::ids::Id;
+use crate::domain::ids::{OrgId, UnitId};
 use crate::store::StoreError;
 
 /// More rounds than this means writers keep replacing the unit's row.
@@ -37,8 +37,8 @@ const ROUNDS: usize = 4;
 #[derive(Debug)]
 pub(crate) struct StickyPending {
     pub entry: Arc<ExperimentEntry>,
-    pub org_id: Id,
-    pub unit_id: Id,
+    pub org_id: OrgId,
+    pub unit_id: UnitId,
     pub bucket: u16,
 }
 
