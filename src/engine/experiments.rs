@@ -109,6 +109,18 @@ impl Engine {
         if_match: Option<Precondition>,
         actor: Option<String>,
     ) -> Result<(ExperimentView, Outcome), EngineError> {
+        let served = self.snapshot().experiments.get(key).map(|e| e.version);
+        let result = self.write_experiment(key, doc, if_match, actor).await;
+        self.caught_up_after(result, served).await
+    }
+
+    async fn write_experiment(
+        &self,
+        key: &str,
+        doc: &Value,
+        if_match: Option<Precondition>,
+        actor: Option<String>,
+    ) -> Result<(ExperimentView, Outcome), EngineError> {
         let key = path_key(key, "experiment")?;
         let config = ExperimentConfig::parse(&key, doc).map_err(EngineError::Validation)?;
         let document =
@@ -277,6 +289,17 @@ impl Engine {
     /// Takes the experiment out of service; the deletion is a version of
     /// its own, checked against `if_match` in the store's transaction.
     pub async fn delete_experiment(
+        &self,
+        key: &str,
+        if_match: Option<Precondition>,
+        actor: Option<String>,
+    ) -> Result<(), EngineError> {
+        let served = self.snapshot().experiments.get(key).map(|e| e.version);
+        let result = self.remove_experiment(key, if_match, actor).await;
+        self.caught_up_after(result, served).await
+    }
+
+    async fn remove_experiment(
         &self,
         key: &str,
         if_match: Option<Precondition>,

@@ -165,6 +165,17 @@ impl Engine {
         doc: &Value,
         if_match: Option<Precondition>,
     ) -> Result<(FlagView, Outcome), EngineError> {
+        let served = self.snapshot().flags.get(key).map(|f| f.version);
+        let result = self.write_flag(key, doc, if_match).await;
+        self.caught_up_after(result, served).await
+    }
+
+    async fn write_flag(
+        &self,
+        key: &str,
+        doc: &Value,
+        if_match: Option<Precondition>,
+    ) -> Result<(FlagView, Outcome), EngineError> {
         let key = path_key(key, "flag")?;
         let config = FlagConfig::parse(doc).map_err(EngineError::Validation)?;
         let document =
@@ -233,6 +244,16 @@ impl Engine {
     /// Deletes the flag and its overrides; the deletion is a version of its
     /// own, checked against `if_match` in the store's transaction.
     pub async fn delete_flag(
+        &self,
+        key: &str,
+        if_match: Option<Precondition>,
+    ) -> Result<(), EngineError> {
+        let served = self.snapshot().flags.get(key).map(|f| f.version);
+        let result = self.remove_flag(key, if_match).await;
+        self.caught_up_after(result, served).await
+    }
+
+    async fn remove_flag(
         &self,
         key: &str,
         if_match: Option<Precondition>,

@@ -261,6 +261,25 @@ impl Engine {
         Ok(())
     }
 
+    /// A write refused with 412 against a stored version this replica does
+    /// not serve shows that its snapshot is behind (another replica wrote
+    /// and the news has not arrived): it catches up before answering, so
+    /// that its next read agrees with the refusal.
+    pub(crate) async fn caught_up_after<T>(
+        &self,
+        result: Result<T, EngineError>,
+        served: Option<i64>,
+    ) -> Result<T, EngineError> {
+        if let Err(EngineError::VersionMismatch { current, .. }) = &result {
+            if *current != served {
+                if let Err(e) = self.catch_up().await {
+                    tracing::warn!(error = %e, "catching up after a refused write failed; the refresher will retry");
+                }
+            }
+        }
+        result
+    }
+
     /// Catches up with the store now.
     pub async fn catch_up(&self) -> Result<(), EngineError> {
         let _guard = self.writes.lock().await;

@@ -94,7 +94,66 @@ async fn a_replica_far_behind_catches_up_in_one_go(backend: Backend) {
         .expect_error(404, "not_found");
 }
 
+/// A write refused with 412 on a replica that served an older version
+/// shows that replica it is behind: it catches up before answering, so
+/// its next read agrees with the refusal (polling is out of the way here).
+async fn a_refused_write_brings_its_replica_up_to_date(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let mut settings = store.settings();
+    settings.refresh_interval_ms = 600_000;
+    let a = TestApp::spawn_with(settings.clone()).await;
+    let b = TestApp::spawn_with(settings).await;
+    a.put(
+        "/v1/flags/f",
+        json!({"description": "one", "enabled": true}),
+    )
+    .await
+    .expect(201);
+    a.put("/v1/experiments/e", json!({"description": "one"}))
+        .await
+        .expect(201);
+    assert_eq!(b.get("/v1/flags/f").await.expect(200).body["version"], 1);
+    assert_eq!(
+        b.get("/v1/experiments/e").await.expect(200).body["version"],
+        1
+    );
+    // Changed through A; on SQLite nothing tells B (no notifications, and
+    // its poll is ten minutes away).
+    a.put(
+        "/v1/flags/f",
+        json!({"description": "two", "enabled": true}),
+    )
+    .await
+    .expect(200);
+    a.put("/v1/experiments/e", json!({"description": "two"}))
+        .await
+        .expect(200);
+    b.put_if(
+        "/v1/flags/f",
+        "1",
+        json!({"description": "stale", "enabled": true}),
+    )
+    .await
+    .expect_error(412, "version_mismatch");
+    b.delete_if("/v1/experiments/e", "\"1\"")
+        .await
+        .expect_error(412, "version_mismatch");
+    let flag = b.get("/v1/flags/f").await.expect(200);
+    assert_eq!(
+        (
+            flag.body["version"].clone(),
+            flag.body["description"].clone()
+        ),
+        (json!(2), json!("two"))
+    );
+    let experiment = b.get("/v1/experiments/e").await.expect(200);
+    assert_eq!(experiment.body["version"], 2);
+}
+
 on_both_stores!(
+    a_refused_write_brings_its_replica_up_to_date,
     a_revision_without_its_change_reloads_everything,
     a_replica_far_behind_catches_up_in_one_go,
 );
