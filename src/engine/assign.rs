@@ -93,6 +93,9 @@ impl AssignRequest {
 enum Step {
     Done(Assignment),
     Sticky(StickyPending),
+    /// The snapshot has no experiment under the key (the request is given
+    /// back, to decide again once the store has been asked).
+    Unknown(AssignRequest),
 }
 
 /// Builds an answer and counts it.
@@ -127,10 +130,9 @@ pub(crate) fn answer(
 /// Steps 1–3 and, for non-sticky experiments, step 5 of §4.3: pure reads of
 /// the snapshot.
 fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step, EngineError> {
-    let entry = snapshot
-        .experiments
-        .get(key)
-        .ok_or_else(|| EngineError::NotFound(format!("no experiment {key:?}")))?;
+    let Some(entry) = snapshot.experiments.get(key) else {
+        return Ok(Step::Unknown(request));
+    };
     let experiment = entry
         .experiment
         .as_ref()
@@ -203,13 +205,15 @@ impl Engine {
             org_id = request.org_id.as_str(),
             unit_id = request.unit_id.as_str()
         );
+        let mut step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
         // A key this replica does not know yet is looked up in the store
-        // first (§7); a known one costs nothing more than the map lookup.
-        if !self.snapshot.load().experiments.contains_key(key) {
+        // before it is called unknown (§7); a known key costs nothing more.
+        if let Step::Unknown(request) = step {
             self.experiment_entry(key).await?;
+            step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
         }
-        let step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
         match step {
+            Step::Unknown(_) => Err(EngineError::NotFound(format!("no experiment {key:?}"))),
             Step::Done(assignment) => Ok(assignment),
             Step::Sticky(pending) => {
                 let resolved = self.resolve_sticky(vec![(0, pending)]).instrument(span);
@@ -278,7 +282,10 @@ impl Engine {
                 let step = key.and_then(|k| {
                     let request = AssignRequest::parse(item, "")?;
                     match (decide(&snapshot, &k, request), &lookup) {
-                        (Err(EngineError::NotFound(_)), Err(failed)) => Err(failed.clone()),
+                        (Ok(Step::Unknown(_)), Err(failed)) => Err(failed.clone()),
+                        (Ok(Step::Unknown(_)), Ok(())) => {
+                            Err(EngineError::NotFound(format!("no experiment {k:?}")))
+                        }
                         (step, _) => step,
                     }
                 });
@@ -288,6 +295,10 @@ impl Engine {
                         results.push(None);
                         sticky.push((i, pending));
                     }
+                    // Turned into an error above.
+                    Ok(Step::Unknown(_)) => results.push(Some(Err(EngineError::Internal(
+                        "an unknown experiment was not refused".into(),
+                    )))),
                     Err(e) => results.push(Some(Err(e))),
                 }
             }
