@@ -231,6 +231,7 @@ impl Engine {
                     // New groups or minimums may make waiting participants
                     // formable now; the write itself has succeeded either way.
                     if let Err(e) = self.rematch(key.as_str()).await {
+                        e.count();
                         tracing::warn!(experiment = %key, error = %e, "matching after a config change failed; the sweeper retries");
                     }
                 }
@@ -280,6 +281,7 @@ impl Engine {
                 .map(|e| e.ranges())
                 .unwrap_or_default(),
             Err(e) => {
+                super::count_store_error(&e);
                 tracing::warn!(experiment = key, error = %e, "cannot read the history to repair from; the new layout starts empty");
                 Vec::new()
             }

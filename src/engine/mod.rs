@@ -61,6 +61,14 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Counts the store failure this error carries, if any, in
+    /// `allot_store_errors_total`.
+    pub fn count(&self) {
+        if let Self::Store(e) = self {
+            count_store_error(e);
+        }
+    }
+
     pub fn validation(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Validation(vec![Problem::new(path, message)])
     }
@@ -116,9 +124,11 @@ pub(crate) fn count_store_error(e: &StoreError) {
     metrics::counter!("allot_store_errors_total", "kind" => kind).increment(1);
 }
 
+/// Maps a store outcome to the engine's terms. It counts nothing: a store
+/// failure is counted where it is decided what becomes of it (answered to a
+/// client, or logged by a background task), with [`EngineError::count`].
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
-        count_store_error(&e);
         match e {
             StoreError::NotFound => EngineError::NotFound("not found".into()),
             StoreError::VersionMismatch { current } => EngineError::VersionMismatch {
@@ -229,6 +239,7 @@ impl Engine {
             self.confirm();
         } else if current.revision < revision {
             if let Err(e) = self.catch_up_locked().await {
+                e.count();
                 tracing::warn!(error = %e, "catching up after a write failed; the refresher will retry");
             }
         }
@@ -273,6 +284,7 @@ impl Engine {
         if let Err(EngineError::VersionMismatch { current, .. }) = &result {
             if *current != served {
                 if let Err(e) = self.catch_up().await {
+                    e.count();
                     tracing::warn!(error = %e, "catching up after a refused write failed; the refresher will retry");
                 }
             }
@@ -367,6 +379,7 @@ impl Engine {
                         };
                         backoff = first;
                         if let Err(e) = caught_up {
+                            e.count();
                             tracing::warn!(error = %e, "catching up with a notified change failed; the refresher will retry");
                         }
                     },
@@ -400,6 +413,7 @@ impl Engine {
             loop {
                 ticker.tick().await;
                 if let Err(e) = job(Arc::clone(&engine)).await {
+                    e.count();
                     tracing::warn!(error = %e, "{what} failed; it runs again on the next tick");
                 }
             }

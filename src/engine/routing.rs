@@ -564,6 +564,7 @@ impl Engine {
             match done {
                 Ok((_, Ok(()))) => swept += 1,
                 Ok((key, Err(e))) => {
+                    e.count();
                     tracing::warn!(experiment = %key, error = %e, "sweeping an experiment failed; it runs again on the next tick");
                 }
                 Err(e) => tracing::warn!(error = %e, "a sweep task failed"),

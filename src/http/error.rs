@@ -149,7 +149,11 @@ impl From<EngineError> for ApiError {
             EngineError::Unavailable(m) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
-            EngineError::Store(e) => Self::store(e),
+            EngineError::Store(e) => {
+                // Counted here, where the failure becomes an answer.
+                crate::engine::count_store_error(&e);
+                Self::store(e)
+            }
             EngineError::Internal(m) => Self::internal(m),
         }
     }

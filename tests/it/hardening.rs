@@ -794,15 +794,27 @@ on_both_stores!(
 
 /// The application's backends waiting on a lock, once there is one.
 async fn blocked_backend(admin: &sqlx::PgPool, application: &str) -> i32 {
+    blocked_backend_but(admin, application, None).await
+}
+
+/// As [`blocked_backend`], but not `terminated` (a backend that was just
+/// terminated may still be listed, waiting, for a moment).
+async fn blocked_backend_but(
+    admin: &sqlx::PgPool,
+    application: &str,
+    terminated: Option<i32>,
+) -> i32 {
     let mut blocked = None;
     crate::helpers::until_within(
         "the call blocks on the lock",
         std::time::Duration::from_secs(20),
         async || {
             blocked = sqlx::query_as::<_, (i32,)>(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' LIMIT 1",
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' \
+                 AND pid <> $2 LIMIT 1",
             )
             .bind(application)
+            .bind(terminated.unwrap_or(0))
             .fetch_optional(admin)
             .await
             .unwrap()
@@ -872,8 +884,9 @@ async fn postgres_backend_terminated_mid_call_is_retried_or_503() {
                 .await
         })
     };
-    terminate(&admin, blocked_backend(&admin, &application).await).await;
-    blocked_backend(&admin, &application).await;
+    let first = blocked_backend(&admin, &application).await;
+    terminate(&admin, first).await;
+    blocked_backend_but(&admin, &application, Some(first)).await;
     lock.commit().await.unwrap();
     let routed = call.await.unwrap().expect(200);
     assert_eq!(routed.body["status"], "assigned");
@@ -887,8 +900,13 @@ async fn postgres_backend_terminated_mid_call_is_retried_or_503() {
                 .await
         })
     };
-    terminate(&admin, blocked_backend(&admin, &application).await).await;
-    terminate(&admin, blocked_backend(&admin, &application).await).await;
+    let first = blocked_backend(&admin, &application).await;
+    terminate(&admin, first).await;
+    terminate(
+        &admin,
+        blocked_backend_but(&admin, &application, Some(first)).await,
+    )
+    .await;
     let refused = call.await.unwrap().expect_error(503, "unavailable");
     let message = refused.body["error"]["message"].as_str().unwrap();
     assert!(
