@@ -386,7 +386,7 @@ macro_rules! impl_sql_store {
                 let (mut tx, revision) = config_write(&self.pool, &Change::Flag(key.to_owned())).await?;
                 // The row of a deleted flag stays (deleted_at set) so that its
                 // versions continue when the key is created again.
-                let row: Option<(bool,)> = sqlx::query_as("SELECT deleted_at IS NULL FROM flags WHERE key = $1")
+                let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM flags WHERE key = $1")
                     .bind(key)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -398,21 +398,13 @@ macro_rules! impl_sql_store {
                 let text = config.to_string();
                 let now = now_micros();
                 let row: FlagRow = match row {
-                    Some((true,)) => {
+                    // The next version; a deleted flag's row comes back to
+                    // life as a flag created now.
+                    Some(_) => {
                         sqlx::query_as(
-                            "UPDATE flags SET version = version + 1, config = $2, updated_at = $3 WHERE key = $1 \
-                             RETURNING key, version, config, created_at, updated_at",
-                        )
-                        .bind(key)
-                        .bind(&text)
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await?
-                    }
-                    Some((false,)) => {
-                        sqlx::query_as(
-                            "UPDATE flags SET version = version + 1, config = $2, created_at = $3, updated_at = $3, \
-                             deleted_at = NULL WHERE key = $1 RETURNING key, version, config, created_at, updated_at",
+                            "UPDATE flags SET version = version + 1, config = $2, updated_at = $3, \
+                             created_at = CASE WHEN deleted_at IS NULL THEN created_at ELSE $3 END, deleted_at = NULL \
+                             WHERE key = $1 RETURNING key, version, config, created_at, updated_at",
                         )
                         .bind(key)
                         .bind(&text)

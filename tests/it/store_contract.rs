@@ -87,6 +87,15 @@ async fn flag_versions_and_deletion(backend: Backend) {
         .unwrap();
     assert!(again.created, "a deleted flag's key is created afresh");
     assert_eq!(again.record.version, 3, "after the deletion's version 2");
+    assert!(
+        again.record.created_at > first.record.created_at,
+        "created afresh, not at the first incarnation's time"
+    );
+    let next = put_flag(&*store, "f", json!({"enabled": true}))
+        .await
+        .unwrap();
+    assert!(!next.created);
+    assert_eq!(next.record.created_at, again.record.created_at);
 }
 
 /// Versions of every incarnation, newest first, the deletion among them
