@@ -34,14 +34,12 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("not found")]
     NotFound,
-    /// The row changed since it was read (optimistic concurrency lost a race).
-    #[error("concurrent change")]
-    Stale,
     /// `If-Match` does not admit the stored version (`None`: there is no
     /// live entity), checked inside the write's transaction.
     #[error("the stored version is {current:?}")]
     VersionMismatch { current: Option<i64> },
-    /// A referenced row does not exist (e.g. an unknown eligibility flag).
+    /// A referenced row does not exist (an eligibility flag that is not
+    /// live), found by the check the write makes in its transaction.
     #[error("missing reference")]
     MissingReference,
     /// The change would break a reference (e.g. deleting a flag in use).
@@ -63,7 +61,6 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        use sqlx::error::ErrorKind;
         match &e {
             sqlx::Error::RowNotFound => StoreError::NotFound,
             // A connection that broke or never came up (a reset, a refused or
@@ -76,12 +73,11 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::BeginFailed => StoreError::Unavailable(e),
-            sqlx::Error::Database(db) => match db.kind() {
-                ErrorKind::ForeignKeyViolation => StoreError::MissingReference,
-                ErrorKind::UniqueViolation => StoreError::Stale,
-                _ if went_away(db.as_ref()) => StoreError::Unavailable(e),
-                _ => StoreError::Database(e),
-            },
+            // A constraint violation is not mapped to an outcome here:
+            // configuration writes are serialised and check their references
+            // in their transaction, and participant and sticky writes insert
+            // with ON CONFLICT, so a violation is a bug and stays one.
+            sqlx::Error::Database(db) if went_away(db.as_ref()) => StoreError::Unavailable(e),
             _ => StoreError::Database(e),
         }
     }
