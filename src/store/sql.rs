@@ -282,15 +282,18 @@ macro_rules! impl_sql_store {
                 (self.pool.size(), idle, self.pool.options().get_max_connections())
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "migrate", backend = $backend))]
             async fn migrate(&self) -> Result<(), StoreError> {
                 self.run_migrations().await
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "ping", backend = $backend))]
             async fn ping(&self) -> Result<(), StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "revision", backend = $backend))]
             async fn revision(&self) -> Result<i64, StoreError> {
                 let (revision,): (i64,) = sqlx::query_as("SELECT revision FROM config_revision WHERE id = 1")
                     .fetch_one(&self.pool)
@@ -298,6 +301,7 @@ macro_rules! impl_sql_store {
                 Ok(revision)
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "load", backend = $backend))]
             async fn load(&self) -> Result<Loaded, StoreError> {
                 // One read transaction: every query sees the same snapshot,
                 // so the rows belong to the revision read with them.
@@ -307,6 +311,7 @@ macro_rules! impl_sql_store {
                 Ok(loaded)
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "catch_up", backend = $backend))]
             async fn catch_up(&self, since: i64) -> Result<CatchUp, StoreError> {
                 let (mut tx, revision) = snapshot_read(&self.pool).await?;
                 if revision == since {
@@ -374,10 +379,12 @@ macro_rules! impl_sql_store {
                 Ok(CatchUp::Delta(delta))
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "subscribe", backend = $backend))]
             async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
                 self.subscribe_feed().await
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "write_flag", backend = $backend))]
             async fn write_flag(
                 &self,
                 key: &str,
@@ -428,6 +435,7 @@ macro_rules! impl_sql_store {
                 Ok(Some(FlagWritten { record: FlagRecord::from(row), revision, created: current.is_none() }))
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "delete_flag", backend = $backend))]
             async fn delete_flag(&self, key: &str, expected: Option<&Precondition>) -> Result<i64, StoreError> {
                 let (mut tx, revision) = config_write(&self.pool, &Change::Flag(key.to_owned())).await?;
                 let current = live_flag(&mut tx, key).await?;
@@ -461,6 +469,7 @@ macro_rules! impl_sql_store {
                 Ok(revision)
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "set_override", backend = $backend))]
             async fn set_override(
                 &self,
                 flag_key: &str,
@@ -493,6 +502,7 @@ macro_rules! impl_sql_store {
                 Ok($crate::store::OverrideWritten { record: OverrideRecord::from(row), created: existing.is_none(), revision })
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "delete_override", backend = $backend))]
             async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError> {
                 let change = Change::Override { flag: flag_key.to_owned(), org_id: org_id.to_owned() };
                 let (mut tx, revision) = config_write(&self.pool, &change).await?;
@@ -504,6 +514,7 @@ macro_rules! impl_sql_store {
                 finish_removal(tx, deleted.rows_affected(), revision).await
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "list_overrides", backend = $backend))]
             async fn list_overrides(
                 &self,
                 flag_key: &str,
@@ -522,6 +533,7 @@ macro_rules! impl_sql_store {
                 Ok(rows.into_iter().map(OverrideRecord::from).collect())
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "write_experiment", backend = $backend))]
             async fn write_experiment(
                 &self,
                 key: &str,
@@ -608,6 +620,7 @@ macro_rules! impl_sql_store {
                 Ok(Some(ExperimentWritten { record, revision, created: current.is_none() }))
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "delete_experiment", backend = $backend))]
             async fn delete_experiment(
                 &self,
                 key: &str,
@@ -654,6 +667,7 @@ macro_rules! impl_sql_store {
                 Ok(revision)
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "experiment_versions", backend = $backend))]
             async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError> {
                 // Every incarnation of the key: deleted ones stay readable.
                 let rows: Vec<VersionRow> = sqlx::query_as(
@@ -670,6 +684,7 @@ macro_rules! impl_sql_store {
                 Ok(rows.into_iter().map(VersionRecord::from).collect())
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "sticky_get", backend = $backend))]
             async fn sticky_get(
                 &self,
                 experiment_id: &str,
@@ -687,6 +702,7 @@ macro_rules! impl_sql_store {
                 Ok(row.map(|r| r.0))
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "sticky_get_many", backend = $backend))]
             async fn sticky_get_many(
                 &self,
                 experiment_id: &str,
@@ -710,6 +726,7 @@ macro_rules! impl_sql_store {
                 Ok(found)
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "sticky_insert_many", backend = $backend))]
             async fn sticky_insert_many(
                 &self,
                 experiment_id: &str,
@@ -737,6 +754,7 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "sticky_claim", backend = $backend))]
             async fn sticky_claim(
                 &self,
                 experiment_id: &str,
@@ -795,6 +813,7 @@ macro_rules! impl_sql_store {
                 row.map(|(t,)| t).ok_or(StoreError::NotFound)
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "route", backend = $backend))]
             async fn route(
                 &self,
                 experiment_id: &str,
@@ -953,6 +972,7 @@ macro_rules! impl_sql_store {
                 Ok($crate::store::RouteOutcome::Routed(Routed { changes, cohorts: all }))
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "register", backend = $backend))]
             async fn register(
                 &self,
                 experiment_id: &str,
@@ -1017,6 +1037,7 @@ macro_rules! impl_sql_store {
                 Ok((Participant::try_from(row)?, false))
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "participant", backend = $backend))]
             async fn participant(&self, experiment_id: &str, participant_id: &str) -> Result<Option<Participant>, StoreError> {
                 let row: Option<ParticipantRow> = sqlx::query_as(&format!(
                     "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND participant_id = $2"
@@ -1028,6 +1049,7 @@ macro_rules! impl_sql_store {
                 row.map(Participant::try_from).transpose()
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "cohorts", backend = $backend))]
             async fn cohorts(&self, experiment_id: &str) -> Result<Vec<Cohort>, StoreError> {
                 let rows: Vec<CohortRow> = sqlx::query_as(&format!("{COHORT_SELECT} WHERE c.experiment_id = $1 ORDER BY c.created_seq"))
                     .bind(experiment_id)
@@ -1036,6 +1058,7 @@ macro_rules! impl_sql_store {
                 Ok(rows.into_iter().map(Cohort::from).collect())
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "cohort_participants", backend = $backend))]
             async fn cohort_participants(&self, experiment_id: &str, cohort_id: &str) -> Result<Vec<Participant>, StoreError> {
                 let rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
                     "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND cohort_id = $2 ORDER BY participant_id"
@@ -1047,6 +1070,7 @@ macro_rules! impl_sql_store {
                 rows.into_iter().map(Participant::try_from).collect()
             }
 
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "routing_events", backend = $backend))]
             async fn routing_events(&self, experiment_id: &str, limit: i64, before: Option<i64>) -> Result<Vec<EventRecord>, StoreError> {
                 let rows: Vec<EventRow> = sqlx::query_as(
                     "SELECT id, at, participant_id, status, previous, group_name, entry, cohort_id, reason FROM routing_events \
@@ -1068,6 +1092,7 @@ macro_rules! impl_sql_store {
             /// `wait_timeout_seconds` out of the configuration into rows that
             /// every timeout change would have to rewrite; here the timeout
             /// stays where it is defined and the sweeper applies it.
+            #[tracing::instrument(name = "store", level = "debug", skip_all, fields(op = "overdue_experiments", backend = $backend))]
             async fn overdue_experiments(&self, cutoffs: &[(&str, OffsetDateTime)]) -> Result<Vec<String>, StoreError> {
                 // Two binds a pair: under SQLite's 32 766 and PostgreSQL's
                 // 65 535 binds per statement, so one statement up to 10 000
