@@ -23,8 +23,7 @@ const READ_ONLY: &[&str] = &["key", "version", "created_at", "updated_at", "layo
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[schema(as = ExperimentStatus)]
-pub enum Status {
+pub enum ExperimentStatus {
     Running,
     Paused,
 }
@@ -51,7 +50,7 @@ pub struct Treatment {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExperimentConfig {
     pub description: String,
-    pub status: Status,
+    pub status: ExperimentStatus,
     pub eligibility_flag: Option<Key>,
     pub salt: String,
     #[serde(serialize_with = "super::number::compact")]
@@ -67,8 +66,7 @@ pub struct ExperimentConfig {
 /// Why an assignment answered as it did (§4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[schema(as = AssignmentReason)]
-pub enum Reason {
+pub enum AssignmentReason {
     Assigned,
     Sticky,
     ExperimentPaused,
@@ -77,15 +75,15 @@ pub enum Reason {
     NotInCoverage,
 }
 
-impl Reason {
+impl AssignmentReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::Assigned => "assigned",
-            Reason::Sticky => "sticky",
-            Reason::ExperimentPaused => "experiment_paused",
-            Reason::OrgNotEligible => "org_not_eligible",
-            Reason::NoActiveTreatments => "no_active_treatments",
-            Reason::NotInCoverage => "not_in_coverage",
+            AssignmentReason::Assigned => "assigned",
+            AssignmentReason::Sticky => "sticky",
+            AssignmentReason::ExperimentPaused => "experiment_paused",
+            AssignmentReason::OrgNotEligible => "org_not_eligible",
+            AssignmentReason::NoActiveTreatments => "no_active_treatments",
+            AssignmentReason::NotInCoverage => "not_in_coverage",
         }
     }
 }
@@ -118,12 +116,14 @@ impl ExperimentConfig {
 
         let description = optional_text(map, "description", &mut problems);
         let status = match map.get("status").and_then(Value::as_str) {
-            None if matches!(map.get("status"), None | Some(Value::Null)) => Status::Running,
-            Some("running") => Status::Running,
-            Some("paused") => Status::Paused,
+            None if matches!(map.get("status"), None | Some(Value::Null)) => {
+                ExperimentStatus::Running
+            }
+            Some("running") => ExperimentStatus::Running,
+            Some("paused") => ExperimentStatus::Paused,
             _ => {
                 problems.push(Problem::new("/status", "must be \"running\" or \"paused\""));
-                Status::Running
+                ExperimentStatus::Running
             }
         };
         let eligibility_flag = match map.get("eligibility_flag") {
@@ -311,7 +311,7 @@ pub struct Experiment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precheck {
     /// Steps 1–3 decided: not in the experiment, for this reason.
-    Out(Reason),
+    Out(AssignmentReason),
     /// Go on to the sticky lookup (if sticky) and the bucket.
     Continue,
 }
@@ -359,16 +359,16 @@ impl Experiment {
     /// Steps 1–3 of §4.3. `eligible` is only called when the experiment is
     /// gated by a flag.
     pub fn precheck(&self, eligible: impl FnOnce(&Key) -> bool) -> Precheck {
-        if self.config.status == Status::Paused {
-            return Precheck::Out(Reason::ExperimentPaused);
+        if self.config.status == ExperimentStatus::Paused {
+            return Precheck::Out(AssignmentReason::ExperimentPaused);
         }
         if let Some(flag) = &self.config.eligibility_flag {
             if !eligible(flag) {
-                return Precheck::Out(Reason::OrgNotEligible);
+                return Precheck::Out(AssignmentReason::OrgNotEligible);
             }
         }
         if !self.has_active {
-            return Precheck::Out(Reason::NoActiveTreatments);
+            return Precheck::Out(AssignmentReason::NoActiveTreatments);
         }
         Precheck::Continue
     }
@@ -412,7 +412,7 @@ mod tests {
         let c = ExperimentConfig::parse(&key(), &json!({})).unwrap();
         assert_eq!(c.salt, "code-review");
         assert_eq!(c.coverage, 1.0);
-        assert_eq!(c.status, Status::Running);
+        assert_eq!(c.status, ExperimentStatus::Running);
         assert_eq!(c.hash_by, HashBy::Unit);
         assert!(!c.sticky && c.treatments.is_empty());
     }

@@ -14,7 +14,7 @@ use super::flags::{attributes, body_id};
 use super::snapshot::{ExperimentEntry, Snapshot};
 use super::sticky::StickyPending;
 use super::{Engine, EngineError};
-use crate::domain::experiment::{Precheck, Reason};
+use crate::domain::experiment::{AssignmentReason, Precheck};
 use crate::domain::ids::{Key, OrgId, UnitId};
 use crate::domain::problem::pointer;
 
@@ -33,7 +33,7 @@ pub struct Assignment {
     pub payload: Value,
     /// `null` when the decision did not need the bucket.
     pub bucket: Option<u16>,
-    pub reason: Reason,
+    pub reason: AssignmentReason,
 }
 
 /// The value, or `None` with its problems added to `problems`.
@@ -105,7 +105,7 @@ pub(crate) fn answer(
     unit_id: UnitId,
     treatment: Option<usize>,
     bucket: Option<u16>,
-    reason: Reason,
+    reason: AssignmentReason,
 ) -> Assignment {
     entry.counters.count(treatment, reason);
     let chosen = treatment.and_then(|i| {
@@ -177,9 +177,9 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
     }
     let treatment = experiment.treatment_at(bucket);
     let reason = if treatment.is_some() {
-        Reason::Assigned
+        AssignmentReason::Assigned
     } else {
-        Reason::NotInCoverage
+        AssignmentReason::NotInCoverage
     };
     Ok(Step::Done(answer(
         entry,

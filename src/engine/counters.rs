@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::domain::experiment::Reason;
+use crate::domain::experiment::AssignmentReason;
 
 use super::snapshot::Snapshot;
 
@@ -32,13 +32,13 @@ const ROUTING: &str = "allot_routing_status_changes_total";
 const ROUTING_HELP: &str = "Participant status changes by experiment, new status and reason";
 
 /// The reasons an assignment answer is counted under, in cell order.
-const REASONS: [Reason; 6] = [
-    Reason::Assigned,
-    Reason::Sticky,
-    Reason::ExperimentPaused,
-    Reason::OrgNotEligible,
-    Reason::NoActiveTreatments,
-    Reason::NotInCoverage,
+const REASONS: [AssignmentReason; 6] = [
+    AssignmentReason::Assigned,
+    AssignmentReason::Sticky,
+    AssignmentReason::ExperimentPaused,
+    AssignmentReason::OrgNotEligible,
+    AssignmentReason::NoActiveTreatments,
+    AssignmentReason::NotInCoverage,
 ];
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,7 +172,7 @@ impl Registry {
 
 impl EntryCounters {
     /// Counts one answer: `treatment` is an index into the treatments.
-    pub fn count(&self, treatment: Option<usize>, reason: Reason) {
+    pub fn count(&self, treatment: Option<usize>, reason: AssignmentReason) {
         let row = treatment.map_or(0, |i| i + 1);
         let column = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
         if let Some(cell) = self.cells.get(row * REASONS.len() + column) {
@@ -217,11 +217,11 @@ mod tests {
     fn a_new_version_keeps_the_counts_of_the_treatments_it_keeps() {
         let counters = Registry::default();
         let v1 = counters.register("id-1", "exp", &["a", "b"]);
-        v1.count(Some(0), Reason::Assigned);
-        v1.count(Some(1), Reason::Assigned);
+        v1.count(Some(0), AssignmentReason::Assigned);
+        v1.count(Some(1), AssignmentReason::Assigned);
         v1.count_routing("assigned", "formed");
         let v2 = counters.register("id-1", "exp", &["a", "c"]);
-        v2.count(Some(0), Reason::Assigned);
+        v2.count(Some(0), AssignmentReason::Assigned);
         let text = rendered(&counters);
         assert!(text.contains(
             "allot_assignments_total{experiment=\"exp\",treatment=\"a\",reason=\"assigned\"} 2\n"
@@ -240,7 +240,7 @@ mod tests {
         let counters = Registry::default();
         counters
             .register("id-1", "exp", &["a"])
-            .count(Some(0), Reason::Assigned);
+            .count(Some(0), AssignmentReason::Assigned);
         counters.register("id-2", "exp", &["a"]);
         assert!(rendered(&counters).contains("treatment=\"a\",reason=\"assigned\"} 0\n"));
     }
@@ -252,7 +252,7 @@ mod tests {
         cells.count_routing("assigned", "formed");
         counters.retain(&Snapshot::default());
         // Counting through a snapshot entry still in use brings nothing back.
-        cells.count(Some(0), Reason::Assigned);
+        cells.count(Some(0), AssignmentReason::Assigned);
         cells.count_routing("assigned", "formed");
         assert!(!rendered(&counters).contains("experiment=\"exp\""));
     }

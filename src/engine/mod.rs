@@ -147,7 +147,7 @@ pub struct Engine {
     /// Serialises this process's writers so that patching the snapshot after
     /// a store write never races another patch.
     writes: Mutex<()>,
-    /// Routing calls queued per experiment (see `routing::Engine::answer`).
+    /// Routing calls queued per experiment (see `routing::Engine::queue_call`).
     routing_queues: routing::RoutingQueues,
     /// The counters labelled by experiment, for as long as the snapshot has it.
     counters: counters::Registry,

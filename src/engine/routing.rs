@@ -22,7 +22,7 @@ use super::{Engine, EngineError};
 use crate::domain::experiment::Experiment;
 use crate::domain::ids::ParticipantId;
 use crate::domain::routing::lifecycle::{
-    self, Cohort, Operation, Participant, Refusal, Status, Study,
+    self, Cohort, Operation, Participant, ParticipantStatus, Refusal, Study,
 };
 use crate::domain::routing::resolve_variables;
 use crate::store::{RouteOutcome, RouteScope, Routed, StaleConfig, StoreError};
@@ -92,7 +92,7 @@ pub struct CohortRef {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ParticipantView {
     pub participant_id: String,
-    pub status: Status,
+    pub status: ParticipantStatus,
     pub cohort: Option<CohortRef>,
     pub group: Option<String>,
     pub entry: Option<String>,
@@ -260,7 +260,7 @@ impl Engine {
     /// anyway; instead of queueing on that lock one transaction each, the
     /// calls that arrive while a transaction runs are planned together in the
     /// next one, in arrival order, with the same result as one by one.
-    async fn answer(
+    async fn queue_call(
         self: &Arc<Self>,
         key: &str,
         participant_id: &str,
@@ -392,8 +392,8 @@ impl Engine {
         } else {
             Outcome::Updated
         };
-        let view = if participant.status == Status::Waiting {
-            self.answer(key, id.as_str(), Operation::Sweep).await?
+        let view = if participant.status == ParticipantStatus::Waiting {
+            self.queue_call(key, id.as_str(), Operation::Sweep).await?
         } else {
             self.get_participant(key, id.as_str()).await?
         };
@@ -407,7 +407,7 @@ impl Engine {
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
-        self.answer(key, participant_id, Operation::Route).await
+        self.queue_call(key, participant_id, Operation::Route).await
     }
 
     pub async fn accept(
@@ -415,7 +415,8 @@ impl Engine {
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
-        self.answer(key, participant_id, Operation::Accept).await
+        self.queue_call(key, participant_id, Operation::Accept)
+            .await
     }
 
     pub async fn decline(
@@ -423,7 +424,8 @@ impl Engine {
         key: &str,
         participant_id: &str,
     ) -> Result<ParticipantView, EngineError> {
-        self.answer(key, participant_id, Operation::Decline).await
+        self.queue_call(key, participant_id, Operation::Decline)
+            .await
     }
 
     pub async fn get_participant(

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::assign::{answer, Assignment};
 use super::snapshot::ExperimentEntry;
 use super::{Engine, EngineError};
-use crate::domain::experiment::Reason;
+use crate::domain::experiment::AssignmentReason;
 use crate::domain::ids::{OrgId, UnitId};
 use crate::store::StoreError;
 
@@ -136,7 +136,7 @@ impl Engine {
                             unit_id,
                             Some(index),
                             None,
-                            Reason::Sticky,
+                            AssignmentReason::Sticky,
                         )),
                     ));
                     continue;
@@ -148,7 +148,7 @@ impl Engine {
                         unit_id,
                         bucket,
                     } = p;
-                    let reason = Reason::NotInCoverage;
+                    let reason = AssignmentReason::NotInCoverage;
                     out.push((
                         at,
                         Ok(answer(&entry, org_id, unit_id, None, Some(bucket), reason)),
@@ -236,7 +236,7 @@ impl Engine {
                             unit_id,
                             bucket,
                         } = p;
-                        let reason = Reason::Assigned;
+                        let reason = AssignmentReason::Assigned;
                         out.push((
                             at,
                             Ok(answer(

@@ -8,7 +8,9 @@
 use time::OffsetDateTime;
 
 use super::{Change, ExperimentRecord, FlagRecord, OverrideRecord, StoreError, VersionRecord};
-use crate::domain::routing::lifecycle::{Cohort, Event, Participant, Reason, Status};
+use crate::domain::routing::lifecycle::{
+    Cohort, Event, Participant, ParticipantStatus, RoutingReason,
+};
 use crate::store::EventRecord;
 
 /// `SELECT key, version, config, created_at, updated_at FROM flags`.
@@ -140,7 +142,7 @@ impl TryFrom<ParticipantRow> for Participant {
     type Error = StoreError;
 
     fn try_from(r: ParticipantRow) -> Result<Self, StoreError> {
-        let status = Status::parse(&r.status).ok_or_else(|| {
+        let status = ParticipantStatus::parse(&r.status).ok_or_else(|| {
             StoreError::Other(format!(
                 "participant {:?} has unknown status {:?}",
                 r.participant_id, r.status
@@ -231,15 +233,17 @@ impl TryFrom<EventRow> for EventRecord {
             at: r.at,
             event: Event {
                 participant_id: r.participant_id,
-                status: Status::parse(&r.status).ok_or_else(|| bad("status"))?,
+                status: ParticipantStatus::parse(&r.status).ok_or_else(|| bad("status"))?,
                 previous: match &r.previous {
-                    Some(p) => Some(Status::parse(p).ok_or_else(|| bad("previous status"))?),
+                    Some(p) => {
+                        Some(ParticipantStatus::parse(p).ok_or_else(|| bad("previous status"))?)
+                    }
                     None => None,
                 },
                 group: r.group_name,
                 entry: r.entry,
                 cohort_id: r.cohort_id,
-                reason: Reason::parse(&r.reason).ok_or_else(|| bad("reason"))?,
+                reason: RoutingReason::parse(&r.reason).ok_or_else(|| bad("reason"))?,
             },
         })
     }

@@ -41,7 +41,7 @@ macro_rules! impl_sql_store {
     ($store:ty, $db:ty, $backend:literal, $dialect:expr) => {
         use async_trait::async_trait;
         use time::OffsetDateTime;
-        use $crate::domain::routing::lifecycle::{Cohort, Participant, State, Status};
+        use $crate::domain::routing::lifecycle::{Cohort, Participant, State, ParticipantStatus};
         use $crate::domain::routing::CohortDef;
         use $crate::domain::precondition::Precondition;
         use $crate::store::{
@@ -958,7 +958,7 @@ macro_rules! impl_sql_store {
                             .push_bind(now)
                             .push_bind(e.participant_id.as_str())
                             .push_bind(e.status.as_str())
-                            .push_bind(e.previous.map(Status::as_str))
+                            .push_bind(e.previous.map(ParticipantStatus::as_str))
                             .push_bind(e.group.as_deref())
                             .push_bind(e.entry.as_deref())
                             .push_bind(e.cohort_id.as_deref())

@@ -530,7 +530,7 @@ fn plan_routing(
         cohort_id: None,
         group: None,
         entry: None,
-        waiting_since: (status == lifecycle::Status::Waiting)
+        waiting_since: (status == lifecycle::ParticipantStatus::Waiting)
             .then(|| now - time::Duration::seconds(i as i64 * 30)),
         wait_seq: i as i64,
         updated_at: now,
@@ -559,11 +559,11 @@ fn plan_routing(
             .iter()
             .enumerate()
             .skip(1)
-            .map(|(i, a)| person(i, a, lifecycle::Status::Waiting))
+            .map(|(i, a)| person(i, a, lifecycle::ParticipantStatus::Waiting))
             .collect(),
         subjects: pool
             .first()
-            .map(|a| person(0, a, lifecycle::Status::New))
+            .map(|a| person(0, a, lifecycle::ParticipantStatus::New))
             .into_iter()
             .collect(),
     };

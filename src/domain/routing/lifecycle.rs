@@ -23,8 +23,7 @@ use super::{CohortDef, CompiledRouting};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[schema(as = ParticipantStatus)]
-pub enum Status {
+pub enum ParticipantStatus {
     New,
     Waiting,
     Pending,
@@ -33,26 +32,26 @@ pub enum Status {
     TimedOut,
 }
 
-impl Status {
+impl ParticipantStatus {
     pub fn as_str(self) -> &'static str {
         match self {
-            Status::New => "new",
-            Status::Waiting => "waiting",
-            Status::Pending => "pending",
-            Status::Assigned => "assigned",
-            Status::Declined => "declined",
-            Status::TimedOut => "timed_out",
+            ParticipantStatus::New => "new",
+            ParticipantStatus::Waiting => "waiting",
+            ParticipantStatus::Pending => "pending",
+            ParticipantStatus::Assigned => "assigned",
+            ParticipantStatus::Declined => "declined",
+            ParticipantStatus::TimedOut => "timed_out",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
-            "new" => Status::New,
-            "waiting" => Status::Waiting,
-            "pending" => Status::Pending,
-            "assigned" => Status::Assigned,
-            "declined" => Status::Declined,
-            "timed_out" => Status::TimedOut,
+            "new" => ParticipantStatus::New,
+            "waiting" => ParticipantStatus::Waiting,
+            "pending" => ParticipantStatus::Pending,
+            "assigned" => ParticipantStatus::Assigned,
+            "declined" => ParticipantStatus::Declined,
+            "timed_out" => ParticipantStatus::TimedOut,
             _ => return None,
         })
     }
@@ -61,8 +60,7 @@ impl Status {
 /// Why a status changed, as the audit log says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[schema(as = RoutingReason)]
-pub enum Reason {
+pub enum RoutingReason {
     Routed,
     Formed,
     Accepted,
@@ -71,26 +69,26 @@ pub enum Reason {
     Fallback,
 }
 
-impl Reason {
+impl RoutingReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::Routed => "routed",
-            Reason::Formed => "formed",
-            Reason::Accepted => "accepted",
-            Reason::Declined => "declined",
-            Reason::Timeout => "timeout",
-            Reason::Fallback => "fallback",
+            RoutingReason::Routed => "routed",
+            RoutingReason::Formed => "formed",
+            RoutingReason::Accepted => "accepted",
+            RoutingReason::Declined => "declined",
+            RoutingReason::Timeout => "timeout",
+            RoutingReason::Fallback => "fallback",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
-            "routed" => Reason::Routed,
-            "formed" => Reason::Formed,
-            "accepted" => Reason::Accepted,
-            "declined" => Reason::Declined,
-            "timeout" => Reason::Timeout,
-            "fallback" => Reason::Fallback,
+            "routed" => RoutingReason::Routed,
+            "formed" => RoutingReason::Formed,
+            "accepted" => RoutingReason::Accepted,
+            "declined" => RoutingReason::Declined,
+            "timeout" => RoutingReason::Timeout,
+            "fallback" => RoutingReason::Fallback,
             _ => return None,
         })
     }
@@ -99,7 +97,7 @@ impl Reason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Participant {
     pub id: String,
-    pub status: Status,
+    pub status: ParticipantStatus,
     pub attributes: Value,
     pub cohort_id: Option<String>,
     /// The group and entry it was formed by (kept after accept/decline).
@@ -147,12 +145,12 @@ impl Cohort {
 #[schema(as = RoutingEvent)]
 pub struct Event {
     pub participant_id: String,
-    pub status: Status,
-    pub previous: Option<Status>,
+    pub status: ParticipantStatus,
+    pub previous: Option<ParticipantStatus>,
     pub group: Option<String>,
     pub entry: Option<String>,
     pub cohort_id: Option<String>,
-    pub reason: Reason,
+    pub reason: RoutingReason,
 }
 
 /// An experiment's routing state, read under its lock.
@@ -229,9 +227,9 @@ impl Changes {
     /// these events make: -1 for the status left, +1 for the status taken,
     /// on the event's cohort. Cohorts whose counts do not move are left out.
     pub fn member_deltas(&self) -> Vec<MemberDelta> {
-        let weight = |s: Status| match s {
-            Status::Assigned => (1, 0),
-            Status::Pending => (0, 1),
+        let weight = |s: ParticipantStatus| match s {
+            ParticipantStatus::Assigned => (1, 0),
+            ParticipantStatus::Pending => (0, 1),
             _ => (0, 0),
         };
         let mut deltas: Vec<MemberDelta> = Vec::new();
@@ -278,11 +276,16 @@ struct Work<'a> {
 
 impl Work<'_> {
     /// Records a status change and its event.
-    fn change(&mut self, mut p: Participant, status: Status, reason: Reason) -> Participant {
+    fn change(
+        &mut self,
+        mut p: Participant,
+        status: ParticipantStatus,
+        reason: RoutingReason,
+    ) -> Participant {
         let previous = p.status;
         p.status = status;
         p.updated_at = self.now;
-        if status != Status::Waiting {
+        if status != ParticipantStatus::Waiting {
             p.waiting_since = None;
         }
         self.events.push(Event {
@@ -305,11 +308,11 @@ impl Work<'_> {
         }
     }
 
-    fn count(&mut self, cohort_id: &str, status: Status, delta: i32) {
+    fn count(&mut self, cohort_id: &str, status: ParticipantStatus, delta: i32) {
         if let Some(c) = self.cohorts.iter_mut().find(|c| c.id == cohort_id) {
             let n = match status {
-                Status::Assigned => &mut c.assigned,
-                Status::Pending => &mut c.pending,
+                ParticipantStatus::Assigned => &mut c.assigned,
+                ParticipantStatus::Pending => &mut c.pending,
                 _ => return,
             };
             *n = n.saturating_add_signed(delta);
@@ -445,10 +448,10 @@ pub fn plan(
             p.cohort_id = Some(cohort.clone());
             p.group = None;
             p.entry = None;
-            work.count(&cohort, Status::Assigned, 1);
-            work.change(p, Status::Assigned, Reason::Fallback)
+            work.count(&cohort, ParticipantStatus::Assigned, 1);
+            work.change(p, ParticipantStatus::Assigned, RoutingReason::Fallback)
         } else {
-            work.change(p, Status::TimedOut, Reason::Timeout)
+            work.change(p, ParticipantStatus::TimedOut, RoutingReason::Timeout)
         };
         known.insert(p.id.clone(), p);
     }
@@ -460,46 +463,47 @@ pub fn plan(
             // A sweep is about the whole pool, whoever it names.
             (Operation::Sweep, _) => Ok(()),
             (_, None) => Err(Refusal::NotFound),
-            (Operation::Route, Some(mut p)) if p.status == Status::New => {
+            (Operation::Route, Some(mut p)) if p.status == ParticipantStatus::New => {
                 p.waiting_since = Some(now);
                 // `seq` comes from the store: saturate rather than overflow
                 // (no store reaches 2^53 routing transactions).
                 p.wait_seq = seq
                     .saturating_mul(MAX_CALLS as i64)
                     .saturating_add(index as i64);
-                let p = work.change(p, Status::Waiting, Reason::Routed);
+                let p = work.change(p, ParticipantStatus::Waiting, RoutingReason::Routed);
                 pool.push(p.id.clone());
                 known.insert(p.id.clone(), p);
                 Ok(())
             }
-            (Operation::Accept, Some(p)) if p.status == Status::Pending => {
+            (Operation::Accept, Some(p)) if p.status == ParticipantStatus::Pending => {
                 if let Some(c) = p.cohort_id.clone() {
-                    work.count(&c, Status::Pending, -1);
-                    work.count(&c, Status::Assigned, 1);
+                    work.count(&c, ParticipantStatus::Pending, -1);
+                    work.count(&c, ParticipantStatus::Assigned, 1);
                 }
-                let p = work.change(p, Status::Assigned, Reason::Accepted);
+                let p = work.change(p, ParticipantStatus::Assigned, RoutingReason::Accepted);
                 known.insert(p.id.clone(), p);
                 Ok(())
             }
-            (Operation::Decline, Some(p)) if p.status == Status::Pending => {
+            (Operation::Decline, Some(p)) if p.status == ParticipantStatus::Pending => {
                 if let Some(c) = &p.cohort_id {
-                    work.count(c, Status::Pending, -1);
+                    work.count(c, ParticipantStatus::Pending, -1);
                 }
                 // The event names the seat given up; the participant then
                 // belongs to no cohort.
-                let mut declined = work.change(p, Status::Declined, Reason::Declined);
+                let mut declined =
+                    work.change(p, ParticipantStatus::Declined, RoutingReason::Declined);
                 declined.cohort_id = None;
                 work.keep(declined.clone());
                 known.insert(declined.id.clone(), declined);
                 Ok(())
             }
-            (Operation::Accept, Some(p)) if p.status != Status::Assigned => {
+            (Operation::Accept, Some(p)) if p.status != ParticipantStatus::Assigned => {
                 Err(Refusal::Conflict(format!(
                     "participant is {}, not pending: only a pending participant can accept",
                     p.status.as_str()
                 )))
             }
-            (Operation::Decline, Some(p)) if p.status != Status::Declined => {
+            (Operation::Decline, Some(p)) if p.status != ParticipantStatus::Declined => {
                 Err(Refusal::Conflict(format!(
                     "participant is {}, not pending: only a pending participant can decline",
                     p.status.as_str()
@@ -553,9 +557,9 @@ fn form_groups(
             None => work.create_for_group(&group.name),
         };
         let status = if group.require_acceptance {
-            Status::Pending
+            ParticipantStatus::Pending
         } else {
-            Status::Assigned
+            ParticipantStatus::Assigned
         };
         for seat in &formation.seats {
             formed[seat.member] = true;
@@ -566,7 +570,7 @@ fn form_groups(
             p.group = Some(group.name.clone());
             p.entry = Some(group.composition[seat.entry].id.as_str().to_owned());
             work.count(&cohort, status, 1);
-            let p = work.change(p, status, Reason::Formed);
+            let p = work.change(p, status, RoutingReason::Formed);
             known.insert(p.id.clone(), p);
         }
     }
@@ -582,23 +586,49 @@ mod tests {
 
     #[test]
     fn member_deltas_net_each_cohort_s_status_changes() {
-        let event = |cohort: Option<&str>, previous: Option<Status>, status: Status| Event {
+        let event = |cohort: Option<&str>,
+                     previous: Option<ParticipantStatus>,
+                     status: ParticipantStatus| Event {
             participant_id: "p".into(),
             status,
             previous,
             group: None,
             entry: None,
             cohort_id: cohort.map(Into::into),
-            reason: Reason::Formed,
+            reason: RoutingReason::Formed,
         };
         let changes = Changes {
             events: vec![
-                event(Some("a"), Some(Status::Waiting), Status::Pending),
-                event(Some("a"), Some(Status::Pending), Status::Assigned),
-                event(Some("b"), Some(Status::Waiting), Status::Pending),
-                event(Some("b"), Some(Status::Pending), Status::Declined),
-                event(Some("c"), Some(Status::Waiting), Status::Assigned),
-                event(None, Some(Status::New), Status::Waiting),
+                event(
+                    Some("a"),
+                    Some(ParticipantStatus::Waiting),
+                    ParticipantStatus::Pending,
+                ),
+                event(
+                    Some("a"),
+                    Some(ParticipantStatus::Pending),
+                    ParticipantStatus::Assigned,
+                ),
+                event(
+                    Some("b"),
+                    Some(ParticipantStatus::Waiting),
+                    ParticipantStatus::Pending,
+                ),
+                event(
+                    Some("b"),
+                    Some(ParticipantStatus::Pending),
+                    ParticipantStatus::Declined,
+                ),
+                event(
+                    Some("c"),
+                    Some(ParticipantStatus::Waiting),
+                    ParticipantStatus::Assigned,
+                ),
+                event(
+                    None,
+                    Some(ParticipantStatus::New),
+                    ParticipantStatus::Waiting,
+                ),
             ],
             ..Changes::default()
         };
@@ -669,7 +699,7 @@ mod tests {
             let mut waiting: Vec<Participant> = self
                 .people
                 .iter()
-                .filter(|p| p.status == Status::Waiting)
+                .filter(|p| p.status == ParticipantStatus::Waiting)
                 .cloned()
                 .collect();
             waiting.sort_by_key(|p| p.wait_seq);
@@ -718,14 +748,16 @@ mod tests {
                     .people
                     .iter()
                     .filter(|p| {
-                        p.cohort_id.as_deref() == Some(&c.id) && p.status == Status::Assigned
+                        p.cohort_id.as_deref() == Some(&c.id)
+                            && p.status == ParticipantStatus::Assigned
                     })
                     .count() as u32;
                 c.pending = self
                     .people
                     .iter()
                     .filter(|p| {
-                        p.cohort_id.as_deref() == Some(&c.id) && p.status == Status::Pending
+                        p.cohort_id.as_deref() == Some(&c.id)
+                            && p.status == ParticipantStatus::Pending
                     })
                     .count() as u32;
             }
@@ -739,7 +771,7 @@ mod tests {
                 Some(p) => p.attributes = attributes,
                 None => self.people.push(Participant {
                     id: id.to_owned(),
-                    status: Status::New,
+                    status: ParticipantStatus::New,
                     attributes,
                     cohort_id: None,
                     group: None,
@@ -773,7 +805,7 @@ mod tests {
         let mut lab = Lab::new(study());
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let p = lab.arrive(id, 10);
-            assert_eq!(p.status, Status::Assigned);
+            assert_eq!(p.status, ParticipantStatus::Assigned);
             let want = if i < 2 { "def-arm-pro-ai" } else { "gen-1" };
             assert_eq!(p.cohort_id.as_deref(), Some(want));
         }
@@ -789,11 +821,11 @@ mod tests {
     #[test]
     fn a_mixed_group_forms_pending_and_accept_or_decline_settles_each_seat() {
         let mut lab = Lab::new(study());
-        assert_eq!(lab.arrive("h1", 8).status, Status::Waiting);
-        assert_eq!(lab.arrive("l1", 2).status, Status::Waiting);
-        assert_eq!(lab.arrive("h2", 7).status, Status::Waiting);
+        assert_eq!(lab.arrive("h1", 8).status, ParticipantStatus::Waiting);
+        assert_eq!(lab.arrive("l1", 2).status, ParticipantStatus::Waiting);
+        assert_eq!(lab.arrive("h2", 7).status, ParticipantStatus::Waiting);
         let last = lab.arrive("l2", 1);
-        assert_eq!(last.status, Status::Pending);
+        assert_eq!(last.status, ParticipantStatus::Pending);
         assert_eq!(
             (last.group.as_deref(), last.entry.as_deref()),
             (Some("Mixed Group"), Some("low"))
@@ -810,11 +842,11 @@ mod tests {
 
         assert_eq!(
             lab.call("h1", Operation::Accept).unwrap().status,
-            Status::Assigned
+            ParticipantStatus::Assigned
         );
         assert_eq!(
             lab.call("h1", Operation::Accept).unwrap().status,
-            Status::Assigned
+            ParticipantStatus::Assigned
         );
         assert!(matches!(
             lab.call("h1", Operation::Decline),
@@ -823,11 +855,11 @@ mod tests {
         let declined = lab.call("l1", Operation::Decline).unwrap();
         assert_eq!(
             (declined.status, declined.cohort_id),
-            (Status::Declined, None)
+            (ParticipantStatus::Declined, None)
         );
         assert_eq!(
             lab.call("l1", Operation::Decline).unwrap().status,
-            Status::Declined
+            ParticipantStatus::Declined
         );
         let cohort = lab
             .cohorts
@@ -860,12 +892,12 @@ mod tests {
         lab.now = T0 + time::Duration::seconds(59);
         assert_eq!(
             lab.call("mid", Operation::Sweep).unwrap().status,
-            Status::Waiting
+            ParticipantStatus::Waiting
         );
         lab.now = T0 + time::Duration::seconds(60);
         let p = lab.call("mid", Operation::Sweep).unwrap();
-        assert_eq!(p.status, Status::TimedOut);
-        assert_eq!(lab.events.last().unwrap().reason, Reason::Timeout);
+        assert_eq!(p.status, ParticipantStatus::TimedOut);
+        assert_eq!(lab.events.last().unwrap().reason, RoutingReason::Timeout);
 
         let mut doc = study();
         doc["routing"]["fallback_cohort"] = json!("arm-pro-ai");
@@ -878,7 +910,7 @@ mod tests {
         let mid = lab.people.iter().find(|p| p.id == "mid").unwrap();
         assert_eq!(
             (mid.status, mid.cohort_id.as_deref()),
-            (Status::Assigned, Some("def-arm-pro-ai"))
+            (ParticipantStatus::Assigned, Some("def-arm-pro-ai"))
         );
         let last = lab
             .events
@@ -886,7 +918,7 @@ mod tests {
             .rev()
             .find(|e| e.participant_id == "mid")
             .unwrap();
-        assert_eq!(last.reason, Reason::Fallback);
+        assert_eq!(last.reason, RoutingReason::Fallback);
     }
 
     #[test]
@@ -897,12 +929,12 @@ mod tests {
         let p = lab.call("p", Operation::Sweep).unwrap();
         assert_eq!(
             (p.status, p.group.as_deref()),
-            (Status::Assigned, Some("High Scorers"))
+            (ParticipantStatus::Assigned, Some("High Scorers"))
         );
         // Routing again is idempotent.
         assert_eq!(
             lab.call("p", Operation::Route).unwrap().status,
-            Status::Assigned
+            ParticipantStatus::Assigned
         );
         assert_eq!(
             lab.events
@@ -927,7 +959,7 @@ mod tests {
         full[0].pending = u32::MAX;
         let person = |id: &str| Participant {
             id: id.to_owned(),
-            status: Status::New,
+            status: ParticipantStatus::New,
             attributes: json!({}),
             cohort_id: None,
             group: None,
@@ -942,7 +974,7 @@ mod tests {
             cohorts: full,
             group_cohorts: HashMap::from([("free".to_owned(), u32::MAX)]),
             waiting: vec![Participant {
-                status: Status::Waiting,
+                status: ParticipantStatus::Waiting,
                 // Waiting since the earliest time there is: overdue, and
                 // the subtraction must not underflow.
                 waiting_since: Some(time::PrimitiveDateTime::MIN.assume_utc()),
@@ -965,12 +997,12 @@ mod tests {
             },
         );
         let p = changes.answers[0].clone().unwrap();
-        assert_eq!(p.status, Status::Assigned);
+        assert_eq!(p.status, ParticipantStatus::Assigned);
         // The defined cohort is full at u32::MAX members: an overflow is made.
         assert_eq!(p.cohort_id.as_deref(), Some("gen-1"));
         assert_eq!(p.wait_seq, i64::MAX);
         let old = changes.participants.iter().find(|x| x.id == "old").unwrap();
-        assert_eq!(old.status, Status::TimedOut);
+        assert_eq!(old.status, ParticipantStatus::TimedOut);
     }
 
     use proptest::prelude::*;
@@ -1017,11 +1049,11 @@ mod tests {
                 rest = &rest[n..];
             }
             prop_assert_eq!(answers_one, answers_many);
-            let view = |lab: &Lab| -> Vec<(String, Status, Option<String>, Option<String>)> {
+            let view = |lab: &Lab| -> Vec<(String, ParticipantStatus, Option<String>, Option<String>)> {
                 lab.people.iter().map(|p| (p.id.clone(), p.status, p.cohort_id.clone(), p.entry.clone())).collect()
             };
             prop_assert_eq!(view(&one), view(&many));
-            let log = |lab: &Lab| -> Vec<(String, Status, Reason)> {
+            let log = |lab: &Lab| -> Vec<(String, ParticipantStatus, RoutingReason)> {
                 lab.events.iter().map(|e| (e.participant_id.clone(), e.status, e.reason)).collect()
             };
             prop_assert_eq!(log(&one), log(&many));
