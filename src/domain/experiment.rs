@@ -8,7 +8,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::flag::{optional_text, reject_unknown};
+use super::fields::{boolean, optional_text, reject_unknown, reject_unknown_at};
 use super::hash::bucket;
 use super::ids::Key;
 use super::layout::{Layout, Range, Weighted};
@@ -154,14 +154,7 @@ impl ExperimentConfig {
                 }
             },
         };
-        let sticky = match map.get("sticky") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                problems.push(Problem::new("/sticky", "must be true or false"));
-                false
-            }
-        };
+        let sticky = boolean(map, "sticky", "", false, &mut problems);
         let hash_by = match map.get("hash_by").and_then(Value::as_str) {
             None if matches!(map.get("hash_by"), None | Some(Value::Null)) => HashBy::Unit,
             Some("unit") => HashBy::Unit,
@@ -253,7 +246,7 @@ fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<T
             ));
             continue;
         };
-        super::flag::reject_unknown_at(t, &["name", "weight", "payload"], &at, problems);
+        reject_unknown_at(t, &["name", "weight", "payload"], &at, problems);
         let name = match t.get("name").map(Key::from_json) {
             Some(Ok(name)) => {
                 if out.iter().any(|o| o.name == name) {

@@ -1,14 +1,12 @@
 //! Eligibility flags (§2): rules, rollout, overrides → decision + reason.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::condition::{self, Condition};
+use super::fields::{boolean, optional_text, reject_unknown, reject_unknown_at};
 use super::hash::bucket;
 use super::problem::{pointer, Problem};
-
-/// The longest rule name or description accepted.
-const MAX_TEXT: usize = 10_000;
 
 /// A flag document as stored and served (normalised: every default filled in).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -70,14 +68,7 @@ impl FlagConfig {
         };
         reject_unknown(map, &["description", "enabled", "rules"], &mut problems);
         let description = optional_text(map, "description", &mut problems);
-        let enabled = match map.get("enabled") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                problems.push(Problem::new("/enabled", "must be true or false"));
-                true
-            }
-        };
+        let enabled = boolean(map, "enabled", "", true, &mut problems);
         let mut rules = Vec::new();
         match map.get("rules") {
             None | Some(Value::Null) => {}
@@ -192,47 +183,6 @@ pub(crate) fn total_cost<'a>(conditions: impl Iterator<Item = &'a Value>) -> u64
     conditions.fold(0u64, |sum, c| {
         sum.saturating_add(Condition::compile(c).cost())
     })
-}
-
-/// Adds a problem for every field of `map` not in `known`.
-pub(crate) fn reject_unknown(
-    map: &Map<String, Value>,
-    known: &[&str],
-    problems: &mut Vec<Problem>,
-) {
-    reject_unknown_at(map, known, "", problems);
-}
-
-pub(crate) fn reject_unknown_at(
-    map: &Map<String, Value>,
-    known: &[&str],
-    at: &str,
-    problems: &mut Vec<Problem>,
-) {
-    for field in map.keys() {
-        if !known.contains(&field.as_str()) {
-            problems.push(Problem::new(pointer(at, field), "unknown field"));
-        }
-    }
-}
-
-/// A free-text field that defaults to "".
-pub(crate) fn optional_text(
-    map: &Map<String, Value>,
-    field: &str,
-    problems: &mut Vec<Problem>,
-) -> String {
-    match map.get(field) {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if s.len() <= MAX_TEXT => s.clone(),
-        Some(_) => {
-            problems.push(Problem::new(
-                pointer("", field),
-                format!("must be a string of at most {MAX_TEXT} bytes"),
-            ));
-            String::new()
-        }
-    }
 }
 
 impl CompiledFlag {

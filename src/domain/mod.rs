@@ -6,6 +6,7 @@
 
 pub mod condition;
 pub mod experiment;
+pub(crate) mod fields;
 pub mod flag;
 pub mod hash;
 pub mod ids;

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
 use super::condition::{self, Condition};
-use super::flag::reject_unknown_at;
+use super::fields::{boolean, count, key_field, objects, optional_key, reject_unknown_at, text};
 use super::ids::Key;
 use super::limits;
 use super::problem::{pointer, Problem};
@@ -138,109 +138,6 @@ pub fn resolve_variables(variables: &[VariableDef], alias: Option<&str>) -> Map<
             (v.name.as_str().to_owned(), value)
         })
         .collect()
-}
-
-fn text(
-    map: &Map<String, Value>,
-    field: &str,
-    at: &str,
-    required: bool,
-    problems: &mut Vec<Problem>,
-) -> String {
-    match map.get(field) {
-        None | Some(Value::Null) if !required => String::new(),
-        Some(Value::String(s)) if (!required || !s.is_empty()) && s.len() <= 10_000 => s.clone(),
-        _ => {
-            let want = if required {
-                "a non-empty string"
-            } else {
-                "a string"
-            };
-            problems.push(Problem::new(pointer(at, field), format!("must be {want}")));
-            String::new()
-        }
-    }
-}
-
-fn key_field(
-    map: &Map<String, Value>,
-    field: &str,
-    at: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<Key> {
-    match map.get(field).map(Key::from_json) {
-        Some(Ok(k)) => Some(k),
-        Some(Err(e)) => {
-            problems.push(Problem::new(pointer(at, field), e));
-            None
-        }
-        None => {
-            problems.push(Problem::new(pointer(at, field), "is required"));
-            None
-        }
-    }
-}
-
-fn optional_key(
-    map: &Map<String, Value>,
-    field: &str,
-    at: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<Key> {
-    match map.get(field) {
-        None | Some(Value::Null) => None,
-        Some(_) => key_field(map, field, at, problems),
-    }
-}
-
-/// A count (`capacity`, `min_count`, `max_count`): a whole number from 1 to
-/// u32::MAX, which is what the store and the matcher hold.
-fn count(
-    map: &Map<String, Value>,
-    field: &str,
-    at: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<u32> {
-    let parsed = map
-        .get(field)
-        .and_then(|v| limits::whole_number(v, 1, u64::from(u32::MAX)))
-        .and_then(|n| u32::try_from(n).ok());
-    if parsed.is_none() {
-        problems.push(Problem::new(
-            pointer(at, field),
-            format!("must be a whole number from 1 to {}", u32::MAX),
-        ));
-    }
-    parsed
-}
-
-fn objects<'a>(
-    value: Option<&'a Value>,
-    at: &str,
-    what: &str,
-    problems: &mut Vec<Problem>,
-) -> Vec<(String, &'a Map<String, Value>)> {
-    match value {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, item)| {
-                let here = pointer(at, i);
-                match item.as_object() {
-                    Some(m) => Some((here, m)),
-                    None => {
-                        problems.push(Problem::new(here, format!("must be {what} object")));
-                        None
-                    }
-                }
-            })
-            .collect(),
-        Some(_) => {
-            problems.push(Problem::new(at, "must be an array"));
-            Vec::new()
-        }
-    }
 }
 
 /// Parses `cohorts`: aliases unique, capacity ≥ 1 or absent.
@@ -368,14 +265,7 @@ pub fn parse_routing(
         at,
         problems,
     );
-    let balance = match map.get("balance") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            problems.push(Problem::new("/routing/balance", "must be true or false"));
-            false
-        }
-    };
+    let balance = boolean(map, "balance", "/routing", false, problems);
     let wait_timeout_seconds = match map.get("wait_timeout_seconds") {
         None | Some(Value::Null) => None,
         Some(v) => match limits::duration_seconds(v) {
@@ -412,17 +302,7 @@ pub fn parse_routing(
         if let Some(alias) = &target_cohort {
             check_alias(alias, cohorts, pointer(&gat, "target_cohort"), problems);
         }
-        let require_acceptance = match g.get("require_acceptance") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                problems.push(Problem::new(
-                    pointer(&gat, "require_acceptance"),
-                    "must be true or false",
-                ));
-                false
-            }
-        };
+        let require_acceptance = boolean(g, "require_acceptance", &gat, false, problems);
         let cat = pointer(&gat, "composition");
         let mut composition: Vec<EntryDef> = Vec::new();
         for (eat, e) in objects(g.get("composition"), &cat, "a composition entry", problems) {
