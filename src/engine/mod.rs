@@ -455,3 +455,92 @@ fn list_sorted<E, V: Serialize>(
         })
         .collect()
 }
+
+/// The engine on a real embedded store (no mock): two engines on one SQLite
+/// file are two replicas that learn of each other only through the store.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::Engine;
+    use crate::store::{self, PoolOptions, Store};
+
+    async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        let url = format!("sqlite://{}", dir.path().join("engine.db").display());
+        let options = PoolOptions {
+            max_connections: 4,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        };
+        let store = store::open(&url, &options).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    async fn replicas() -> (tempfile::TempDir, Arc<Engine>, Arc<Engine>) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(Engine::load(store(&dir).await).await.unwrap());
+        let b = Arc::new(Engine::load(store(&dir).await).await.unwrap());
+        (dir, a, b)
+    }
+
+    #[tokio::test]
+    async fn a_key_written_elsewhere_is_looked_up_before_it_is_called_unknown() {
+        let (_dir, a, b) = replicas().await;
+        a.put_flag("f", &json!({"enabled": true}), None)
+            .await
+            .unwrap();
+        assert!(!b.snapshot().flags.contains_key("f"), "nothing told b");
+        assert_eq!(b.get_flag("f").await.unwrap().version, 1);
+        assert!(b.get_flag("never").await.is_err());
+        // A key that breaks the key syntax never reaches the store.
+        let before = b.lookups.started.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(b.get_flag("no spaces allowed").await.is_err());
+        let after = b.lookups.started.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(before, after);
+    }
+
+    /// Twenty misses at once share lookups: the first starts one, and all
+    /// that arrive while it runs share the next (the current-thread runtime
+    /// makes the interleaving exact).
+    #[tokio::test]
+    async fn concurrent_misses_share_their_lookups() {
+        let (_dir, a, b) = replicas().await;
+        a.put_flag("f", &json!({"enabled": true}), None)
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                tokio::spawn(async move { b.get_flag("f").await.map(|v| v.version) })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), 1);
+        }
+        let started = b.lookups.started.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(started <= 2, "{started} lookups for 20 misses");
+    }
+
+    /// A write made while other replicas' writes have not arrived brings
+    /// the snapshot to the store's revision, with every change in it.
+    #[tokio::test]
+    async fn a_write_behind_the_store_catches_up_with_what_it_missed() {
+        let (_dir, a, b) = replicas().await;
+        b.put_flag("from-b", &json!({"enabled": true}), None)
+            .await
+            .unwrap();
+        b.put_experiment("e-b", &json!({}), None, None)
+            .await
+            .unwrap();
+        a.put_flag("from-a", &json!({"enabled": false}), None)
+            .await
+            .unwrap();
+        let snapshot = a.snapshot();
+        assert_eq!(snapshot.revision, b.store().revision().await.unwrap());
+        assert!(snapshot.flags.contains_key("from-b"));
+        assert!(snapshot.flags.contains_key("from-a"));
+        assert!(snapshot.experiments.contains_key("e-b"));
+    }
+}
