@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
-use super::flags::{attributes, body_id};
 use super::snapshot::{ExperimentEntry, Snapshot};
 use super::sticky::StickyPending;
 use super::{Engine, EngineError};
@@ -36,20 +35,9 @@ pub struct Assignment {
     pub reason: AssignmentReason,
 }
 
-/// The value, or `None` with its problems added to `problems`.
-fn keep<T>(
-    r: Result<T, EngineError>,
-    problems: &mut Vec<crate::domain::problem::Problem>,
-) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(EngineError::Validation(p)) => {
-            problems.extend(p);
-            None
-        }
-        Err(_) => None,
-    }
-}
+/// One item of a batch: the experiment key and the request, or why the
+/// item could not be read.
+pub type BatchItem = Result<(String, AssignRequest), EngineError>;
 
 /// A parsed assignment request.
 #[derive(Debug)]
@@ -57,37 +45,6 @@ pub struct AssignRequest {
     pub org_id: OrgId,
     pub unit_id: UnitId,
     pub attributes: Map<String, Value>,
-}
-
-impl AssignRequest {
-    /// Parses `{"org_id", "unit_id", "attributes"}` found at `at` in the body.
-    pub fn parse(body: Value, at: &str) -> Result<Self, EngineError> {
-        let Value::Object(mut map) = body else {
-            return Err(EngineError::validation(
-                at,
-                "must be an object with org_id, unit_id and attributes",
-            ));
-        };
-        let mut problems = Vec::new();
-        let org_id: Option<OrgId> = keep(body_id(&mut map, "org_id", at), &mut problems);
-        let unit_id: Option<UnitId> = keep(body_id(&mut map, "unit_id", at), &mut problems);
-        let attributes = match attributes(&mut map, at) {
-            Ok(a) => a,
-            Err(EngineError::Validation(p)) => {
-                problems.extend(p);
-                Map::new()
-            }
-            Err(e) => return Err(e),
-        };
-        match (org_id, unit_id) {
-            (Some(org_id), Some(unit_id)) if problems.is_empty() => Ok(Self {
-                org_id,
-                unit_id,
-                attributes,
-            }),
-            _ => Err(EngineError::Validation(problems)),
-        }
-    }
 }
 
 enum Step {
@@ -233,22 +190,8 @@ impl Engine {
     /// not fail the others.
     pub async fn assign_batch(
         &self,
-        body: Value,
-    ) -> Result<Vec<Result<Assignment, EngineError>>, EngineError> {
-        let not_items =
-            || EngineError::validation("/items", "must be an array of assignment requests");
-        let Value::Object(mut body) = body else {
-            return Err(not_items());
-        };
-        let Some(Value::Array(items)) = body.remove("items") else {
-            return Err(not_items());
-        };
-        if items.len() > MAX_BATCH {
-            return Err(EngineError::validation(
-                "/items",
-                format!("at most {MAX_BATCH} items per batch"),
-            ));
-        }
+        items: Vec<BatchItem>,
+    ) -> Vec<Result<Assignment, EngineError>> {
         // Every decision from one snapshot; sticky ones are then resolved
         // together (see `engine::sticky`).
         let mut results: Vec<Option<Result<Assignment, EngineError>>> =
@@ -258,11 +201,10 @@ impl Engine {
         // all of them. If it fails, only their items fail.
         let lookup = {
             let snapshot = self.snapshot.load();
-            let unknown = items.iter().any(|item| {
-                item.get("experiment")
-                    .and_then(Value::as_str)
-                    .is_some_and(|k| !snapshot.experiments.contains_key(k) && Key::parse(k).is_ok())
-            });
+            let unknown = items
+                .iter()
+                .flatten()
+                .any(|(k, _)| !snapshot.experiments.contains_key(k) && Key::parse(k).is_ok());
             if unknown {
                 self.look_up().await
             } else {
@@ -271,24 +213,17 @@ impl Engine {
         };
         {
             let snapshot = self.snapshot.load();
-            for (i, mut item) in items.into_iter().enumerate() {
-                let key = match item.as_object_mut().and_then(|m| m.remove("experiment")) {
-                    Some(Value::String(k)) => Ok(k),
-                    _ => Err(EngineError::validation(
-                        "/experiment",
-                        "must be an experiment key",
-                    )),
-                };
-                let step = key.and_then(|k| {
-                    let request = AssignRequest::parse(item, "")?;
-                    match (decide(&snapshot, &k, request), &lookup) {
-                        (Ok(Step::Unknown(_)), Err(failed)) => Err(failed.clone()),
-                        (Ok(Step::Unknown(_)), Ok(())) => {
-                            Err(EngineError::NotFound(format!("no experiment {k:?}")))
-                        }
-                        (step, _) => step,
-                    }
-                });
+            for (i, item) in items.into_iter().enumerate() {
+                let step =
+                    item.and_then(
+                        |(k, request)| match (decide(&snapshot, &k, request), &lookup) {
+                            (Ok(Step::Unknown(_)), Err(failed)) => Err(failed.clone()),
+                            (Ok(Step::Unknown(_)), Ok(())) => {
+                                Err(EngineError::NotFound(format!("no experiment {k:?}")))
+                            }
+                            (step, _) => step,
+                        },
+                    );
                 match step {
                     Ok(Step::Done(assignment)) => results.push(Some(Ok(assignment))),
                     Ok(Step::Sticky(pending)) => {
@@ -306,7 +241,7 @@ impl Engine {
         for (i, answer) in self.resolve_sticky(sticky).await {
             results[i] = Some(answer);
         }
-        Ok(results
+        results
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
@@ -318,6 +253,6 @@ impl Engine {
                 // Pointers are built only for the items that failed.
                 .map_err(|e| e.within(&pointer("/items", i)))
             })
-            .collect())
+            .collect()
     }
 }

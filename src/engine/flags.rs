@@ -9,8 +9,7 @@ use time::OffsetDateTime;
 use super::snapshot::FlagEntry;
 use super::{Engine, EngineError};
 use crate::domain::flag::{FlagConfig, FlagReason};
-use crate::domain::ids::{Id, Key, OrgId};
-use crate::domain::limits;
+use crate::domain::ids::{Key, OrgId};
 use crate::domain::precondition::Precondition;
 use crate::store::{FlagRecord, FlagWritten, OverrideRecord, OverrideWritten, Plan, StoreError};
 
@@ -65,53 +64,6 @@ pub enum Outcome {
 pub fn path_key(raw: &str, what: &str) -> Result<Key, EngineError> {
     Key::parse(raw)
         .map_err(|e| EngineError::validation("", format!("the {what} key in the URL {e}")))
-}
-
-/// Parses an id (of an org, a participant…) taken from the URL.
-pub fn path_id<K>(raw: &str, what: &str) -> Result<Id<K>, EngineError> {
-    Id::parse(raw).map_err(|e| EngineError::validation("", format!("the {what} in the URL {e}")))
-}
-
-/// Takes the optional `attributes` object out of a request body at `at`,
-/// within the size and depth limits of §1 (so that evaluating conditions
-/// and matching against them is bounded work).
-pub fn attributes(
-    body: &mut Map<String, Value>,
-    at: &str,
-) -> Result<Map<String, Value>, EngineError> {
-    match body.remove("attributes") {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(m)) if m.is_empty() => Ok(m),
-        Some(value @ Value::Object(_)) => {
-            limits::check_attributes(&value)
-                .map_err(|e| EngineError::validation(format!("{at}/attributes"), e))?;
-            match value {
-                Value::Object(m) => Ok(m),
-                _ => Ok(Map::new()),
-            }
-        }
-        Some(_) => Err(EngineError::validation(
-            format!("{at}/attributes"),
-            "must be an object",
-        )),
-    }
-}
-
-/// Takes a required id field out of a request body at `at`.
-pub fn body_id<K>(
-    body: &mut Map<String, Value>,
-    field: &str,
-    at: &str,
-) -> Result<Id<K>, EngineError> {
-    match body.remove(field) {
-        None => Err(EngineError::validation(
-            format!("{at}/{field}"),
-            "is required",
-        )),
-        Some(v) => {
-            Id::from_json_owned(v).map_err(|e| EngineError::validation(format!("{at}/{field}"), e))
-        }
-    }
 }
 
 fn view(entry: &FlagEntry) -> Result<FlagView, EngineError> {
@@ -276,29 +228,9 @@ impl Engine {
     pub async fn set_override(
         &self,
         key: &str,
-        org_id: &str,
-        doc: &Value,
+        org: &OrgId,
+        enabled: bool,
     ) -> Result<(OverrideView, Outcome), EngineError> {
-        let org: OrgId = path_id(org_id, "org id")?;
-        let enabled = match doc.as_object() {
-            None => {
-                return Err(EngineError::validation(
-                    "",
-                    "must be an object like {\"enabled\": true}",
-                ))
-            }
-            Some(map) => {
-                if let Some(extra) = map.keys().find(|k| k.as_str() != "enabled") {
-                    return Err(EngineError::validation(
-                        format!("/{extra}"),
-                        "unknown field",
-                    ));
-                }
-                map.get("enabled")
-                    .and_then(Value::as_bool)
-                    .ok_or_else(|| EngineError::validation("/enabled", "must be true or false"))?
-            }
-        };
         let _guard = self.writes.lock().await;
         let OverrideWritten {
             record,
@@ -369,19 +301,12 @@ impl Engine {
     pub async fn evaluate_flag(
         &self,
         key: &str,
-        body: Value,
+        org: OrgId,
+        attributes: Map<String, Value>,
     ) -> Result<FlagEvaluation, EngineError> {
-        let Value::Object(mut body) = body else {
-            return Err(EngineError::validation(
-                "",
-                "must be an object with org_id and attributes",
-            ));
-        };
-        let org: OrgId = body_id(&mut body, "org_id", "")?;
-        let attrs = attributes(&mut body, "")?;
         let entry = self.flag_entry(key).await?;
         let decision = entry
-            .decide(org.as_str(), attrs)
+            .decide(org.as_str(), attributes)
             .map_err(|e| EngineError::Unavailable(e.to_owned()))?;
         Ok(FlagEvaluation {
             flag: entry.key.clone(),

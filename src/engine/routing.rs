@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use super::flags::{path_id, Outcome};
+use super::flags::Outcome;
 use super::snapshot::ExperimentEntry;
 use super::{Engine, EngineError};
 use crate::domain::experiment::Experiment;
@@ -263,17 +263,16 @@ impl Engine {
     async fn queue_call(
         self: &Arc<Self>,
         key: &str,
-        participant_id: &str,
+        id: &ParticipantId,
         operation: Operation,
     ) -> Result<ParticipantView, EngineError> {
-        let id: ParticipantId = path_id(participant_id, "participant id")?;
         self.routable(key).await?;
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut queues = self.routing_queues.lock();
             let queue = queues.entry(key.to_owned()).or_default();
             queue.calls.push(Call {
-                participant_id: id.into_string(),
+                participant_id: id.as_str().to_owned(),
                 operation,
                 reply,
             });
@@ -342,23 +341,9 @@ impl Engine {
     pub async fn register_participant(
         self: &Arc<Self>,
         key: &str,
-        participant_id: &str,
-        body: Value,
+        id: &ParticipantId,
+        attributes: Value,
     ) -> Result<(ParticipantView, Outcome), EngineError> {
-        let id: ParticipantId = path_id(participant_id, "participant id")?;
-        let Value::Object(mut body) = body else {
-            return Err(EngineError::validation(
-                "",
-                "must be an object like {\"attributes\": {...}}",
-            ));
-        };
-        if let Some(extra) = body.keys().find(|k| k.as_str() != "attributes") {
-            return Err(EngineError::validation(
-                crate::domain::problem::pointer("", extra),
-                "unknown field",
-            ));
-        }
-        let attributes = Value::Object(super::flags::attributes(&mut body, "")?);
         // Checked against the stored experiment: one deleted (or deleted and
         // created afresh) on another replica is caught up with, then the
         // registration goes to the key's live experiment, if there is one.
@@ -393,7 +378,7 @@ impl Engine {
             Outcome::Updated
         };
         let view = if participant.status == ParticipantStatus::Waiting {
-            self.queue_call(key, id.as_str(), Operation::Sweep).await?
+            self.queue_call(key, id, Operation::Sweep).await?
         } else {
             self.get_participant(key, id.as_str()).await?
         };
@@ -405,7 +390,7 @@ impl Engine {
     pub async fn route_participant(
         self: &Arc<Self>,
         key: &str,
-        participant_id: &str,
+        participant_id: &ParticipantId,
     ) -> Result<ParticipantView, EngineError> {
         self.queue_call(key, participant_id, Operation::Route).await
     }
@@ -413,7 +398,7 @@ impl Engine {
     pub async fn accept(
         self: &Arc<Self>,
         key: &str,
-        participant_id: &str,
+        participant_id: &ParticipantId,
     ) -> Result<ParticipantView, EngineError> {
         self.queue_call(key, participant_id, Operation::Accept)
             .await
@@ -422,7 +407,7 @@ impl Engine {
     pub async fn decline(
         self: &Arc<Self>,
         key: &str,
-        participant_id: &str,
+        participant_id: &ParticipantId,
     ) -> Result<ParticipantView, EngineError> {
         self.queue_call(key, participant_id, Operation::Decline)
             .await

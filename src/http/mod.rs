@@ -6,6 +6,7 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub(crate) mod requests;
 pub mod routes;
 
 use std::sync::atomic::AtomicBool;

@@ -5,11 +5,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa_axum::routes;
 
-use crate::engine::assign::{AssignRequest, Assignment};
+use crate::engine::assign::Assignment;
 use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, PathParams, RequestId};
 use crate::http::openapi::{AssignInput, BatchAnswer, BatchInput, BatchResult, ErrorBody};
+use crate::http::requests;
 use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
@@ -29,7 +30,7 @@ async fn assign(
     PathParams(key): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let request = AssignRequest::parse(body, "")?;
+    let request = requests::assign_request(body, "")?;
     Ok(Json(state.engine.assign(&key, request).await?).into_response())
 }
 
@@ -45,8 +46,8 @@ async fn assign_batch(
 ) -> Result<Response, ApiError> {
     let results: Vec<BatchResult> = state
         .engine
-        .assign_batch(body)
-        .await?
+        .assign_batch(requests::batch(body)?)
+        .await
         .into_iter()
         .map(|r| match r {
             Ok(a) => BatchResult::Assigned(a),

@@ -1,5 +1,7 @@
 //! `/v1/flags`: eligibility flags, their per-org overrides and evaluation (§2).
 
+use crate::domain::ids::OrgId;
+use crate::http::requests;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -120,7 +122,9 @@ async fn set_override(
     PathParams((key, org_id)): PathParams<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let (view, outcome) = state.engine.set_override(&key, &org_id, &body).await?;
+    let org: OrgId = requests::path_id(&org_id, "org id")?;
+    let enabled = requests::override_enabled(&body)?;
+    let (view, outcome) = state.engine.set_override(&key, &org, enabled).await?;
     Ok((write_status(outcome), Json(view)).into_response())
 }
 
@@ -148,5 +152,6 @@ async fn evaluate(
     PathParams(key): PathParams<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.engine.evaluate_flag(&key, body).await?).into_response())
+    let (org, attributes) = requests::evaluation(body)?;
+    Ok(Json(state.engine.evaluate_flag(&key, org, attributes).await?).into_response())
 }

@@ -1,6 +1,8 @@
 //! `/v1/experiments/{key}/participants`: register, read, route, accept,
 //! decline (§5).
 
+use crate::domain::ids::ParticipantId;
+use crate::http::requests;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -38,7 +40,12 @@ async fn register(
     PathParams((key, id)): Ids,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let (view, outcome) = state.engine.register_participant(&key, &id, body).await?;
+    let id: ParticipantId = requests::path_id(&id, "participant id")?;
+    let attributes = requests::registration(body)?;
+    let (view, outcome) = state
+        .engine
+        .register_participant(&key, &id, attributes)
+        .await?;
     Ok((write_status(outcome), Json(view)).into_response())
 }
 
@@ -66,6 +73,7 @@ async fn route(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
+    let id: ParticipantId = requests::path_id(&id, "participant id")?;
     Ok(Json(state.engine.route_participant(&key, &id).await?).into_response())
 }
 
@@ -79,6 +87,7 @@ async fn accept(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
+    let id: ParticipantId = requests::path_id(&id, "participant id")?;
     Ok(Json(state.engine.accept(&key, &id).await?).into_response())
 }
 
@@ -92,5 +101,6 @@ async fn decline(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
+    let id: ParticipantId = requests::path_id(&id, "participant id")?;
     Ok(Json(state.engine.decline(&key, &id).await?).into_response())
 }

@@ -1,0 +1,179 @@
+//! Request bodies and URL parts into the engine's typed inputs: ids,
+//! attributes within the §1 limits, and the bodies of the evaluate,
+//! override, assign and participant endpoints. Each problem names the JSON
+//! Pointer it is at; the engine takes only what parsed.
+
+use serde_json::{Map, Value};
+
+use crate::domain::ids::{Id, OrgId, UnitId};
+use crate::domain::limits;
+use crate::domain::problem::{pointer, Problem};
+use crate::engine::assign::{AssignRequest, BatchItem, MAX_BATCH};
+use crate::engine::EngineError;
+
+/// Parses an id (of an org, a participant…) taken from the URL.
+pub(crate) fn path_id<K>(raw: &str, what: &str) -> Result<Id<K>, EngineError> {
+    Id::parse(raw).map_err(|e| EngineError::validation("", format!("the {what} in the URL {e}")))
+}
+
+/// Takes the optional `attributes` object out of a request body at `at`,
+/// within the size and depth limits of §1 (so that evaluating conditions
+/// and matching against them is bounded work).
+pub(crate) fn attributes(
+    body: &mut Map<String, Value>,
+    at: &str,
+) -> Result<Map<String, Value>, EngineError> {
+    match body.remove("attributes") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) if m.is_empty() => Ok(m),
+        Some(value @ Value::Object(_)) => {
+            limits::check_attributes(&value)
+                .map_err(|e| EngineError::validation(format!("{at}/attributes"), e))?;
+            match value {
+                Value::Object(m) => Ok(m),
+                _ => Ok(Map::new()),
+            }
+        }
+        Some(_) => Err(EngineError::validation(
+            format!("{at}/attributes"),
+            "must be an object",
+        )),
+    }
+}
+
+/// Takes a required id field out of a request body at `at`.
+pub(crate) fn body_id<K>(
+    body: &mut Map<String, Value>,
+    field: &str,
+    at: &str,
+) -> Result<Id<K>, EngineError> {
+    match body.remove(field) {
+        None => Err(EngineError::validation(
+            format!("{at}/{field}"),
+            "is required",
+        )),
+        Some(v) => {
+            Id::from_json_owned(v).map_err(|e| EngineError::validation(format!("{at}/{field}"), e))
+        }
+    }
+}
+
+/// The value, or `None` with its problems added to `problems`.
+fn keep<T>(r: Result<T, EngineError>, problems: &mut Vec<Problem>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(EngineError::Validation(p)) => {
+            problems.extend(p);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Parses `{"org_id", "unit_id", "attributes"}` found at `at` in the body.
+pub(crate) fn assign_request(body: Value, at: &str) -> Result<AssignRequest, EngineError> {
+    let Value::Object(mut map) = body else {
+        return Err(EngineError::validation(
+            at,
+            "must be an object with org_id, unit_id and attributes",
+        ));
+    };
+    let mut problems = Vec::new();
+    let org_id: Option<OrgId> = keep(body_id(&mut map, "org_id", at), &mut problems);
+    let unit_id: Option<UnitId> = keep(body_id(&mut map, "unit_id", at), &mut problems);
+    let attributes = match attributes(&mut map, at) {
+        Ok(a) => a,
+        Err(EngineError::Validation(p)) => {
+            problems.extend(p);
+            Map::new()
+        }
+        Err(e) => return Err(e),
+    };
+    match (org_id, unit_id) {
+        (Some(org_id), Some(unit_id)) if problems.is_empty() => Ok(AssignRequest {
+            org_id,
+            unit_id,
+            attributes,
+        }),
+        _ => Err(EngineError::Validation(problems)),
+    }
+}
+
+/// Parses `{"items": [{"experiment", "org_id", "unit_id", "attributes"}]}`:
+/// the body's own problems fail it; an item's problems are that item's
+/// answer (at its pointer, added by the engine).
+pub(crate) fn batch(body: Value) -> Result<Vec<BatchItem>, EngineError> {
+    let not_items = || EngineError::validation("/items", "must be an array of assignment requests");
+    let Value::Object(mut body) = body else {
+        return Err(not_items());
+    };
+    let Some(Value::Array(items)) = body.remove("items") else {
+        return Err(not_items());
+    };
+    if items.len() > MAX_BATCH {
+        return Err(EngineError::validation(
+            "/items",
+            format!("at most {MAX_BATCH} items per batch"),
+        ));
+    }
+    Ok(items
+        .into_iter()
+        .map(|mut item| {
+            let Some(Value::String(key)) =
+                item.as_object_mut().and_then(|m| m.remove("experiment"))
+            else {
+                return Err(EngineError::validation(
+                    "/experiment",
+                    "must be an experiment key",
+                ));
+            };
+            Ok((key, assign_request(item, "")?))
+        })
+        .collect())
+}
+
+/// Parses `{"org_id", "attributes"}` of a flag evaluation.
+pub(crate) fn evaluation(body: Value) -> Result<(OrgId, Map<String, Value>), EngineError> {
+    let Value::Object(mut body) = body else {
+        return Err(EngineError::validation(
+            "",
+            "must be an object with org_id and attributes",
+        ));
+    };
+    let org: OrgId = body_id(&mut body, "org_id", "")?;
+    let attributes = attributes(&mut body, "")?;
+    Ok((org, attributes))
+}
+
+/// Parses `{"enabled": true|false}` of an override.
+pub(crate) fn override_enabled(doc: &Value) -> Result<bool, EngineError> {
+    let Some(map) = doc.as_object() else {
+        return Err(EngineError::validation(
+            "",
+            "must be an object like {\"enabled\": true}",
+        ));
+    };
+    if let Some(extra) = map.keys().find(|k| k.as_str() != "enabled") {
+        return Err(EngineError::validation(
+            format!("/{extra}"),
+            "unknown field",
+        ));
+    }
+    map.get("enabled")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| EngineError::validation("/enabled", "must be true or false"))
+}
+
+/// Parses `{"attributes": {...}}` of a participant registration.
+pub(crate) fn registration(body: Value) -> Result<Value, EngineError> {
+    let Value::Object(mut body) = body else {
+        return Err(EngineError::validation(
+            "",
+            "must be an object like {\"attributes\": {...}}",
+        ));
+    };
+    if let Some(extra) = body.keys().find(|k| k.as_str() != "attributes") {
+        return Err(EngineError::validation(pointer("", extra), "unknown field"));
+    }
+    Ok(Value::Object(attributes(&mut body, "")?))
+}
