@@ -49,6 +49,23 @@ type UnitKey = (String, String, String);
 type Inserts = HashMap<String, (i64, Vec<(String, String, String)>)>;
 
 impl StickyPending {
+    /// The answer for this unit, counted.
+    fn answer(
+        self,
+        treatment: Option<usize>,
+        bucket: Option<u16>,
+        reason: AssignmentReason,
+    ) -> Assignment {
+        answer(
+            &self.entry,
+            self.org_id,
+            self.unit_id,
+            treatment,
+            bucket,
+            reason,
+        )
+    }
+
     fn key(&self) -> UnitKey {
         (
             self.entry.id.clone(),
@@ -122,36 +139,18 @@ impl Engine {
                 {
                     let name = experiment.config.treatments[index].name.as_str();
                     p.entry.sticky.put(&key.1, &key.2, name);
-                    let StickyPending {
-                        entry,
-                        org_id,
-                        unit_id,
-                        ..
-                    } = p;
+                    let bucket = None;
                     out.push((
                         at,
-                        Ok(answer(
-                            &entry,
-                            org_id,
-                            unit_id,
-                            Some(index),
-                            None,
-                            AssignmentReason::Sticky,
-                        )),
+                        Ok(p.answer(Some(index), bucket, AssignmentReason::Sticky)),
                     ));
                     continue;
                 }
                 let Some(index) = experiment.treatment_at(p.bucket) else {
-                    let StickyPending {
-                        entry,
-                        org_id,
-                        unit_id,
-                        bucket,
-                    } = p;
-                    let reason = AssignmentReason::NotInCoverage;
+                    let bucket = Some(p.bucket);
                     out.push((
                         at,
-                        Ok(answer(&entry, org_id, unit_id, None, Some(bucket), reason)),
+                        Ok(p.answer(None, bucket, AssignmentReason::NotInCoverage)),
                     ));
                     continue;
                 };
@@ -230,23 +229,10 @@ impl Engine {
                 match stored.get(&key).cloned().flatten() {
                     Some(winner) if winner == name => {
                         p.entry.sticky.put(&key.1, &key.2, name);
-                        let StickyPending {
-                            entry,
-                            org_id,
-                            unit_id,
-                            bucket,
-                        } = p;
-                        let reason = AssignmentReason::Assigned;
+                        let bucket = Some(p.bucket);
                         out.push((
                             at,
-                            Ok(answer(
-                                &entry,
-                                org_id,
-                                unit_id,
-                                Some(index),
-                                Some(bucket),
-                                reason,
-                            )),
+                            Ok(p.answer(Some(index), bucket, AssignmentReason::Assigned)),
                         ));
                     }
                     // Another writer won: its treatment is what is stored now.
