@@ -981,41 +981,29 @@ macro_rules! impl_sql_store {
             ) -> Result<(Participant, bool), StoreError> {
                 let now = now_micros();
                 let attributes = attributes.to_string();
-                let mut tx = self.pool.begin().await?;
-                // The experiment must be live and stay so until this commits:
-                // a deletion waits for the lock, and one that committed first
-                // is seen. (SQLite's single writer gives the same order to the
-                // guarded statements below.)
-                if !DIALECT.lock_shared.is_empty() {
-                    let live: Option<(String,)> = sqlx::query_as(&format!(
-                        "SELECT id FROM experiments WHERE id = $1 AND deleted_at IS NULL{}",
-                        DIALECT.lock_shared
-                    ))
-                    .bind(experiment_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if live.is_none() {
-                        return Err(StoreError::NotFound);
-                    }
-                }
                 // Insert-or-nothing first: of any number of concurrent
                 // registrations (through any replicas) exactly one inserts,
                 // so exactly one answers "created". A check-then-insert would
-                // let several see "no row yet".
+                // let several see "no row yet". One statement, committed on
+                // its own: the experiment must be live, and stays so until it
+                // commits (on PostgreSQL a shared key lock, which a deletion
+                // waits for, and a deletion that committed first is seen;
+                // SQLite's single writer gives the same order).
                 let inserted: Option<ParticipantRow> = sqlx::query_as(&format!(
-                    "INSERT INTO participants (experiment_id, participant_id, status, attributes, wait_seq, created_at, updated_at) \
-                     SELECT $1, $2, 'new', $3, 0, $4, $4 WHERE EXISTS ({LIVE_EXPERIMENT}) \
+                    "WITH live AS (SELECT e.id FROM experiments e WHERE e.id = $1 AND e.deleted_at IS NULL{}) \
+                     INSERT INTO participants (experiment_id, participant_id, status, attributes, wait_seq, created_at, updated_at) \
+                     SELECT live.id, $2, 'new', $3, 0, $4, $4 FROM live WHERE TRUE \
                      ON CONFLICT (experiment_id, participant_id) DO NOTHING \
-                     RETURNING {PARTICIPANT_COLUMNS}"
+                     RETURNING {PARTICIPANT_COLUMNS}",
+                    DIALECT.lock_shared
                 ))
                 .bind(experiment_id)
                 .bind(participant_id)
                 .bind(&attributes)
                 .bind(now)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
                 if let Some(row) = inserted {
-                    tx.commit().await?;
                     return Ok((Participant::try_from(row)?, true));
                 }
                 // Only the attributes change; routing transactions never write
@@ -1029,11 +1017,10 @@ macro_rules! impl_sql_store {
                 .bind(participant_id)
                 .bind(&attributes)
                 .bind(now)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
                 // Neither inserted nor updated: the experiment is gone.
                 let row = row.ok_or(StoreError::NotFound)?;
-                tx.commit().await?;
                 Ok((Participant::try_from(row)?, false))
             }
 
