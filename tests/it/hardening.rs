@@ -780,8 +780,108 @@ async fn a_stalled_body_is_the_clients_fault(backend: Backend) {
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 }
 
+/// What the replica work added, as a hostile client would use it: If-Match
+/// on DELETE at the edges of its syntax and of i64, U+0000 in the new URL
+/// positions, keys far over the limit, a hundred unknown keys at once (the
+/// store lookups they share), and the same deletion twice at once. Every
+/// answer is the error shape with its status, never a 5xx, and a refused
+/// request changes nothing.
+async fn the_replica_additions_refuse_hostile_input(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let app = Arc::new(app);
+    app.put("/v1/flags/f", json!({"enabled": true}))
+        .await
+        .expect(201);
+    app.put(
+        "/v1/experiments/e",
+        json!({"treatments": [{"name": "a", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
+    for (path, version) in [("/v1/flags/f", 1), ("/v1/experiments/e", 1)] {
+        for bad in ["abc", "\"1", "1,", "W/", ""] {
+            app.delete_if(path, bad)
+                .await
+                .expect_error(400, "bad_request");
+        }
+        for stale in [
+            "\"0\"",
+            "\"-1\"",
+            "\"9223372036854775807\"",
+            "\"9223372036854775808\"",
+            "\"99999999999999999999999999\"",
+            "\"x\"",
+        ] {
+            app.delete_if(path, stale)
+                .await
+                .expect_error(412, "version_mismatch");
+        }
+        // Nothing was deleted by any of them.
+        assert_eq!(app.get(path).await.expect(200).body["version"], version);
+    }
+    app.delete_if("/v1/flags/never", "*")
+        .await
+        .expect_error(412, "version_mismatch");
+    for path in ["/v1/flags/f%00", "/v1/experiments/e%00"] {
+        app.delete(path)
+            .await
+            .expect_error(422, "validation_failed");
+    }
+    for path in [
+        "/v1/flags/f%00",
+        "/v1/experiments/e%00",
+        "/v1/experiments/e%00/versions",
+    ] {
+        app.get(path).await.expect_error(422, "validation_failed");
+    }
+    let huge = "k".repeat(10_000);
+    app.get(&format!("/v1/experiments/{huge}/versions"))
+        .await
+        .expect_error(404, "not_found");
+    app.delete(&format!("/v1/experiments/{huge}"))
+        .await
+        .expect_error(404, "not_found");
+    app.post(
+        &format!("/v1/experiments/{huge}/assign"),
+        json!({"org_id": 1, "unit_id": "u"}),
+    )
+    .await
+    .expect_error(404, "not_found");
+
+    // A hundred unknown keys at once: every one 404, the probes answer.
+    let unknown: Vec<_> = (0..100)
+        .map(|i| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                app.post(
+                    &format!("/v1/experiments/unknown-{i}/assign"),
+                    json!({"org_id": i, "unit_id": "u"}),
+                )
+                .await
+                .status
+                .as_u16()
+            })
+        })
+        .collect();
+    for call in unknown {
+        assert_eq!(call.await.unwrap(), 404);
+    }
+    app.get("/readyz").await.expect(200);
+
+    // The same deletion twice at once, for flags as for experiments.
+    for path in ["/v1/flags/f", "/v1/experiments/e"] {
+        let (one, two) = tokio::join!(app.delete(path), app.delete(path));
+        let mut statuses = [one.status.as_u16(), two.status.as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [204, 404], "{path}");
+    }
+    let history = app.get("/v1/experiments/e/versions").await.expect(200).body;
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+}
+
 on_both_stores!(
     a_stalled_body_is_the_clients_fault,
+    the_replica_additions_refuse_hostile_input,
     nul_is_refused_everywhere_with_a_pointer,
     numbers_at_the_edges_work_or_are_refused,
     the_limits_of_bounded_work_are_enforced_and_named,
