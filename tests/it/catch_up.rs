@@ -8,18 +8,26 @@ use serde_json::json;
 use crate::helpers::{Backend, TestApp, TestStore};
 use crate::on_both_stores;
 
-/// A revision bumped by hand, with no record of what it changed (an
-/// operator's repair in SQL): the other replica reloads everything and
-/// serves the edited row.
-async fn a_revision_without_its_change_reloads_everything(backend: Backend) {
-    let Some(store) = TestStore::new(backend).await else {
-        return;
-    };
-    // No polling: only this test's own refresh can see the hand edit.
+/// Two replicas on one store whose poll is ten minutes away: a change
+/// reaches the other only by a notification (PostgreSQL), a look-up, or the
+/// test's own refresh.
+async fn replicas_that_do_not_poll(backend: Backend) -> Option<(TestStore, TestApp, TestApp)> {
+    let store = TestStore::new(backend).await?;
     let mut settings = store.settings();
     settings.refresh_interval_ms = 600_000;
     let a = TestApp::spawn_with(settings.clone()).await;
     let b = TestApp::spawn_with(settings).await;
+    Some((store, a, b))
+}
+
+/// A revision bumped by hand, with no record of what it changed (an
+/// operator's repair in SQL): the other replica reloads everything and
+/// serves the edited row.
+async fn a_revision_without_its_change_reloads_everything(backend: Backend) {
+    // No polling: only this test's own refresh can see the hand edit.
+    let Some((store, a, b)) = replicas_that_do_not_poll(backend).await else {
+        return;
+    };
     a.put(
         "/v1/flags/edited",
         json!({"description": "as written", "enabled": true}),
@@ -101,13 +109,9 @@ async fn a_replica_far_behind_catches_up_in_one_go(backend: Backend) {
 /// shows that replica it is behind: it catches up before answering, so
 /// its next read agrees with the refusal (polling is out of the way here).
 async fn a_refused_write_brings_its_replica_up_to_date(backend: Backend) {
-    let Some(store) = TestStore::new(backend).await else {
+    let Some((_store, a, b)) = replicas_that_do_not_poll(backend).await else {
         return;
     };
-    let mut settings = store.settings();
-    settings.refresh_interval_ms = 600_000;
-    let a = TestApp::spawn_with(settings.clone()).await;
-    let b = TestApp::spawn_with(settings).await;
     a.put(
         "/v1/flags/f",
         json!({"description": "one", "enabled": true}),

@@ -125,43 +125,21 @@ impl TestStore {
 
     /// Runs SQL directly against the store, as an operator editing by hand would.
     pub async fn execute(&self, sql: &str) {
-        match self.backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
-                sqlx::query(sql).execute(&pool).await.expect("execute");
-                pool.close().await;
-            }
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
-                sqlx::query(sql).execute(&pool).await.expect("execute");
-                pool.close().await;
-            }
-        }
+        crate::on_pool!(self, pool => {
+            sqlx::query(sql).execute(&pool).await.expect("execute");
+        });
     }
 
     /// Runs a query that answers one integer (e.g. a `COUNT(*)`) directly
     /// against the store, bypassing every replica's cache.
     pub async fn scalar(&self, sql: &str) -> i64 {
-        match self.backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
-                let value: i64 = sqlx::query_scalar(sql)
-                    .fetch_one(&pool)
-                    .await
-                    .expect("scalar query");
-                pool.close().await;
-                value
-            }
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
-                let value: i64 = sqlx::query_scalar(sql)
-                    .fetch_one(&pool)
-                    .await
-                    .expect("scalar query");
-                pool.close().await;
-                value
-            }
-        }
+        crate::on_pool!(self, pool => {
+            let value: i64 = sqlx::query_scalar(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("scalar query");
+            value
+        })
     }
 
     pub fn settings(&self) -> Settings {
@@ -390,6 +368,31 @@ macro_rules! on_postgres {
                     super::$name($crate::helpers::Backend::Postgres).await
                 }
             )*
+        }
+    };
+}
+
+/// Evaluates `$body` with `$pool` a fresh connection pool to the test
+/// store (`TestStore`), whichever backend it is, and closes the pool after:
+/// one body of SQL for both stores.
+#[macro_export]
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store.backend {
+            $crate::helpers::Backend::Sqlite => {
+                let $pool = sqlx::SqlitePool::connect(&$store.url)
+                    .await
+                    .expect("connect");
+                let out = $body;
+                $pool.close().await;
+                out
+            }
+            $crate::helpers::Backend::Postgres => {
+                let $pool = sqlx::PgPool::connect(&$store.url).await.expect("connect");
+                let out = $body;
+                $pool.close().await;
+                out
+            }
         }
     };
 }

@@ -9,44 +9,25 @@ use time::OffsetDateTime;
 use crate::helpers::{Backend, TestApp, TestStore};
 use crate::on_both_stores;
 
-/// Reads rows straight from the store, as an analyst would.
+/// Reads rows straight from the store, as an analyst would: the creation
+/// times of the key's participants, and when the key was deleted.
 async fn participant_times(store: &TestStore, key: &str) -> (Vec<OffsetDateTime>, OffsetDateTime) {
-    let participants =
-        "SELECT p.created_at FROM participants p JOIN experiments e ON e.id = p.experiment_id \
-         WHERE e.key = $1";
-    let deleted = "SELECT deleted_at FROM experiments WHERE key = $1";
-    match store.backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&store.url).await.unwrap();
-            let rows: Vec<(OffsetDateTime,)> = sqlx::query_as(participants)
-                .bind(key)
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-            let (at,): (OffsetDateTime,) = sqlx::query_as(deleted)
-                .bind(key)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            (rows.into_iter().map(|r| r.0).collect(), at)
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&store.url).await.unwrap();
-            let rows: Vec<(OffsetDateTime,)> = sqlx::query_as(participants)
-                .bind(key)
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-            let (at,): (OffsetDateTime,) = sqlx::query_as(deleted)
-                .bind(key)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            (rows.into_iter().map(|r| r.0).collect(), at)
-        }
-    }
+    crate::on_pool!(store, pool => {
+        let rows: Vec<(OffsetDateTime,)> = sqlx::query_as(
+            "SELECT p.created_at FROM participants p JOIN experiments e ON e.id = p.experiment_id \
+             WHERE e.key = $1",
+        )
+        .bind(key)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let (at,): (OffsetDateTime,) = sqlx::query_as("SELECT deleted_at FROM experiments WHERE key = $1")
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (rows.into_iter().map(|r| r.0).collect(), at)
+    })
 }
 
 fn study() -> Value {
