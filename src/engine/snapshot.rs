@@ -37,8 +37,9 @@ pub struct FlagEntry {
     pub version: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
-    /// The compiled flag, or why its stored document cannot be used.
-    pub flag: Result<CompiledFlag, String>,
+    /// The compiled flag, or why its stored document cannot be used;
+    /// shared, so that an override change does not copy the compiled rules.
+    pub flag: Result<Arc<CompiledFlag>, String>,
     pub overrides: HashMap<String, bool>,
 }
 
@@ -132,7 +133,7 @@ impl FlagEntry {
                     format!("stored flag {:?} is invalid: {}", record.key, describe(&p))
                 })
             })
-            .map(FlagConfig::compile);
+            .map(|config| Arc::new(FlagConfig::compile(config)));
         Self {
             key: record.key,
             version: record.version,
@@ -242,8 +243,12 @@ impl Snapshot {
                 }
             }
         }
+        let mut by_flag: HashMap<String, Vec<(String, Option<bool>)>> = HashMap::new();
         for (flag, org_id, enabled) in delta.overrides {
-            next = next.with_override(delta.revision, &flag, &org_id, enabled);
+            by_flag.entry(flag).or_default().push((org_id, enabled));
+        }
+        for (flag, changes) in by_flag {
+            next.set_overrides(&flag, changes);
         }
         for (key, experiment) in delta.experiments {
             match experiment {
@@ -301,23 +306,36 @@ impl Snapshot {
         enabled: Option<bool>,
     ) -> Self {
         let mut next = self.next(revision);
-        if let Some(entry) = self.flags.get(flag_key) {
-            let mut overrides = entry.overrides.clone();
-            match enabled {
-                Some(e) => overrides.insert(org_id.to_owned(), e),
-                None => overrides.remove(org_id),
-            };
-            let patched = FlagEntry {
-                key: entry.key.clone(),
-                version: entry.version,
-                created_at: entry.created_at,
-                updated_at: entry.updated_at,
-                flag: entry.flag.clone(),
-                overrides,
-            };
-            next.flags.insert(flag_key.to_owned(), Arc::new(patched));
-        }
+        next.set_overrides(flag_key, [(org_id.to_owned(), enabled)]);
         next
+    }
+
+    /// Sets (`Some`) or removes (`None`) overrides of a flag this snapshot
+    /// has, in place: the flag's entry is copied once, however many change.
+    fn set_overrides(
+        &mut self,
+        flag_key: &str,
+        changes: impl IntoIterator<Item = (String, Option<bool>)>,
+    ) {
+        let Some(entry) = self.flags.get(flag_key) else {
+            return;
+        };
+        let mut overrides = entry.overrides.clone();
+        for (org_id, enabled) in changes {
+            match enabled {
+                Some(e) => overrides.insert(org_id, e),
+                None => overrides.remove(&org_id),
+            };
+        }
+        let patched = FlagEntry {
+            key: entry.key.clone(),
+            version: entry.version,
+            created_at: entry.created_at,
+            updated_at: entry.updated_at,
+            flag: entry.flag.clone(),
+            overrides,
+        };
+        self.flags.insert(flag_key.to_owned(), Arc::new(patched));
     }
 
     pub fn with_experiment(

@@ -234,6 +234,105 @@ macro_rules! impl_sql_store {
             Ok((tx, revision))
         }
 
+        /// The current state of `entities` (at most [`super::sql::MAX_DELTA`]
+        /// of them): one query per kind, however many changed.
+        async fn read_delta(tx: &mut Tx<'_>, revision: i64, entities: Vec<Change>) -> Result<Delta, StoreError> {
+            let mut flag_keys = Vec::new();
+            let mut pairs = Vec::new();
+            let mut experiment_keys = Vec::new();
+            for change in entities {
+                match change {
+                    Change::Flag(key) => flag_keys.push(key),
+                    Change::Override { flag, org_id } => pairs.push((flag, org_id)),
+                    Change::Experiment(key) => experiment_keys.push(key),
+                }
+            }
+            let mut delta = Delta { revision, ..Delta::default() };
+            if !flag_keys.is_empty() {
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!("{FLAG_SELECT} WHERE deleted_at IS NULL AND key IN ("));
+                let mut list = q.separated(", ");
+                for key in &flag_keys {
+                    list.push_bind(key.as_str());
+                }
+                q.push(")");
+                let mut live: std::collections::HashMap<String, FlagRecord> = q
+                    .build_query_as::<FlagRow>()
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .into_iter()
+                    .map(|row| {
+                        let record = FlagRecord::from(row);
+                        (record.key.clone(), record)
+                    })
+                    .collect();
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides WHERE flag_key IN (",
+                );
+                let mut list = q.separated(", ");
+                for key in &flag_keys {
+                    list.push_bind(key.as_str());
+                }
+                q.push(")");
+                let mut overrides: std::collections::HashMap<String, Vec<OverrideRecord>> = std::collections::HashMap::new();
+                for row in q.build_query_as::<OverrideRow>().fetch_all(&mut **tx).await? {
+                    let record = OverrideRecord::from(row);
+                    overrides.entry(record.flag_key.clone()).or_default().push(record);
+                }
+                for key in flag_keys {
+                    let record = live.remove(&key).map(|r| (r, overrides.remove(&key).unwrap_or_default()));
+                    delta.flags.push((key, record));
+                }
+            }
+            if !pairs.is_empty() {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides WHERE (flag_key, org_id) IN (",
+                );
+                let mut list = q.separated(", ");
+                for (flag, org) in &pairs {
+                    list.push("(").push_bind_unseparated(flag.as_str()).push_unseparated(", ");
+                    list.push_bind_unseparated(org.as_str()).push_unseparated(")");
+                }
+                q.push(")");
+                let found: std::collections::HashMap<(String, String), bool> = q
+                    .build_query_as::<OverrideRow>()
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .into_iter()
+                    .map(|row| {
+                        let record = OverrideRecord::from(row);
+                        ((record.flag_key, record.org_id), record.enabled)
+                    })
+                    .collect();
+                for (flag, org) in pairs {
+                    let enabled = found.get(&(flag.clone(), org.clone())).copied();
+                    delta.overrides.push((flag, org, enabled));
+                }
+            }
+            if !experiment_keys.is_empty() {
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!("{EXPERIMENT_SELECT} AND e.key IN ("));
+                let mut list = q.separated(", ");
+                for key in &experiment_keys {
+                    list.push_bind(key.as_str());
+                }
+                q.push(")");
+                let mut live: std::collections::HashMap<String, ExperimentRecord> = q
+                    .build_query_as::<ExperimentRow>()
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .into_iter()
+                    .map(|row| {
+                        let record = ExperimentRecord::from(row);
+                        (record.key.clone(), record)
+                    })
+                    .collect();
+                for key in experiment_keys {
+                    let record = live.remove(&key);
+                    delta.experiments.push((key, record));
+                }
+            }
+            Ok(delta)
+        }
+
         /// The live flag `key`, if any, in `tx`.
         async fn live_flag(tx: &mut Tx<'_>, key: &str) -> Result<Option<FlagRecord>, StoreError> {
             let row: Option<FlagRow> = sqlx::query_as(&format!("{FLAG_SELECT} WHERE key = $1 AND deleted_at IS NULL"))
@@ -342,39 +441,7 @@ macro_rules! impl_sql_store {
                         return Ok(CatchUp::Full(loaded));
                     }
                 };
-                let mut delta = Delta { revision, ..Delta::default() };
-                for change in Delta::entities(changes) {
-                    match change {
-                        Change::Flag(key) => {
-                            let record = match live_flag(&mut tx, &key).await? {
-                                Some(record) => {
-                                    let rows: Vec<OverrideRow> = sqlx::query_as(
-                                        "SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides WHERE flag_key = $1",
-                                    )
-                                    .bind(&key)
-                                    .fetch_all(&mut *tx)
-                                    .await?;
-                                    Some((record, rows.into_iter().map(OverrideRecord::from).collect()))
-                                }
-                                None => None,
-                            };
-                            delta.flags.push((key, record));
-                        }
-                        Change::Override { flag, org_id } => {
-                            let enabled: Option<(bool,)> =
-                                sqlx::query_as("SELECT enabled FROM flag_overrides WHERE flag_key = $1 AND org_id = $2")
-                                    .bind(&flag)
-                                    .bind(&org_id)
-                                    .fetch_optional(&mut *tx)
-                                    .await?;
-                            delta.overrides.push((flag, org_id, enabled.map(|(e,)| e)));
-                        }
-                        Change::Experiment(key) => {
-                            let record = live_experiment(&mut tx, &key).await?;
-                            delta.experiments.push((key, record));
-                        }
-                    }
-                }
+                let delta = read_delta(&mut tx, revision, Delta::entities(changes)).await?;
                 tx.commit().await?;
                 Ok(CatchUp::Delta(delta))
             }

@@ -171,6 +171,35 @@ async fn catching_up(backend: Backend) {
         }
         other => panic!("expected a full reload, got {other:?}"),
     }
+
+    // A flag's change brings the flag with every override; a deleted one is
+    // absent; several entities of each kind come in one delta.
+    let before = store.revision().await.unwrap();
+    put_flag(&*store, "g", json!({"enabled": true})).await;
+    store.set_override("g", "1", true).await.unwrap();
+    store.set_override("g", "2", false).await.unwrap();
+    put_flag(&*store, "g", json!({"enabled": false})).await;
+    store.delete_flag("f", None).await.unwrap();
+    put_experiment(&*store, "x", json!({"n": 1})).await;
+    put_experiment(&*store, "y", json!({"n": 1})).await;
+    match store.catch_up(before).await.unwrap() {
+        CatchUp::Delta(delta) => {
+            let mut flags: Vec<(String, Option<usize>)> = delta
+                .flags
+                .iter()
+                .map(|(k, r)| (k.clone(), r.as_ref().map(|(_, o)| o.len())))
+                .collect();
+            flags.sort();
+            assert_eq!(flags, vec![("f".into(), None), ("g".into(), Some(2))]);
+            assert!(delta.overrides.is_empty(), "covered by the flag's reload");
+            let mut experiments: Vec<&str> =
+                delta.experiments.iter().map(|(k, _)| k.as_str()).collect();
+            experiments.sort_unstable();
+            assert_eq!(experiments, vec!["x", "y"]);
+            assert!(delta.experiments.iter().all(|(_, r)| r.is_some()));
+        }
+        other => panic!("expected a delta, got {other:?}"),
+    }
 }
 
 /// Participant and sticky writes check the stored experiment: a deleted one
