@@ -234,6 +234,18 @@ macro_rules! impl_sql_store {
             Ok((tx, revision))
         }
 
+        /// `sql` (ending in `IN`) followed by the list of `keys`, bound.
+        fn in_list(sql: String, keys: &[String]) -> sqlx::QueryBuilder<'static, $db> {
+            let mut q = sqlx::QueryBuilder::<$db>::new(sql);
+            q.push(" (");
+            let mut list = q.separated(", ");
+            for key in keys {
+                list.push_bind(key.clone());
+            }
+            q.push(")");
+            q
+        }
+
         /// The current state of `entities` (at most [`super::sql::MAX_DELTA`]
         /// of them): one query per kind, however many changed.
         async fn read_delta(tx: &mut Tx<'_>, revision: i64, entities: Vec<Change>) -> Result<Delta, StoreError> {
@@ -249,12 +261,7 @@ macro_rules! impl_sql_store {
             }
             let mut delta = Delta { revision, ..Delta::default() };
             if !flag_keys.is_empty() {
-                let mut q = sqlx::QueryBuilder::<$db>::new(format!("{FLAG_SELECT} WHERE deleted_at IS NULL AND key IN ("));
-                let mut list = q.separated(", ");
-                for key in &flag_keys {
-                    list.push_bind(key.as_str());
-                }
-                q.push(")");
+                let mut q = in_list(format!("{FLAG_SELECT} WHERE deleted_at IS NULL AND key IN"), &flag_keys);
                 let mut live: std::collections::HashMap<String, FlagRecord> = q
                     .build_query_as::<FlagRow>()
                     .fetch_all(&mut **tx)
@@ -265,14 +272,10 @@ macro_rules! impl_sql_store {
                         (record.key.clone(), record)
                     })
                     .collect();
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides WHERE flag_key IN (",
+                let mut q = in_list(
+                    "SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides WHERE flag_key IN".to_owned(),
+                    &flag_keys,
                 );
-                let mut list = q.separated(", ");
-                for key in &flag_keys {
-                    list.push_bind(key.as_str());
-                }
-                q.push(")");
                 let mut overrides: std::collections::HashMap<String, Vec<OverrideRecord>> = std::collections::HashMap::new();
                 for row in q.build_query_as::<OverrideRow>().fetch_all(&mut **tx).await? {
                     let record = OverrideRecord::from(row);
@@ -309,12 +312,7 @@ macro_rules! impl_sql_store {
                 }
             }
             if !experiment_keys.is_empty() {
-                let mut q = sqlx::QueryBuilder::<$db>::new(format!("{EXPERIMENT_SELECT} AND e.key IN ("));
-                let mut list = q.separated(", ");
-                for key in &experiment_keys {
-                    list.push_bind(key.as_str());
-                }
-                q.push(")");
+                let mut q = in_list(format!("{EXPERIMENT_SELECT} AND e.key IN"), &experiment_keys);
                 let mut live: std::collections::HashMap<String, ExperimentRecord> = q
                     .build_query_as::<ExperimentRow>()
                     .fetch_all(&mut **tx)
