@@ -25,12 +25,8 @@ PG=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 PORTS=(${PROPAGATION_PORTS:-18301 18302})
 (( ${#PORTS[@]} == 2 )) || { echo "PROPAGATION_PORTS needs two ports" >&2; exit 2; }
 
-for port in "${PORTS[@]}"; do
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
-        echo "something already listens on 127.0.0.1:$port (set PROPAGATION_PORTS)" >&2
-        exit 2
-    fi
-done
+source bench/lib.sh
+require_free_ports PROPAGATION_PORTS "${PORTS[@]}"
 
 cargo build --release --quiet --bin allot --example propagation
 
@@ -43,15 +39,7 @@ cleanup() {
     trap - EXIT INT TERM
     [[ -n $driver ]] && kill "$driver" 2>/dev/null || true
     [[ -n $viewer ]] && kill "$viewer" 2>/dev/null || true
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 1 50); do
-        alive=0
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        (( alive )) || break
-        sleep 0.2
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_processes 0.2 ${pids[@]+"${pids[@]}"}
     PGOPTIONS="--client-min-messages=warning" psql "$PG" -q -c "DROP SCHEMA IF EXISTS $schema CASCADE" || true
     rm -rf "$work"
     exit "$rc"

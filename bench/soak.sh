@@ -28,12 +28,8 @@ case $DURATION in
 esac
 [[ $seconds =~ ^[0-9]+$ && $seconds -gt 0 ]] || { echo "DURATION must be seconds or Nm, not '$DURATION'" >&2; exit 2; }
 
-for port in "${PORTS[@]}"; do
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
-        echo "something already listens on 127.0.0.1:$port (set SOAK_PORTS)" >&2
-        exit 2
-    fi
-done
+source bench/lib.sh
+require_free_ports SOAK_PORTS "${PORTS[@]}"
 
 cargo build --release --quiet --bin allot --example soak
 
@@ -46,18 +42,8 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [[ -n $driver ]] && kill "$driver" 2>/dev/null || true
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
     # Give them their shutdown grace, then make sure.
-    for _ in $(seq 1 50); do
-        alive=0
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        (( alive )) || break
-        sleep 0.5
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_processes 0.5 ${pids[@]+"${pids[@]}"}
     psql "$PG" -q -c "DROP SCHEMA IF EXISTS $schema CASCADE" || true
     exit "$rc"
 }
