@@ -4,8 +4,8 @@ use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
-use super::sql::{impl_sql_store, Dialect, CHANNEL};
-use super::{PoolOptions, Signal};
+use super::sql::{Dialect, CHANNEL};
+use super::{ChangeFeed, PoolOptions, Signal, StoreError};
 
 #[derive(Debug)]
 pub struct PgStore {
@@ -76,18 +76,25 @@ impl PgStore {
     }
 }
 
-impl_sql_store!(
-    PgStore,
-    sqlx::Postgres,
-    "postgres",
-    Dialect {
-        // READ COMMITTED would let each query of a load see a different commit.
-        snapshot: Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
-        notify: Some("SELECT pg_notify($1, $2)"),
-        // KEY SHARE does not wait for routing transactions (they update the
-        // row, not its key) nor for other participant writes; FOR UPDATE
-        // waits for all of them.
-        lock_shared: " FOR KEY SHARE",
-        lock_exclusive: " FOR UPDATE",
-    }
-);
+/// The shared implementation of [`Store`](super::Store), compiled for this
+/// dialect.
+#[path = "queries.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per dialect, on purpose: see queries.rs"
+)]
+mod queries;
+
+type Backend = PgStore;
+type Db = sqlx::Postgres;
+const BACKEND: &str = "postgres";
+const DIALECT: Dialect = Dialect {
+    // READ COMMITTED would let each query of a load see a different commit.
+    snapshot: Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+    notify: Some("SELECT pg_notify($1, $2)"),
+    // KEY SHARE does not wait for routing transactions (they update the
+    // row, not its key) nor for other participant writes; FOR UPDATE
+    // waits for all of them.
+    lock_shared: " FOR KEY SHARE",
+    lock_exclusive: " FOR UPDATE",
+};

@@ -10,8 +10,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::sql::{impl_sql_store, Dialect};
-use super::PoolOptions;
+use super::sql::Dialect;
+use super::{ChangeFeed, PoolOptions, StoreError};
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -55,17 +55,24 @@ impl SqliteStore {
     }
 }
 
-impl_sql_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "sqlite",
-    Dialect {
-        // In WAL mode a transaction's first read fixes its snapshot already.
-        snapshot: None,
-        notify: None,
-        // One writer at a time: a guarded statement cannot interleave with
-        // a deletion.
-        lock_shared: "",
-        lock_exclusive: "",
-    }
-);
+/// The shared implementation of [`Store`](super::Store), compiled for this
+/// dialect.
+#[path = "queries.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "compiled once per dialect, on purpose: see queries.rs"
+)]
+mod queries;
+
+type Backend = SqliteStore;
+type Db = sqlx::Sqlite;
+const BACKEND: &str = "sqlite";
+const DIALECT: Dialect = Dialect {
+    // In WAL mode a transaction's first read fixes its snapshot already.
+    snapshot: None,
+    notify: None,
+    // One writer at a time: a guarded statement cannot interleave with
+    // a deletion.
+    lock_shared: "",
+    lock_exclusive: "",
+};
