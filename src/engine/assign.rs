@@ -4,6 +4,7 @@
 //! sticky experiment goes on to read (through a per-version cache) and write
 //! its stored assignment.
 
+use crate::engine::{Missing, Unavailable};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -93,7 +94,7 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
     let experiment = entry
         .experiment
         .as_ref()
-        .map_err(|e| EngineError::Unavailable(e.clone()))?;
+        .map_err(|e| EngineError::from(Unavailable::BrokenConfig(e.clone())))?;
     let AssignRequest {
         org_id,
         unit_id,
@@ -114,9 +115,11 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
         }
     });
     if let Some(e) = broken_gate {
-        return Err(EngineError::Unavailable(format!(
-            "the eligibility flag of experiment {key:?} cannot be evaluated: {e}"
-        )));
+        return Err(Unavailable::BrokenGate {
+            experiment: key.to_owned(),
+            problem: e,
+        }
+        .into());
     }
     if let Precheck::Out(reason) = precheck {
         return Ok(Step::Done(answer(
@@ -170,16 +173,12 @@ impl Engine {
             step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
         }
         match step {
-            Step::Unknown(_) => Err(EngineError::NotFound(format!("no experiment {key:?}"))),
+            Step::Unknown(_) => Err(Missing::Experiment(key.to_string()).into()),
             Step::Done(assignment) => Ok(assignment),
             Step::Sticky(pending) => {
                 let resolved = self.resolve_sticky(vec![(0, pending)]).instrument(span);
                 resolved.await.pop().map_or_else(
-                    || {
-                        Err(EngineError::Internal(
-                            "a sticky decision went unanswered".into(),
-                        ))
-                    },
+                    || Err(EngineError::invariant("a sticky decision went unanswered")),
                     |(_, answer)| answer,
                 )
             }
@@ -219,7 +218,7 @@ impl Engine {
                         |(k, request)| match (decide(&snapshot, &k, request), &lookup) {
                             (Ok(Step::Unknown(_)), Err(failed)) => Err(failed.clone()),
                             (Ok(Step::Unknown(_)), Ok(())) => {
-                                Err(EngineError::NotFound(format!("no experiment {k:?}")))
+                                Err(Missing::Experiment(k.clone()).into())
                             }
                             (step, _) => step,
                         },
@@ -231,8 +230,8 @@ impl Engine {
                         sticky.push((i, pending));
                     }
                     // Turned into an error above.
-                    Ok(Step::Unknown(_)) => results.push(Some(Err(EngineError::Internal(
-                        "an unknown experiment was not refused".into(),
+                    Ok(Step::Unknown(_)) => results.push(Some(Err(EngineError::invariant(
+                        "an unknown experiment was not refused",
                     )))),
                     Err(e) => results.push(Some(Err(e))),
                 }
@@ -245,13 +244,9 @@ impl Engine {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                r.unwrap_or_else(|| {
-                    Err(EngineError::Internal(
-                        "a batch item was not answered".into(),
-                    ))
-                })
-                // Pointers are built only for the items that failed.
-                .map_err(|e| e.within(&pointer("/items", i)))
+                r.unwrap_or_else(|| Err(EngineError::invariant("a batch item was not answered")))
+                    // Pointers are built only for the items that failed.
+                    .map_err(|e| e.within(&pointer("/items", i)))
             })
             .collect()
     }

@@ -1,5 +1,6 @@
 //! Experiment operations: validated upsert with layouts, delete, history (§3).
 
+use crate::engine::{Internal, Missing, Unavailable};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -42,14 +43,14 @@ pub struct VersionView {
 }
 
 fn not_found(key: &str) -> EngineError {
-    EngineError::NotFound(format!("no experiment {key:?}"))
+    Missing::Experiment(key.to_string()).into()
 }
 
 fn view(entry: &ExperimentEntry) -> Result<ExperimentView, EngineError> {
     let experiment = entry
         .experiment
         .as_ref()
-        .map_err(|e| EngineError::Unavailable(e.clone()))?;
+        .map_err(|e| EngineError::from(Unavailable::BrokenConfig(e.clone())))?;
     Ok(ExperimentView {
         key: entry.key.clone(),
         config: experiment.config.clone(),
@@ -124,7 +125,7 @@ impl Engine {
         let key = path_key(key, "experiment")?;
         let config = ExperimentConfig::parse(&key, doc).map_err(EngineError::Validation)?;
         let document =
-            serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
+            serde_json::to_value(&config).map_err(|e| EngineError::from(Internal::from(e)))?;
         // A stored version that cannot be used (edited by hand) is repaired by
         // any valid write, an identical document included. Its layout then
         // grows from the newest version that was valid, or from empty.
@@ -187,7 +188,7 @@ impl Engine {
                     actor: actor.clone(),
                     cohorts: config.cohorts.clone(),
                 }),
-                Err(e) => abandon(Err(EngineError::Internal(e.to_string()))),
+                Err(e) => abandon(Err(EngineError::from(Internal::from(e)))),
             }
         };
         let guard = self.writes.lock().await;
@@ -242,8 +243,8 @@ impl Engine {
                     Ok((self.record_view(unchanged, config)?, Outcome::Unchanged))
                 }
                 Some(Err(e)) => Err(e),
-                None => Err(EngineError::Internal(
-                    "the experiment write was abandoned without a reason".into(),
+                None => Err(EngineError::invariant(
+                    "the experiment write was abandoned without a reason",
                 )),
             },
         }
@@ -255,10 +256,10 @@ impl Engine {
         config: ExperimentConfig,
     ) -> Result<ExperimentView, EngineError> {
         let layout = serde_json::from_str(&record.layout).map_err(|e| {
-            EngineError::Unavailable(format!(
-                "stored layout of experiment {:?} is malformed: {e}",
-                record.key
-            ))
+            EngineError::from(Unavailable::MalformedLayout {
+                experiment: record.key.clone(),
+                source: Arc::new(e),
+            })
         })?;
         Ok(ExperimentView {
             key: record.key,

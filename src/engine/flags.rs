@@ -1,5 +1,6 @@
 //! Flag operations: upsert, delete, overrides, evaluation (§2).
 
+use crate::engine::{Internal, Missing, Unavailable};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -70,7 +71,7 @@ fn view(entry: &FlagEntry) -> Result<FlagView, EngineError> {
     let flag = entry
         .flag
         .as_ref()
-        .map_err(|e| EngineError::Unavailable(e.clone()))?;
+        .map_err(|e| EngineError::from(Unavailable::BrokenConfig(e.clone())))?;
     Ok(FlagView {
         key: entry.key.clone(),
         config: flag.config.clone(),
@@ -81,7 +82,7 @@ fn view(entry: &FlagEntry) -> Result<FlagView, EngineError> {
 }
 
 fn not_found(key: &str) -> EngineError {
-    EngineError::NotFound(format!("no flag {key:?}"))
+    Missing::Flag(key.to_owned()).into()
 }
 
 impl Engine {
@@ -131,7 +132,7 @@ impl Engine {
         let key = path_key(key, "flag")?;
         let config = FlagConfig::parse(doc).map_err(EngineError::Validation)?;
         let document =
-            serde_json::to_value(&config).map_err(|e| EngineError::Internal(e.to_string()))?;
+            serde_json::to_value(&config).map_err(|e| EngineError::from(Internal::from(e)))?;
         // Why the planner abandoned, when it did.
         let verdict: Mutex<Option<Result<FlagRecord, EngineError>>> = Mutex::new(None);
         let plan = |current: Option<&FlagRecord>| -> Plan<Value> {
@@ -175,8 +176,8 @@ impl Engine {
                 Some(Ok(unchanged)) => (unchanged, Outcome::Unchanged),
                 Some(Err(e)) => return Err(e),
                 None => {
-                    return Err(EngineError::Internal(
-                        "the flag write was abandoned without a reason".into(),
+                    return Err(EngineError::invariant(
+                        "the flag write was abandoned without a reason",
                     ))
                 }
             },
@@ -265,9 +266,10 @@ impl Engine {
             .delete_override(key, org_id)
             .await
             .map_err(|e| match e {
-                StoreError::NotFound => EngineError::NotFound(format!(
-                    "flag {key:?} has no override for org {org_id:?}"
-                )),
+                StoreError::NotFound => EngineError::from(Missing::Override {
+                    flag: key.to_owned(),
+                    org: org_id.to_owned(),
+                }),
                 other => other.into(),
             })?;
         self.install(revision, |s| s.with_override(revision, key, org_id, None))
@@ -307,7 +309,7 @@ impl Engine {
         let entry = self.flag_entry(key).await?;
         let decision = entry
             .decide(org.as_str(), attributes)
-            .map_err(|e| EngineError::Unavailable(e.to_owned()))?;
+            .map_err(|e| EngineError::from(Unavailable::BrokenConfig(e.to_owned())))?;
         Ok(FlagEvaluation {
             flag: entry.key.clone(),
             enabled: decision.enabled,

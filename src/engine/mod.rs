@@ -7,6 +7,7 @@
 
 pub mod assign;
 pub mod counters;
+mod error;
 pub mod experiments;
 pub mod flags;
 pub mod routing;
@@ -24,69 +25,15 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::domain::precondition::Precondition;
-use crate::domain::problem::Problem;
 use crate::store::{CatchUp, Signal, Store, StoreError};
+pub(crate) use error::count_store_error;
+pub use error::{EngineError, Internal, Missing, Unavailable};
 use snapshot::Snapshot;
 
 /// How long a replica waits before subscribing again after its change feed
 /// broke: doubling from the first to the last.
 const RESUBSCRIBE_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(5));
-
-/// Why an engine operation did not succeed; the HTTP layer maps each to the
-/// status and code of §1.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum EngineError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("the request breaks {} rule(s)", .0.len())]
-    Validation(Vec<Problem>),
-    #[error("If-Match is {expected}, but {}", current.map_or("there is no current version".to_owned(), |v| format!("the current version is {v}")))]
-    VersionMismatch {
-        expected: Precondition,
-        current: Option<i64>,
-    },
-    #[error("{0}")]
-    Conflict(String),
-    /// Unavailable for a reason that may be shown (a broken stored config
-    /// names its problem, §3).
-    #[error("{0}")]
-    Unavailable(String),
-    /// The store failed; the cause is kept, typed, for the log only.
-    #[error(transparent)]
-    Store(Arc<StoreError>),
-    /// An invariant of allot's own broke; the message is for the log only.
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl EngineError {
-    /// Counts the store failure this error carries, if any, in
-    /// `allot_store_errors_total`.
-    pub fn count(&self) {
-        if let Self::Store(e) = self {
-            count_store_error(e);
-        }
-    }
-
-    pub fn validation(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Validation(vec![Problem::new(path, message)])
-    }
-
-    /// The same error for a document nested at `prefix` (a JSON Pointer) of
-    /// a larger body, as a batch item is.
-    pub fn within(self, prefix: &str) -> Self {
-        match self {
-            Self::Validation(problems) => Self::Validation(
-                problems
-                    .into_iter()
-                    .map(|p| Problem::new(format!("{prefix}{}", p.path), p.message))
-                    .collect(),
-            ),
-            other => other,
-        }
-    }
-}
 
 /// Whether a document equals the stored text of the current version: then a
 /// write makes no new version (§1, for flags and experiments alike). A
@@ -110,34 +57,6 @@ pub(crate) fn refused_write(
             current,
         },
         other => other.into(),
-    }
-}
-
-/// Counts a store failure in `allot_store_errors_total` (the outcomes that
-/// are answers, like "not found", are not failures).
-pub(crate) fn count_store_error(e: &StoreError) {
-    let kind = match e {
-        StoreError::Unavailable(_) => "unavailable",
-        StoreError::Database(_) | StoreError::Other(_) => "other",
-        _ => return,
-    };
-    metrics::counter!("allot_store_errors_total", "kind" => kind).increment(1);
-}
-
-/// Maps a store outcome to the engine's terms. It counts nothing: a store
-/// failure is counted where it is decided what becomes of it (answered to a
-/// client, or logged by a background task), with [`EngineError::count`].
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound => EngineError::NotFound("not found".into()),
-            StoreError::VersionMismatch { current } => EngineError::VersionMismatch {
-                expected: Precondition::Exists,
-                current,
-            },
-            StoreError::Conflict(m) => EngineError::Conflict(m),
-            other => EngineError::Store(Arc::new(other)),
-        }
     }
 }
 

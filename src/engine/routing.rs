@@ -7,6 +7,7 @@
 //! version the lock sees; if this replica's snapshot is behind, it reloads
 //! and plans again.
 
+use crate::engine::{Missing, Unavailable};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,14 +167,14 @@ fn participant_view(
 }
 
 fn no_participant(id: &str) -> EngineError {
-    EngineError::NotFound(format!("no participant {id:?}"))
+    Missing::Participant(id.to_owned()).into()
 }
 
 impl Engine {
     async fn routable(&self, key: &str) -> Result<Arc<ExperimentEntry>, EngineError> {
         let entry = self.experiment_entry(key).await?;
         if let Err(e) = &entry.experiment {
-            return Err(EngineError::Unavailable(e.clone()));
+            return Err(Unavailable::BrokenConfig(e.clone()).into());
         }
         Ok(entry)
     }
@@ -196,7 +197,7 @@ impl Engine {
             let entry = self.routable(key).await?;
             let outcome = {
                 let Ok(experiment) = &entry.experiment else {
-                    return Err(EngineError::Internal("checked above".into()));
+                    return Err(EngineError::invariant("checked above"));
                 };
                 let scope = RouteScope {
                     full_pool: calls.iter().any(|(_, op)| op.forms_groups()),
@@ -233,9 +234,7 @@ impl Engine {
                 Ok(RouteOutcome::Stale) | Err(StoreError::NotFound) => {
                     stale += 1;
                     if stale >= PLAN_ATTEMPTS {
-                        return Err(EngineError::Unavailable(format!(
-                            "experiment {key:?} kept changing while routing; try again"
-                        )));
+                        return Err(Unavailable::RoutingContended(key.to_owned()).into());
                     }
                     self.catch_up().await?;
                 }
@@ -286,7 +285,7 @@ impl Engine {
         }
         answer
             .await
-            .map_err(|_| EngineError::Internal("the routing worker stopped".into()))?
+            .map_err(|_| EngineError::invariant("the routing worker stopped"))?
     }
 
     /// Runs queued calls for `key`, a batch per transaction, until none are left.
@@ -321,7 +320,7 @@ impl Engine {
                                 Err(no_participant(&call.participant_id))
                             }
                             (_, Err(Refusal::Conflict(m))) => Err(EngineError::Conflict(m)),
-                            (Err(e), _) => Err(EngineError::Unavailable(e.clone())),
+                            (Err(e), _) => Err(Unavailable::BrokenConfig(e.clone()).into()),
                         };
                         let _ = call.reply.send(view);
                     }
@@ -360,14 +359,12 @@ impl Engine {
                     self.catch_up().await?;
                     let live = self.routable(key).await?;
                     if live.id == entry.id {
-                        return Err(EngineError::NotFound(format!("no experiment {key:?}")));
+                        return Err(Missing::Experiment(key.to_string()).into());
                     }
                     entry = live;
                 }
                 Err(StoreError::NotFound) => {
-                    return Err(EngineError::Unavailable(format!(
-                        "experiment {key:?} kept being deleted and created while registering; try again"
-                    )))
+                    return Err(Unavailable::RegistrationContended(key.to_owned()).into())
                 }
                 other => break other?,
             }
@@ -420,7 +417,7 @@ impl Engine {
     ) -> Result<ParticipantView, EngineError> {
         let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
-            return Err(EngineError::Internal("checked above".into()));
+            return Err(EngineError::invariant("checked above"));
         };
         let p = self
             .store
@@ -460,13 +457,15 @@ impl Engine {
     ) -> Result<Vec<ParticipantView>, EngineError> {
         let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
-            return Err(EngineError::Internal("checked above".into()));
+            return Err(EngineError::invariant("checked above"));
         };
         let cohorts = self.store.cohorts(&entry.id).await?;
         if !cohorts.iter().any(|c| c.id == cohort_id) {
-            return Err(EngineError::NotFound(format!(
-                "no cohort {cohort_id:?} in experiment {key:?}"
-            )));
+            return Err(Missing::Cohort {
+                experiment: key.to_owned(),
+                cohort: cohort_id.to_owned(),
+            }
+            .into());
         }
         let members = self.store.cohort_participants(&entry.id, cohort_id).await?;
         Ok(members

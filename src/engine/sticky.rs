@@ -20,6 +20,8 @@
 //! A unit repeated in a batch waits for the next round too, so every answer
 //! is the one the items would have got one after another.
 
+use crate::engine::Missing;
+use crate::engine::Unavailable;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -83,7 +85,7 @@ struct Claim {
 }
 
 fn no_experiment(entry: &ExperimentEntry) -> EngineError {
-    EngineError::NotFound(format!("no experiment {:?}", entry.key))
+    Missing::Experiment(entry.key.clone()).into()
 }
 
 /// A store failure for an experiment's units; "not found" means the
@@ -125,10 +127,7 @@ impl Engine {
                     continue;
                 }
                 let Ok(experiment) = &p.entry.experiment else {
-                    out.push((
-                        at,
-                        Err(EngineError::Internal("checked when decided".into())),
-                    ));
+                    out.push((at, Err(EngineError::invariant("checked when decided"))));
                     continue;
                 };
                 let key = p.key();
@@ -243,15 +242,10 @@ impl Engine {
             }
             todo = later;
         }
-        out.extend(todo.into_iter().map(|(at, _)| {
-            (
-                at,
-                Err(EngineError::Unavailable(
-                    "the sticky assignment kept changing under concurrent writers; try again"
-                        .into(),
-                )),
-            )
-        }));
+        out.extend(
+            todo.into_iter()
+                .map(|(at, _)| (at, Err(EngineError::from(Unavailable::StickyContended)))),
+        );
         out
     }
 

@@ -83,14 +83,13 @@ impl ApiError {
     }
 
     /// A failure of allot's own: the body says only that it happened.
-    pub fn internal(cause: impl Into<String>) -> Self {
-        let cause: Box<dyn StdError + Send + Sync> = cause.into().into();
+    pub fn internal(cause: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "internal error; the request id identifies it in the server log",
         )
-        .with_cause(Arc::from(cause))
+        .with_cause(Arc::from(cause.into()))
     }
 
     /// The store failed: 503 when it went away (try again), else 500.
@@ -118,7 +117,7 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
+            EngineError::NotFound(m) => Self::not_found(m.to_string()),
             EngineError::Validation(details) => {
                 let message = match details.as_slice() {
                     [one] => format!(
@@ -146,15 +145,15 @@ impl From<EngineError> for ApiError {
                 e.to_string(),
             ),
             EngineError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            EngineError::Unavailable(m) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            EngineError::Unavailable(reason) => {
+                Self::unavailable(reason.to_string()).with_cause(Arc::new(reason))
             }
             EngineError::Store(e) => {
                 // Counted here, where the failure becomes an answer.
                 crate::engine::count_store_error(&e);
                 Self::store(e)
             }
-            EngineError::Internal(m) => Self::internal(m),
+            EngineError::Internal(e) => Self::internal(e),
         }
     }
 }
