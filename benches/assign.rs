@@ -79,11 +79,16 @@ fn decision(c: &mut Criterion) {
         store.migrate().await.expect("migrate");
         let engine = Arc::new(Engine::load(store).await.expect("engine"));
         engine
-            .put_flag(FLAG, &flag_doc(), None)
+            .put_flag(&Key::parse(FLAG).expect("key"), &flag_doc(), None)
             .await
             .expect("flag");
         engine
-            .put_experiment("code-review", &experiment_doc(), None, None)
+            .put_experiment(
+                &Key::parse("code-review").expect("key"),
+                &experiment_doc(),
+                None,
+                None,
+            )
             .await
             .expect("experiment");
         engine

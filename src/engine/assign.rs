@@ -7,7 +7,6 @@
 use crate::engine::{Missing, Unavailable};
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
@@ -22,7 +21,7 @@ use crate::domain::problem::pointer;
 pub const MAX_BATCH: usize = 1000;
 
 /// The answer for one unit.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct Assignment {
     pub experiment: String,
     pub version: i64,

@@ -3,37 +3,32 @@
 use crate::engine::{Internal, Missing, Unavailable};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::flags::{path_key, Outcome};
+use super::flags::Outcome;
 use super::snapshot::{parse_experiment, parse_stored, ExperimentEntry};
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, Served, Unusable};
 use crate::domain::experiment::ExperimentConfig;
 use crate::domain::ids::Key;
 use crate::domain::layout::Range;
 use crate::domain::precondition::Precondition;
 use crate::store::{ExperimentRecord, ExperimentWritten, NewVersion, Plan, StoreError};
 
-/// An experiment as served: its config, identity and current layout.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ExperimentView {
-    pub key: String,
-    #[serde(flatten)]
+/// An experiment's document and the layout its current version serves.
+#[derive(Debug, Clone)]
+pub struct Definition {
     pub config: ExperimentConfig,
-    pub version: i64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
     pub layout: Vec<Range>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct VersionView {
+/// An experiment as served.
+pub type ServedExperiment = Served<Definition>;
+
+/// One stored version of an experiment, as its history lists it.
+#[derive(Debug, Clone)]
+pub struct ExperimentVersion {
     pub version: i64,
-    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub actor: Option<String>,
     /// This version deleted the experiment (its config is null).
@@ -46,18 +41,20 @@ fn not_found(key: &str) -> EngineError {
     Missing::Experiment(key.to_string()).into()
 }
 
-fn view(entry: &ExperimentEntry) -> Result<ExperimentView, EngineError> {
+fn serve(entry: &ExperimentEntry) -> Result<ServedExperiment, EngineError> {
     let experiment = entry
         .experiment
         .as_ref()
         .map_err(|e| EngineError::from(Unavailable::BrokenConfig(e.clone())))?;
-    Ok(ExperimentView {
+    Ok(Served {
         key: entry.key.clone(),
-        config: experiment.config.clone(),
         version: entry.version,
         created_at: entry.created_at,
         updated_at: entry.updated_at,
-        layout: experiment.ranges(),
+        document: Definition {
+            config: experiment.config.clone(),
+            layout: experiment.ranges(),
+        },
     })
 }
 
@@ -89,14 +86,14 @@ impl Engine {
             .ok_or_else(|| not_found(key))
     }
 
-    /// Every experiment, by key. One whose stored config cannot be used is
-    /// listed with an `unavailable` message instead of its config.
-    pub fn list_experiments(&self) -> Vec<Value> {
-        super::list_sorted(&self.snapshot().experiments, view, |e| e.version)
+    /// Every experiment, by key; one whose stored config cannot be used is
+    /// listed with its problem instead.
+    pub fn list_experiments(&self) -> Vec<Result<ServedExperiment, Unusable>> {
+        super::list_sorted(&self.snapshot().experiments, serve, |e| e.version)
     }
 
-    pub async fn get_experiment(&self, key: &str) -> Result<ExperimentView, EngineError> {
-        view(&*self.experiment_entry(key).await?)
+    pub async fn get_experiment(&self, key: &str) -> Result<ServedExperiment, EngineError> {
+        serve(&*self.experiment_entry(key).await?)
     }
 
     /// Validates and stores a new version (or nothing, for an identical
@@ -105,25 +102,28 @@ impl Engine {
     /// concurrent writers, on any replica, are applied one after another.
     pub async fn put_experiment(
         &self,
-        key: &str,
+        key: &Key,
         doc: &Value,
         if_match: Option<Precondition>,
         actor: Option<String>,
-    ) -> Result<(ExperimentView, Outcome), EngineError> {
-        let served = self.snapshot().experiments.get(key).map(|e| e.version);
+    ) -> Result<(ServedExperiment, Outcome), EngineError> {
+        let served = self
+            .snapshot()
+            .experiments
+            .get(key.as_str())
+            .map(|e| e.version);
         let result = self.write_experiment(key, doc, if_match, actor).await;
         self.caught_up_after(result, served).await
     }
 
     async fn write_experiment(
         &self,
-        key: &str,
+        key: &Key,
         doc: &Value,
         if_match: Option<Precondition>,
         actor: Option<String>,
-    ) -> Result<(ExperimentView, Outcome), EngineError> {
-        let key = path_key(key, "experiment")?;
-        let config = ExperimentConfig::parse(&key, doc).map_err(EngineError::Validation)?;
+    ) -> Result<(ServedExperiment, Outcome), EngineError> {
+        let config = ExperimentConfig::parse(key, doc).map_err(EngineError::Validation)?;
         let document =
             serde_json::to_value(&config).map_err(|e| EngineError::from(Internal::from(e)))?;
         // A stored version that cannot be used (edited by hand) is repaired by
@@ -236,11 +236,11 @@ impl Engine {
                         tracing::warn!(experiment = %key, error = %e, "matching after a config change failed; the sweeper retries");
                     }
                 }
-                Ok((self.record_view(record, config)?, outcome))
+                Ok((self.serve_record(record, config)?, outcome))
             }
             None => match verdict.into_inner().unwrap_or_else(|p| p.into_inner()) {
                 Some(Ok(unchanged)) => {
-                    Ok((self.record_view(unchanged, config)?, Outcome::Unchanged))
+                    Ok((self.serve_record(unchanged, config)?, Outcome::Unchanged))
                 }
                 Some(Err(e)) => Err(e),
                 None => Err(EngineError::invariant(
@@ -250,24 +250,23 @@ impl Engine {
         }
     }
 
-    fn record_view(
+    fn serve_record(
         &self,
         record: ExperimentRecord,
         config: ExperimentConfig,
-    ) -> Result<ExperimentView, EngineError> {
+    ) -> Result<ServedExperiment, EngineError> {
         let layout = serde_json::from_str(&record.layout).map_err(|e| {
             EngineError::from(Unavailable::MalformedLayout {
                 experiment: record.key.clone(),
                 source: Arc::new(e),
             })
         })?;
-        Ok(ExperimentView {
+        Ok(Served {
             key: record.key,
-            config,
             version: record.version,
             created_at: record.created_at,
             updated_at: record.updated_at,
-            layout,
+            document: Definition { config, layout },
         })
     }
 
@@ -323,7 +322,10 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionView>, EngineError> {
+    pub async fn experiment_versions(
+        &self,
+        key: &str,
+    ) -> Result<Vec<ExperimentVersion>, EngineError> {
         let records = self
             .store
             .experiment_versions(key)
@@ -334,7 +336,7 @@ impl Engine {
             })?;
         Ok(records
             .into_iter()
-            .map(|r| VersionView {
+            .map(|r| ExperimentVersion {
                 version: r.version,
                 created_at: r.created_at,
                 actor: r.actor,

@@ -3,48 +3,21 @@
 use crate::engine::{Internal, Missing, Unavailable};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
 
 use super::snapshot::FlagEntry;
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, Page, Served, Unusable};
 use crate::domain::flag::{FlagConfig, FlagReason};
 use crate::domain::ids::{Key, OrgId};
 use crate::domain::precondition::Precondition;
 use crate::store::{FlagRecord, FlagWritten, OverrideRecord, OverrideWritten, Plan, StoreError};
 
 /// A flag as served.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct FlagView {
-    pub key: String,
-    #[serde(flatten)]
-    pub config: FlagConfig,
-    pub version: i64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-}
+pub type ServedFlag = Served<FlagConfig>;
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct OverrideView {
-    pub flag: String,
-    pub org_id: String,
-    pub enabled: bool,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct OverridePage {
-    pub overrides: Vec<OverrideView>,
-    /// Pass as `after` to get the next page; null on the last page.
-    pub next: Option<String>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct FlagEvaluation {
+/// A flag's decision for one org, with the reason (§2).
+#[derive(Debug, Clone)]
+pub struct Evaluation {
     pub flag: String,
     pub org_id: String,
     pub enabled: bool,
@@ -61,23 +34,17 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// Parses a key taken from the URL.
-pub fn path_key(raw: &str, what: &str) -> Result<Key, EngineError> {
-    Key::parse(raw)
-        .map_err(|e| EngineError::validation("", format!("the {what} key in the URL {e}")))
-}
-
-fn view(entry: &FlagEntry) -> Result<FlagView, EngineError> {
+fn serve(entry: &FlagEntry) -> Result<ServedFlag, EngineError> {
     let flag = entry
         .flag
         .as_ref()
         .map_err(|e| EngineError::from(Unavailable::BrokenConfig(e.clone())))?;
-    Ok(FlagView {
+    Ok(Served {
         key: entry.key.clone(),
-        config: flag.config.clone(),
         version: entry.version,
         created_at: entry.created_at,
         updated_at: entry.updated_at,
+        document: flag.config.clone(),
     })
 }
 
@@ -102,34 +69,33 @@ impl Engine {
             .ok_or_else(|| not_found(key))
     }
 
-    /// Every flag, by key. One whose stored document cannot be used is
-    /// listed with an `unavailable` message instead of its config.
-    pub fn list_flags(&self) -> Vec<Value> {
-        super::list_sorted(&self.snapshot().flags, view, |f| f.version)
+    /// Every flag, by key; one whose stored document cannot be used is
+    /// listed with its problem instead.
+    pub fn list_flags(&self) -> Vec<Result<ServedFlag, Unusable>> {
+        super::list_sorted(&self.snapshot().flags, serve, |f| f.version)
     }
 
-    pub async fn get_flag(&self, key: &str) -> Result<FlagView, EngineError> {
-        view(&*self.flag_entry(key).await?)
+    pub async fn get_flag(&self, key: &str) -> Result<ServedFlag, EngineError> {
+        serve(&*self.flag_entry(key).await?)
     }
 
     pub async fn put_flag(
         &self,
-        key: &str,
+        key: &Key,
         doc: &Value,
         if_match: Option<Precondition>,
-    ) -> Result<(FlagView, Outcome), EngineError> {
-        let served = self.snapshot().flags.get(key).map(|f| f.version);
+    ) -> Result<(ServedFlag, Outcome), EngineError> {
+        let served = self.snapshot().flags.get(key.as_str()).map(|f| f.version);
         let result = self.write_flag(key, doc, if_match).await;
         self.caught_up_after(result, served).await
     }
 
     async fn write_flag(
         &self,
-        key: &str,
+        key: &Key,
         doc: &Value,
         if_match: Option<Precondition>,
-    ) -> Result<(FlagView, Outcome), EngineError> {
-        let key = path_key(key, "flag")?;
+    ) -> Result<(ServedFlag, Outcome), EngineError> {
         let config = FlagConfig::parse(doc).map_err(EngineError::Validation)?;
         let document =
             serde_json::to_value(&config).map_err(|e| EngineError::from(Internal::from(e)))?;
@@ -183,12 +149,12 @@ impl Engine {
             },
         };
         Ok((
-            FlagView {
+            Served {
                 key: record.key,
-                config,
                 version: record.version,
                 created_at: record.created_at,
                 updated_at: record.updated_at,
+                document: config,
             },
             outcome,
         ))
@@ -231,7 +197,7 @@ impl Engine {
         key: &str,
         org: &OrgId,
         enabled: bool,
-    ) -> Result<(OverrideView, Outcome), EngineError> {
+    ) -> Result<(OverrideRecord, Outcome), EngineError> {
         let _guard = self.writes.lock().await;
         let OverrideWritten {
             record,
@@ -250,7 +216,7 @@ impl Engine {
         })
         .await;
         Ok((
-            override_view(record),
+            record,
             if created {
                 Outcome::Created
             } else {
@@ -282,7 +248,7 @@ impl Engine {
         key: &str,
         limit: i64,
         after: Option<&str>,
-    ) -> Result<OverridePage, EngineError> {
+    ) -> Result<Page<OverrideRecord, String>, EngineError> {
         self.flag_entry(key).await?;
         let mut records = self.store.list_overrides(key, limit + 1, after).await?;
         let more = records.len() as i64 > limit;
@@ -292,8 +258,8 @@ impl Engine {
         } else {
             None
         };
-        Ok(OverridePage {
-            overrides: records.into_iter().map(override_view).collect(),
+        Ok(Page {
+            items: records,
             next,
         })
     }
@@ -305,12 +271,12 @@ impl Engine {
         key: &str,
         org: OrgId,
         attributes: Map<String, Value>,
-    ) -> Result<FlagEvaluation, EngineError> {
+    ) -> Result<Evaluation, EngineError> {
         let entry = self.flag_entry(key).await?;
         let decision = entry
             .decide(org.as_str(), attributes)
             .map_err(|e| EngineError::from(Unavailable::BrokenConfig(e.to_owned())))?;
-        Ok(FlagEvaluation {
+        Ok(Evaluation {
             flag: entry.key.clone(),
             enabled: decision.enabled,
             reason: decision.reason,
@@ -318,14 +284,5 @@ impl Engine {
             version: entry.version,
             org_id: org.into_string(),
         })
-    }
-}
-
-fn override_view(r: OverrideRecord) -> OverrideView {
-    OverrideView {
-        flag: r.flag_key,
-        org_id: r.org_id,
-        enabled: r.enabled,
-        updated_at: r.updated_at,
     }
 }

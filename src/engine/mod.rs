@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::domain::precondition::Precondition;
@@ -352,25 +351,49 @@ impl Engine {
     }
 }
 
-/// Lists snapshot entries sorted by key. An entry whose stored document
-/// cannot be used is listed as `{"key", "version", "unavailable": why}`
-/// instead of being hidden.
-fn list_sorted<E, V: Serialize>(
+/// A configuration entity (a flag, an experiment) as this replica serves
+/// it: its document and the identity of its current version.
+#[derive(Debug, Clone)]
+pub struct Served<T> {
+    pub key: String,
+    pub version: i64,
+    pub created_at: time::OffsetDateTime,
+    pub updated_at: time::OffsetDateTime,
+    pub document: T,
+}
+
+/// An entity whose stored document cannot be used (§3): listed with its
+/// problem rather than hidden.
+#[derive(Debug, Clone)]
+pub struct Unusable {
+    pub key: String,
+    pub version: i64,
+    pub problem: String,
+}
+
+/// One page of a listing, and the cursor of the next one if there is more.
+#[derive(Debug, Clone)]
+pub struct Page<T, C> {
+    pub items: Vec<T>,
+    pub next: Option<C>,
+}
+
+/// Snapshot entries sorted by key, each served or unusable.
+fn list_sorted<E, T>(
     entries: &HashMap<String, Arc<E>>,
-    view: impl Fn(&E) -> Result<V, EngineError>,
+    serve: impl Fn(&E) -> Result<Served<T>, EngineError>,
     version: impl Fn(&E) -> i64,
-) -> Vec<Value> {
+) -> Vec<Result<Served<T>, Unusable>> {
     let mut keys: Vec<&String> = entries.keys().collect();
     keys.sort();
     keys.into_iter()
         .map(|key| {
             let entry = &entries[key];
-            match view(entry) {
-                Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
-                Err(e) => {
-                    json!({"key": key, "version": version(entry), "unavailable": e.to_string()})
-                }
-            }
+            serve(entry).map_err(|e| Unusable {
+                key: key.clone(),
+                version: version(entry),
+                problem: e.to_string(),
+            })
         })
         .collect()
 }
@@ -384,7 +407,12 @@ mod tests {
     use serde_json::json;
 
     use super::Engine;
+    use crate::domain::ids::Key;
     use crate::store::{self, PoolOptions, Store};
+
+    fn key(text: &str) -> Key {
+        Key::parse(text).expect("a valid key")
+    }
 
     async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
         let url = format!("sqlite://{}", dir.path().join("engine.db").display());
@@ -407,7 +435,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_written_elsewhere_is_looked_up_before_it_is_called_unknown() {
         let (_dir, a, b) = replicas().await;
-        a.put_flag("f", &json!({"enabled": true}), None)
+        a.put_flag(&key("f"), &json!({"enabled": true}), None)
             .await
             .unwrap();
         assert!(!b.snapshot().flags.contains_key("f"), "nothing told b");
@@ -426,7 +454,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_misses_share_their_lookups() {
         let (_dir, a, b) = replicas().await;
-        a.put_flag("f", &json!({"enabled": true}), None)
+        a.put_flag(&key("f"), &json!({"enabled": true}), None)
             .await
             .unwrap();
         let calls: Vec<_> = (0..20)
@@ -447,13 +475,13 @@ mod tests {
     #[tokio::test]
     async fn a_write_behind_the_store_catches_up_with_what_it_missed() {
         let (_dir, a, b) = replicas().await;
-        b.put_flag("from-b", &json!({"enabled": true}), None)
+        b.put_flag(&key("from-b"), &json!({"enabled": true}), None)
             .await
             .unwrap();
-        b.put_experiment("e-b", &json!({}), None, None)
+        b.put_experiment(&key("e-b"), &json!({}), None, None)
             .await
             .unwrap();
-        a.put_flag("from-a", &json!({"enabled": false}), None)
+        a.put_flag(&key("from-a"), &json!({"enabled": false}), None)
             .await
             .unwrap();
         let snapshot = a.snapshot();

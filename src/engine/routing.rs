@@ -12,21 +12,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use super::flags::Outcome;
 use super::snapshot::ExperimentEntry;
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, Page};
 use crate::domain::experiment::Experiment;
 use crate::domain::ids::ParticipantId;
 use crate::domain::routing::lifecycle::{
     self, Cohort, Operation, Participant, ParticipantStatus, Refusal, Study,
 };
 use crate::domain::routing::resolve_variables;
-use crate::store::{RouteOutcome, RouteScope, Routed, StaleConfig, StoreError};
+use crate::store::{EventRecord, RouteOutcome, RouteScope, Routed, StaleConfig, StoreError};
 
 /// How many times a call re-plans after finding its configuration stale.
 const PLAN_ATTEMPTS: usize = 3;
@@ -59,7 +58,7 @@ pub(crate) struct Queue {
 struct Call {
     participant_id: String,
     operation: Operation,
-    reply: oneshot::Sender<Result<ParticipantView, EngineError>>,
+    reply: oneshot::Sender<Result<RoutedParticipant, EngineError>>,
 }
 
 /// Forgets an experiment's queue when its drain task ends, however it ends,
@@ -82,87 +81,27 @@ impl Drop for DrainGuard<'_> {
     }
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CohortRef {
-    pub id: String,
-    pub alias: Option<String>,
-    pub name: String,
-}
-
-/// A participant as every routing call answers it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ParticipantView {
-    pub participant_id: String,
-    pub status: ParticipantStatus,
-    pub cohort: Option<CohortRef>,
-    pub group: Option<String>,
-    pub entry: Option<String>,
+/// A participant as every routing call answers it: with its cohort, and
+/// the variables that cohort resolves to (§5).
+#[derive(Debug, Clone)]
+pub struct RoutedParticipant {
+    pub participant: Participant,
+    pub cohort: Option<Cohort>,
     pub variables: Map<String, Value>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub waiting_since: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Members {
-    pub assigned: u32,
-    pub pending: u32,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CohortView {
-    pub id: String,
-    pub alias: Option<String>,
-    pub name: String,
-    pub description: String,
-    pub capacity: Option<u32>,
-    pub members: Members,
-    pub overflow_of: Option<String>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EventView {
-    /// Cursor: pass as `before` for older events.
-    pub id: i64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-    #[serde(flatten)]
-    pub event: lifecycle::Event,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EventPage {
-    pub events: Vec<EventView>,
-    /// Pass as `before` for the next (older) page; null on the last page.
-    pub next_before: Option<i64>,
-}
-
-fn participant_view(
-    p: &Participant,
-    cohorts: &[Cohort],
-    experiment: &Experiment,
-) -> ParticipantView {
+fn with_cohort(p: &Participant, cohorts: &[Cohort], experiment: &Experiment) -> RoutedParticipant {
     let cohort = p
         .cohort_id
         .as_ref()
         .and_then(|id| cohorts.iter().find(|c| &c.id == id));
-    ParticipantView {
-        participant_id: p.id.clone(),
-        status: p.status,
-        cohort: cohort.map(|c| CohortRef {
-            id: c.id.clone(),
-            alias: c.alias.clone(),
-            name: c.name.clone(),
-        }),
-        group: p.group.clone(),
-        entry: p.entry.clone(),
+    RoutedParticipant {
+        participant: p.clone(),
+        cohort: cohort.cloned(),
         variables: resolve_variables(
             &experiment.config.variables,
             cohort.and_then(|c| c.alias.as_deref()),
         ),
-        waiting_since: p.waiting_since,
-        updated_at: p.updated_at,
     }
 }
 
@@ -264,7 +203,7 @@ impl Engine {
         key: &str,
         id: &ParticipantId,
         operation: Operation,
-    ) -> Result<ParticipantView, EngineError> {
+    ) -> Result<RoutedParticipant, EngineError> {
         self.routable(key).await?;
         let (reply, answer) = oneshot::channel();
         let lead = {
@@ -313,9 +252,7 @@ impl Engine {
                     let Routed { changes, cohorts } = routed;
                     for (call, answer) in batch.into_iter().zip(changes.answers) {
                         let view = match (&entry.experiment, answer) {
-                            (Ok(experiment), Ok(p)) => {
-                                Ok(participant_view(&p, &cohorts, experiment))
-                            }
+                            (Ok(experiment), Ok(p)) => Ok(with_cohort(&p, &cohorts, experiment)),
                             (_, Err(Refusal::NotFound)) => {
                                 Err(no_participant(&call.participant_id))
                             }
@@ -342,7 +279,7 @@ impl Engine {
         key: &str,
         id: &ParticipantId,
         attributes: Value,
-    ) -> Result<(ParticipantView, Outcome), EngineError> {
+    ) -> Result<(RoutedParticipant, Outcome), EngineError> {
         // Checked against the stored experiment: one deleted (or deleted and
         // created afresh) on another replica is caught up with, then the
         // registration goes to the key's live experiment, if there is one.
@@ -388,7 +325,7 @@ impl Engine {
         self: &Arc<Self>,
         key: &str,
         participant_id: &ParticipantId,
-    ) -> Result<ParticipantView, EngineError> {
+    ) -> Result<RoutedParticipant, EngineError> {
         self.queue_call(key, participant_id, Operation::Route).await
     }
 
@@ -396,7 +333,7 @@ impl Engine {
         self: &Arc<Self>,
         key: &str,
         participant_id: &ParticipantId,
-    ) -> Result<ParticipantView, EngineError> {
+    ) -> Result<RoutedParticipant, EngineError> {
         self.queue_call(key, participant_id, Operation::Accept)
             .await
     }
@@ -405,7 +342,7 @@ impl Engine {
         self: &Arc<Self>,
         key: &str,
         participant_id: &ParticipantId,
-    ) -> Result<ParticipantView, EngineError> {
+    ) -> Result<RoutedParticipant, EngineError> {
         self.queue_call(key, participant_id, Operation::Decline)
             .await
     }
@@ -414,7 +351,7 @@ impl Engine {
         &self,
         key: &str,
         participant_id: &str,
-    ) -> Result<ParticipantView, EngineError> {
+    ) -> Result<RoutedParticipant, EngineError> {
         let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::invariant("checked above"));
@@ -425,36 +362,19 @@ impl Engine {
             .await?
             .ok_or_else(|| no_participant(participant_id))?;
         let cohorts = self.store.cohorts(&entry.id).await?;
-        Ok(participant_view(&p, &cohorts, experiment))
+        Ok(with_cohort(&p, &cohorts, experiment))
     }
 
-    pub async fn cohorts(&self, key: &str) -> Result<Vec<CohortView>, EngineError> {
+    pub async fn cohorts(&self, key: &str) -> Result<Vec<Cohort>, EngineError> {
         let entry = self.experiment_entry(key).await?;
-        Ok(self
-            .store
-            .cohorts(&entry.id)
-            .await?
-            .into_iter()
-            .map(|c| CohortView {
-                id: c.id,
-                alias: c.alias,
-                name: c.name,
-                description: c.description,
-                capacity: c.capacity,
-                members: Members {
-                    assigned: c.assigned,
-                    pending: c.pending,
-                },
-                overflow_of: c.overflow_of,
-            })
-            .collect())
+        Ok(self.store.cohorts(&entry.id).await?)
     }
 
     pub async fn cohort_participants(
         &self,
         key: &str,
         cohort_id: &str,
-    ) -> Result<Vec<ParticipantView>, EngineError> {
+    ) -> Result<Vec<RoutedParticipant>, EngineError> {
         let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::invariant("checked above"));
@@ -470,7 +390,7 @@ impl Engine {
         let members = self.store.cohort_participants(&entry.id, cohort_id).await?;
         Ok(members
             .iter()
-            .map(|p| participant_view(p, &cohorts, experiment))
+            .map(|p| with_cohort(p, &cohorts, experiment))
             .collect())
     }
 
@@ -479,7 +399,7 @@ impl Engine {
         key: &str,
         limit: i64,
         before: Option<i64>,
-    ) -> Result<EventPage, EngineError> {
+    ) -> Result<Page<EventRecord, i64>, EngineError> {
         let entry = self.experiment_entry(key).await?;
         let mut records = self
             .store
@@ -492,17 +412,9 @@ impl Engine {
         } else {
             None
         };
-        let events = records
-            .into_iter()
-            .map(|r| EventView {
-                id: r.id,
-                at: r.at,
-                event: r.event,
-            })
-            .collect();
-        Ok(EventPage {
-            events,
-            next_before,
+        Ok(Page {
+            items: records,
+            next: next_before,
         })
     }
 

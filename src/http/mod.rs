@@ -8,6 +8,7 @@ pub mod extract;
 pub mod openapi;
 pub(crate) mod requests;
 pub mod routes;
+pub mod views;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

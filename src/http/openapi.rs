@@ -103,7 +103,7 @@ pub struct BatchInput {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum BatchResult {
-    Assigned(crate::engine::assign::Assignment),
+    Assigned(crate::http::views::Assignment),
     Failed(ErrorBody),
 }
 

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::domain::ids::{Id, OrgId, UnitId};
+use crate::domain::ids::{Id, Key, OrgId, UnitId};
 use crate::domain::limits;
 use crate::domain::problem::{pointer, Problem};
 use crate::engine::assign::{AssignRequest, BatchItem, MAX_BATCH};
@@ -14,6 +14,12 @@ use crate::engine::EngineError;
 /// Parses an id (of an org, a participant…) taken from the URL.
 pub(crate) fn path_id<K>(raw: &str, what: &str) -> Result<Id<K>, EngineError> {
     Id::parse(raw).map_err(|e| EngineError::validation("", format!("the {what} in the URL {e}")))
+}
+
+/// Parses a flag or experiment key taken from the URL.
+pub(crate) fn path_key(raw: &str, what: &str) -> Result<Key, EngineError> {
+    Key::parse(raw)
+        .map_err(|e| EngineError::validation("", format!("the {what} key in the URL {e}")))
 }
 
 /// Takes the optional `attributes` object out of a request body at `at`,

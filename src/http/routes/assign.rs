@@ -5,12 +5,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa_axum::routes;
 
-use crate::engine::assign::Assignment;
 use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, PathParams, RequestId};
 use crate::http::openapi::{AssignInput, BatchAnswer, BatchInput, BatchResult, ErrorBody};
 use crate::http::requests;
+use crate::http::views::Assignment;
 use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
@@ -31,7 +31,8 @@ async fn assign(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let request = requests::assign_request(body, "")?;
-    Ok(Json(state.engine.assign(&key, request).await?).into_response())
+    let assignment = state.engine.assign(&key, request).await?;
+    Ok(Json(Assignment::from(assignment)).into_response())
 }
 
 /// Up to 1000 assignments in request order; an item's error does not fail the others.
@@ -50,7 +51,7 @@ async fn assign_batch(
         .await
         .into_iter()
         .map(|r| match r {
-            Ok(a) => BatchResult::Assigned(a),
+            Ok(a) => BatchResult::Assigned(a.into()),
             Err(e) => BatchResult::Failed(ErrorBody {
                 error: ApiError::from(e).object(&request_id),
             }),

@@ -7,11 +7,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::routes;
 
-use crate::engine::routing::{CohortView, EventPage, ParticipantView};
 use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{PathParams, QueryParams};
 use crate::http::openapi::ErrorBody;
+use crate::http::views::{self, CohortView, EventPage, ParticipantView};
 use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
@@ -30,7 +30,8 @@ async fn list(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.engine.cohorts(&key).await?).into_response())
+    let cohorts = state.engine.cohorts(&key).await?;
+    Ok(Json(views::all::<_, CohortView>(cohorts)).into_response())
 }
 
 /// The participants of one cohort.
@@ -43,7 +44,8 @@ async fn members(
     State(state): State<AppState>,
     PathParams((key, cohort)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.engine.cohort_participants(&key, &cohort).await?).into_response())
+    let members = state.engine.cohort_participants(&key, &cohort).await?;
+    Ok(Json(views::all::<_, ParticipantView>(members)).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -66,11 +68,9 @@ async fn events(
     QueryParams(page): QueryParams<Page>,
 ) -> Result<Response, ApiError> {
     let limit = super::page_limit(page.limit)?;
-    Ok(Json(
-        state
-            .engine
-            .routing_events(&key, limit, page.before)
-            .await?,
-    )
-    .into_response())
+    let events = state
+        .engine
+        .routing_events(&key, limit, page.before)
+        .await?;
+    Ok(Json(EventPage::from(events)).into_response())
 }

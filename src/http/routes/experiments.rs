@@ -8,12 +8,12 @@ use utoipa_axum::routes;
 
 use super::{versioned, write_status};
 use crate::domain::experiment::ExperimentConfig;
-use crate::engine::experiments::{ExperimentView, VersionView};
 use crate::http::auth::{Access, Actor, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams};
 use crate::http::openapi::ErrorBody;
-use crate::http::AppState;
+use crate::http::views::{self, ExperimentListEntry, ExperimentView, VersionView};
+use crate::http::{requests, AppState};
 
 pub fn router() -> Routes<AppState> {
     Routes::new()
@@ -25,9 +25,12 @@ pub fn router() -> Routes<AppState> {
 
 /// Every experiment, by key.
 #[utoipa::path(get, path = "/v1/experiments", tag = "experiments", security(("bearer" = [])),
-    responses((status = 200, body = Vec<ExperimentView>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Vec<ExperimentListEntry>), (status = 401, body = ErrorBody)))]
 async fn list(State(state): State<AppState>) -> Response {
-    Json(state.engine.list_experiments()).into_response()
+    Json(views::all::<_, ExperimentListEntry>(
+        state.engine.list_experiments(),
+    ))
+    .into_response()
 }
 
 /// One experiment with its current layout (`ETag` is its version).
@@ -40,7 +43,11 @@ async fn read(
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let experiment = state.engine.get_experiment(&key).await?;
-    Ok(versioned(StatusCode::OK, experiment.version, experiment))
+    Ok(versioned(
+        StatusCode::OK,
+        experiment.version,
+        ExperimentView::from(experiment),
+    ))
 }
 
 /// Creates (201) or updates (200) an experiment: a new version with its
@@ -61,6 +68,7 @@ async fn upsert(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let actor = actor.and_then(|Extension(Actor(name))| name);
+    let key = requests::path_key(&key, "experiment")?;
     let (experiment, outcome) = state
         .engine
         .put_experiment(&key, &body, if_match, actor)
@@ -68,7 +76,7 @@ async fn upsert(
     Ok(versioned(
         write_status(outcome),
         experiment.version,
-        experiment,
+        ExperimentView::from(experiment),
     ))
 }
 
@@ -104,5 +112,6 @@ async fn versions(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.engine.experiment_versions(&key).await?).into_response())
+    let versions = state.engine.experiment_versions(&key).await?;
+    Ok(Json(views::all::<_, VersionView>(versions)).into_response())
 }

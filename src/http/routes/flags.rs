@@ -12,11 +12,13 @@ use utoipa_axum::routes;
 
 use super::{versioned, write_status};
 use crate::domain::flag::FlagConfig;
-use crate::engine::flags::{FlagEvaluation, FlagView, OverridePage, OverrideView};
 use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams, QueryParams};
 use crate::http::openapi::{ErrorBody, EvaluateInput, OverrideInput};
+use crate::http::views::{
+    self, FlagEvaluation, FlagListEntry, FlagView, OverridePage, OverrideView,
+};
 use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
@@ -31,9 +33,9 @@ pub fn router() -> Routes<AppState> {
 
 /// Every flag, by key.
 #[utoipa::path(get, path = "/v1/flags", tag = "flags", security(("bearer" = [])),
-    responses((status = 200, body = Vec<FlagView>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Vec<FlagListEntry>), (status = 401, body = ErrorBody)))]
 async fn list(State(state): State<AppState>) -> Response {
-    Json(state.engine.list_flags()).into_response()
+    Json(views::all::<_, FlagListEntry>(state.engine.list_flags())).into_response()
 }
 
 /// One flag (`ETag` is its version).
@@ -46,7 +48,11 @@ async fn read(
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let flag = state.engine.get_flag(&key).await?;
-    Ok(versioned(StatusCode::OK, flag.version, flag))
+    Ok(versioned(
+        StatusCode::OK,
+        flag.version,
+        FlagView::from(flag),
+    ))
 }
 
 /// Creates (201) or updates (200) a flag; an identical document makes no new version.
@@ -63,8 +69,13 @@ async fn upsert(
     IfMatch(if_match): IfMatch,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    let key = requests::path_key(&key, "flag")?;
     let (flag, outcome) = state.engine.put_flag(&key, &body, if_match).await?;
-    Ok(versioned(write_status(outcome), flag.version, flag))
+    Ok(versioned(
+        write_status(outcome),
+        flag.version,
+        FlagView::from(flag),
+    ))
 }
 
 /// Deletes a flag and its overrides (409 while an experiment uses it).
@@ -107,7 +118,7 @@ async fn list_overrides(
         .engine
         .list_overrides(&key, limit, page.after.as_deref())
         .await?;
-    Ok(Json(page).into_response())
+    Ok(Json(OverridePage::from(page)).into_response())
 }
 
 /// Sets an org's explicit decision (201 new, 200 replaced).
@@ -124,8 +135,8 @@ async fn set_override(
 ) -> Result<Response, ApiError> {
     let org: OrgId = requests::path_id(&org_id, "org id")?;
     let enabled = requests::override_enabled(&body)?;
-    let (view, outcome) = state.engine.set_override(&key, &org, enabled).await?;
-    Ok((write_status(outcome), Json(view)).into_response())
+    let (record, outcome) = state.engine.set_override(&key, &org, enabled).await?;
+    Ok((write_status(outcome), Json(OverrideView::from(record))).into_response())
 }
 
 /// Removes an org's override.
@@ -153,5 +164,6 @@ async fn evaluate(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let (org, attributes) = requests::evaluation(body)?;
-    Ok(Json(state.engine.evaluate_flag(&key, org, attributes).await?).into_response())
+    let evaluation = state.engine.evaluate_flag(&key, org, attributes).await?;
+    Ok(Json(FlagEvaluation::from(evaluation)).into_response())
 }

@@ -9,11 +9,11 @@ use axum::Json;
 use utoipa_axum::routes;
 
 use super::write_status;
-use crate::engine::routing::ParticipantView;
 use crate::http::auth::{Access, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, PathParams};
 use crate::http::openapi::{ErrorBody, ParticipantInput};
+use crate::http::views::ParticipantView;
 use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
@@ -46,7 +46,7 @@ async fn register(
         .engine
         .register_participant(&key, &id, attributes)
         .await?;
-    Ok((write_status(outcome), Json(view)).into_response())
+    Ok((write_status(outcome), Json(ParticipantView::from(view))).into_response())
 }
 
 /// A participant's status, cohort and resolved variables.
@@ -59,7 +59,8 @@ async fn read(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.engine.get_participant(&key, &id).await?).into_response())
+    let participant = state.engine.get_participant(&key, &id).await?;
+    Ok(Json(ParticipantView::from(participant)).into_response())
 }
 
 /// Puts a new participant in the waiting pool and runs matching; any other
@@ -74,7 +75,8 @@ async fn route(
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
     let id: ParticipantId = requests::path_id(&id, "participant id")?;
-    Ok(Json(state.engine.route_participant(&key, &id).await?).into_response())
+    let participant = state.engine.route_participant(&key, &id).await?;
+    Ok(Json(ParticipantView::from(participant)).into_response())
 }
 
 /// A pending participant accepts its seat (an assigned one answers as it is).
@@ -88,7 +90,8 @@ async fn accept(
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
     let id: ParticipantId = requests::path_id(&id, "participant id")?;
-    Ok(Json(state.engine.accept(&key, &id).await?).into_response())
+    let participant = state.engine.accept(&key, &id).await?;
+    Ok(Json(ParticipantView::from(participant)).into_response())
 }
 
 /// A pending participant declines; its seat is freed (a declined one answers as it is).
@@ -102,5 +105,6 @@ async fn decline(
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
     let id: ParticipantId = requests::path_id(&id, "participant id")?;
-    Ok(Json(state.engine.decline(&key, &id).await?).into_response())
+    let participant = state.engine.decline(&key, &id).await?;
+    Ok(Json(ParticipantView::from(participant)).into_response())
 }

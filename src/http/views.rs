@@ -1,0 +1,353 @@
+//! The bodies the API answers with: the wire form of what the engine
+//! returns, and the schemas the OpenAPI document gives for them. A change to
+//! what a client sees is made here, not in the engine.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::domain::experiment::{AssignmentReason, ExperimentConfig};
+use crate::domain::flag::{FlagConfig, FlagReason};
+use crate::domain::layout::Range;
+use crate::domain::routing::lifecycle::{self, Cohort, ParticipantStatus};
+use crate::engine::assign;
+use crate::engine::experiments::{ExperimentVersion, ServedExperiment};
+use crate::engine::flags::{Evaluation, ServedFlag};
+use crate::engine::routing::RoutedParticipant;
+use crate::engine::{Page, Unusable};
+use crate::store::{EventRecord, OverrideRecord};
+
+/// A flag as served.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlagView {
+    pub key: String,
+    #[serde(flatten)]
+    pub config: FlagConfig,
+    pub version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<ServedFlag> for FlagView {
+    fn from(f: ServedFlag) -> Self {
+        Self {
+            key: f.key,
+            config: f.document,
+            version: f.version,
+            created_at: f.created_at,
+            updated_at: f.updated_at,
+        }
+    }
+}
+
+/// An entry of a listing whose stored document cannot be used (§3): its
+/// key and version, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnusableView {
+    pub key: String,
+    pub version: i64,
+    pub unavailable: String,
+}
+
+impl From<Unusable> for UnusableView {
+    fn from(u: Unusable) -> Self {
+        Self {
+            key: u.key,
+            version: u.version,
+            unavailable: u.problem,
+        }
+    }
+}
+
+/// One entry of `GET /v1/flags`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum FlagListEntry {
+    Flag(FlagView),
+    Unusable(UnusableView),
+}
+
+impl From<Result<ServedFlag, Unusable>> for FlagListEntry {
+    fn from(entry: Result<ServedFlag, Unusable>) -> Self {
+        match entry {
+            Ok(f) => Self::Flag(f.into()),
+            Err(u) => Self::Unusable(u.into()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverrideView {
+    pub flag: String,
+    pub org_id: String,
+    pub enabled: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<OverrideRecord> for OverrideView {
+    fn from(r: OverrideRecord) -> Self {
+        Self {
+            flag: r.flag_key,
+            org_id: r.org_id,
+            enabled: r.enabled,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverridePage {
+    pub overrides: Vec<OverrideView>,
+    /// Pass as `after` to get the next page; null on the last page.
+    pub next: Option<String>,
+}
+
+impl From<Page<OverrideRecord, String>> for OverridePage {
+    fn from(page: Page<OverrideRecord, String>) -> Self {
+        Self {
+            overrides: page.items.into_iter().map(Into::into).collect(),
+            next: page.next,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlagEvaluation {
+    pub flag: String,
+    pub org_id: String,
+    pub enabled: bool,
+    pub reason: FlagReason,
+    pub rule: Option<String>,
+    pub version: i64,
+}
+
+impl From<Evaluation> for FlagEvaluation {
+    fn from(e: Evaluation) -> Self {
+        Self {
+            flag: e.flag,
+            org_id: e.org_id,
+            enabled: e.enabled,
+            reason: e.reason,
+            rule: e.rule,
+            version: e.version,
+        }
+    }
+}
+
+/// An experiment as served: its config, identity and current layout.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExperimentView {
+    pub key: String,
+    #[serde(flatten)]
+    pub config: ExperimentConfig,
+    pub version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub layout: Vec<Range>,
+}
+
+impl From<ServedExperiment> for ExperimentView {
+    fn from(e: ServedExperiment) -> Self {
+        Self {
+            key: e.key,
+            config: e.document.config,
+            version: e.version,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+            layout: e.document.layout,
+        }
+    }
+}
+
+/// One entry of `GET /v1/experiments`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ExperimentListEntry {
+    Experiment(Box<ExperimentView>),
+    Unusable(UnusableView),
+}
+
+impl From<Result<ServedExperiment, Unusable>> for ExperimentListEntry {
+    fn from(entry: Result<ServedExperiment, Unusable>) -> Self {
+        match entry {
+            Ok(e) => Self::Experiment(Box::new(e.into())),
+            Err(u) => Self::Unusable(u.into()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionView {
+    pub version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub actor: Option<String>,
+    /// This version deleted the experiment (its config is null).
+    pub deleted: bool,
+    pub config: Value,
+    pub layout: Value,
+}
+
+impl From<ExperimentVersion> for VersionView {
+    fn from(v: ExperimentVersion) -> Self {
+        Self {
+            version: v.version,
+            created_at: v.created_at,
+            actor: v.actor,
+            deleted: v.deleted,
+            config: v.config,
+            layout: v.layout,
+        }
+    }
+}
+
+/// The answer for one unit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Assignment {
+    pub experiment: String,
+    pub version: i64,
+    pub org_id: String,
+    pub unit_id: String,
+    /// `null` means not in the experiment; `reason` says why.
+    pub treatment: Option<String>,
+    pub payload: Value,
+    /// `null` when the decision did not need the bucket.
+    pub bucket: Option<u16>,
+    pub reason: AssignmentReason,
+}
+
+impl From<assign::Assignment> for Assignment {
+    fn from(a: assign::Assignment) -> Self {
+        Self {
+            experiment: a.experiment,
+            version: a.version,
+            org_id: a.org_id,
+            unit_id: a.unit_id,
+            treatment: a.treatment,
+            payload: a.payload,
+            bucket: a.bucket,
+            reason: a.reason,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CohortRef {
+    pub id: String,
+    pub alias: Option<String>,
+    pub name: String,
+}
+
+/// A participant as every routing call answers it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParticipantView {
+    pub participant_id: String,
+    pub status: ParticipantStatus,
+    pub cohort: Option<CohortRef>,
+    pub group: Option<String>,
+    pub entry: Option<String>,
+    pub variables: Map<String, Value>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub waiting_since: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<RoutedParticipant> for ParticipantView {
+    fn from(r: RoutedParticipant) -> Self {
+        let p = r.participant;
+        Self {
+            participant_id: p.id,
+            status: p.status,
+            cohort: r.cohort.map(|c| CohortRef {
+                id: c.id,
+                alias: c.alias,
+                name: c.name,
+            }),
+            group: p.group,
+            entry: p.entry,
+            variables: r.variables,
+            waiting_since: p.waiting_since,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Members {
+    pub assigned: u32,
+    pub pending: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CohortView {
+    pub id: String,
+    pub alias: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub capacity: Option<u32>,
+    pub members: Members,
+    pub overflow_of: Option<String>,
+}
+
+impl From<Cohort> for CohortView {
+    fn from(c: Cohort) -> Self {
+        Self {
+            id: c.id,
+            alias: c.alias,
+            name: c.name,
+            description: c.description,
+            capacity: c.capacity,
+            members: Members {
+                assigned: c.assigned,
+                pending: c.pending,
+            },
+            overflow_of: c.overflow_of,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    /// Cursor: pass as `before` for older events.
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(flatten)]
+    pub event: lifecycle::Event,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    pub next_before: Option<i64>,
+}
+
+impl From<Page<EventRecord, i64>> for EventPage {
+    fn from(page: Page<EventRecord, i64>) -> Self {
+        Self {
+            events: page
+                .items
+                .into_iter()
+                .map(|r| EventView {
+                    id: r.id,
+                    at: r.at,
+                    event: r.event,
+                })
+                .collect(),
+            next_before: page.next,
+        }
+    }
+}
+
+/// Converts each item of a list into its wire form.
+pub(crate) fn all<T, V: From<T>>(items: Vec<T>) -> Vec<V> {
+    items.into_iter().map(V::from).collect()
+}
