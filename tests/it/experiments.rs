@@ -345,6 +345,17 @@ async fn a_broken_stored_config_fails_only_its_experiment(backend: Backend) {
     assert_eq!(batch.body["results"][1]["reason"], "assigned");
     let listed = app.get("/v1/experiments").await.expect(200);
     assert_eq!(listed.body.as_array().map(Vec::len), Some(3));
+    // Listed with its problem, not hidden and not as a config.
+    let unusable = &listed.body[0];
+    assert_eq!(unusable["key"], "broken", "{}", listed.body);
+    assert_eq!(unusable["version"], 1);
+    assert!(unusable.get("treatments").is_none());
+    assert!(
+        unusable["unavailable"]
+            .as_str()
+            .is_some_and(|m| m.contains("/treatments/0")),
+        "{unusable}"
+    );
     // Writing a valid document repairs it.
     app.put("/v1/experiments/broken", two_arms())
         .await
