@@ -13,6 +13,8 @@
 //! - `BACKEND`, the name reported in logs and `/readyz`;
 //! - `DIALECT`, the few clauses the dialects spell differently.
 //!
+//! Each `Store` method runs in a debug span named after it, with the backend.
+//!
 //! Unlike a generic implementation over `sqlx::Database`, the code sees
 //! concrete types, so it needs no trait bounds for every bound value and
 //! decoded row; unlike a `macro_rules!` body, rustfmt, rust-analyzer and
@@ -421,33 +423,18 @@ impl Store for Backend {
         )
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "migrate", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn migrate(&self) -> Result<(), StoreError> {
         self.run_migrations().await
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "ping", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "revision", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn revision(&self) -> Result<i64, StoreError> {
         let (revision,): (i64,) =
             sqlx::query_as("SELECT revision FROM config_revision WHERE id = 1")
@@ -456,12 +443,7 @@ impl Store for Backend {
         Ok(revision)
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "load", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn load(&self) -> Result<Loaded, StoreError> {
         // One read transaction: every query sees the same snapshot,
         // so the rows belong to the revision read with them.
@@ -471,12 +453,7 @@ impl Store for Backend {
         Ok(loaded)
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "catch_up", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn catch_up(&self, since: i64) -> Result<CatchUp, StoreError> {
         let (mut tx, revision) = snapshot_read(&self.pool).await?;
         if revision == since {
@@ -512,22 +489,12 @@ impl Store for Backend {
         Ok(CatchUp::Delta(delta))
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "subscribe", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         self.subscribe_feed().await
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "write_flag", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn write_flag(
         &self,
         key: &str,
@@ -582,12 +549,7 @@ impl Store for Backend {
         }))
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "delete_flag", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn delete_flag(
         &self,
         key: &str,
@@ -625,12 +587,7 @@ impl Store for Backend {
         Ok(revision)
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "set_override", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn set_override(
         &self,
         flag_key: &str,
@@ -671,12 +628,7 @@ impl Store for Backend {
         })
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "delete_override", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError> {
         let change = Change::Override {
             flag: flag_key.to_owned(),
@@ -691,12 +643,7 @@ impl Store for Backend {
         finish_removal(tx, deleted.rows_affected(), revision).await
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "list_overrides", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn list_overrides(
         &self,
         flag_key: &str,
@@ -715,12 +662,7 @@ impl Store for Backend {
         Ok(rows.into_iter().map(OverrideRecord::from).collect())
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "write_experiment", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn write_experiment(
         &self,
         key: &str,
@@ -812,12 +754,7 @@ impl Store for Backend {
         }))
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "delete_experiment", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn delete_experiment(
         &self,
         key: &str,
@@ -865,12 +802,7 @@ impl Store for Backend {
         Ok(revision)
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "experiment_versions", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError> {
         // Every incarnation of the key: deleted ones stay readable.
         let rows: Vec<VersionRow> = sqlx::query_as(
@@ -887,12 +819,7 @@ impl Store for Backend {
         Ok(rows.into_iter().map(VersionRecord::from).collect())
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "sticky_get", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn sticky_get(
         &self,
         experiment_id: &str,
@@ -910,12 +837,7 @@ impl Store for Backend {
         Ok(row.map(|r| r.0))
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "sticky_get_many", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn sticky_get_many(
         &self,
         experiment_id: &str,
@@ -944,12 +866,7 @@ impl Store for Backend {
         Ok(found)
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "sticky_insert_many", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn sticky_insert_many(
         &self,
         experiment_id: &str,
@@ -981,12 +898,7 @@ impl Store for Backend {
         Ok(())
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "sticky_claim", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn sticky_claim(
         &self,
         experiment_id: &str,
@@ -1045,12 +957,7 @@ impl Store for Backend {
         row.map(|(t,)| t).ok_or(StoreError::NotFound)
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "route", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn route(
         &self,
         experiment_id: &str,
@@ -1235,12 +1142,7 @@ impl Store for Backend {
         }))
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "register", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn register(
         &self,
         experiment_id: &str,
@@ -1292,12 +1194,7 @@ impl Store for Backend {
         Ok((Participant::try_from(row)?, false))
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "participant", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn participant(
         &self,
         experiment_id: &str,
@@ -1313,12 +1210,7 @@ impl Store for Backend {
         row.map(Participant::try_from).transpose()
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "cohorts", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn cohorts(&self, experiment_id: &str) -> Result<Vec<Cohort>, StoreError> {
         let rows: Vec<CohortRow> = sqlx::query_as(&format!(
             "{COHORT_SELECT} WHERE c.experiment_id = $1 ORDER BY c.created_seq"
@@ -1329,12 +1221,7 @@ impl Store for Backend {
         Ok(rows.into_iter().map(Cohort::from).collect())
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "cohort_participants", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn cohort_participants(
         &self,
         experiment_id: &str,
@@ -1350,12 +1237,7 @@ impl Store for Backend {
         rows.into_iter().map(Participant::try_from).collect()
     }
 
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "routing_events", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn routing_events(
         &self,
         experiment_id: &str,
@@ -1382,12 +1264,7 @@ impl Store for Backend {
     /// `wait_timeout_seconds` out of the configuration into rows that
     /// every timeout change would have to rewrite; here the timeout
     /// stays where it is defined and the sweeper applies it.
-    #[tracing::instrument(
-        name = "store",
-        level = "debug",
-        skip_all,
-        fields(op = "overdue_experiments", backend = BACKEND)
-    )]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn overdue_experiments(
         &self,
         cutoffs: &[(&str, OffsetDateTime)],
