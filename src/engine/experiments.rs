@@ -72,17 +72,8 @@ impl Engine {
         &self,
         key: &str,
     ) -> Result<Arc<ExperimentEntry>, EngineError> {
-        if let Some(entry) = self.snapshot().experiments.get(key) {
-            return Ok(Arc::clone(entry));
-        }
-        // A key that breaks the key syntax can never exist: no lookup.
-        if Key::parse(key).is_ok() {
-            self.look_up().await?;
-        }
-        self.snapshot()
-            .experiments
-            .get(key)
-            .cloned()
+        self.read_through(key, |s| &s.experiments)
+            .await?
             .ok_or_else(|| not_found(key))
     }
 

@@ -56,16 +56,8 @@ impl Engine {
     /// The flag `key` as this replica serves it, looked up in the store
     /// before it is called unknown (see `experiment_entry`).
     async fn flag_entry(&self, key: &str) -> Result<Arc<FlagEntry>, EngineError> {
-        if let Some(entry) = self.snapshot().flags.get(key) {
-            return Ok(Arc::clone(entry));
-        }
-        if Key::parse(key).is_ok() {
-            self.look_up().await?;
-        }
-        self.snapshot()
-            .flags
-            .get(key)
-            .cloned()
+        self.read_through(key, |s| &s.flags)
+            .await?
             .ok_or_else(|| not_found(key))
     }
 

@@ -243,6 +243,24 @@ impl Engine {
         Ok(true)
     }
 
+    /// The entry `key` of the snapshot's map `entries`; a key the snapshot
+    /// lacks is looked up in the store before it is called unknown (§7:
+    /// create on one replica, use on another at once). A key that breaks
+    /// the key syntax can never exist: no lookup.
+    async fn read_through<E>(
+        &self,
+        key: &str,
+        entries: impl Fn(&Snapshot) -> &HashMap<String, Arc<E>>,
+    ) -> Result<Option<Arc<E>>, EngineError> {
+        if let Some(entry) = entries(&self.snapshot()).get(key) {
+            return Ok(Some(Arc::clone(entry)));
+        }
+        if crate::domain::ids::Key::parse(key).is_ok() {
+            self.look_up().await?;
+        }
+        Ok(entries(&self.snapshot()).get(key).cloned())
+    }
+
     /// Read-through: makes sure the snapshot holds every change committed
     /// before this call, sharing one look at the store with the calls that
     /// wait at the same time (see [`Lookups`]). For keys the snapshot lacks.

@@ -10,49 +10,41 @@ use crate::{on_both_stores, start};
 
 async fn malformed_requests_get_the_error_shape(backend: Backend) {
     let (_store, app) = start!(backend);
-    let raw =
-        |method: reqwest::Method, path: &str, content_type: Option<&str>, body: &'static str| {
-            let mut request = app.client.request(method, app.url(path)).body(body);
-            if let Some(ct) = content_type {
-                request = request.header("content-type", ct);
-            }
-            request
-        };
-    app.send(raw(
-        reqwest::Method::PUT,
-        "/v1/flags/f",
-        Some("application/json"),
-        "{not json",
-    ))
-    .await
-    .expect_error(400, "bad_request");
-    app.send(raw(
-        reqwest::Method::PUT,
-        "/v1/flags/f",
-        Some("text/plain"),
-        "{}",
-    ))
-    .await
-    .expect_error(400, "bad_request");
-    app.send(raw(reqwest::Method::PUT, "/v1/flags/f", None, "{}"))
-        .await
-        .expect_error(400, "bad_request");
-    app.send(raw(
-        reqwest::Method::POST,
-        "/v1/assign",
-        Some("application/json"),
-        "",
-    ))
-    .await
-    .expect_error(400, "bad_request");
-    app.send(raw(
-        reqwest::Method::POST,
-        "/v1/assign",
-        Some("application/json"),
-        "[1,",
-    ))
-    .await
-    .expect_error(400, "bad_request");
+    // Bodies that are not JSON, or not declared as JSON.
+    let unreadable: [(reqwest::Method, &str, Option<&str>, &str); 5] = [
+        (
+            reqwest::Method::PUT,
+            "/v1/flags/f",
+            Some("application/json"),
+            "{not json",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/flags/f",
+            Some("text/plain"),
+            "{}",
+        ),
+        (reqwest::Method::PUT, "/v1/flags/f", None, "{}"),
+        (
+            reqwest::Method::POST,
+            "/v1/assign",
+            Some("application/json"),
+            "",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/assign",
+            Some("application/json"),
+            "[1,",
+        ),
+    ];
+    for (method, path, content_type, body) in unreadable {
+        let mut request = app.client.request(method, app.url(path)).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        app.send(request).await.expect_error(400, "bad_request");
+    }
     app.get("/v1/nothing-here")
         .await
         .expect_error(404, "not_found");
