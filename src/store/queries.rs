@@ -254,6 +254,17 @@ fn in_list(sql: String, keys: &[String]) -> sqlx::QueryBuilder<'static, Db> {
     q
 }
 
+/// Rows as records, by their key.
+fn by_key<R, T: From<R>>(
+    rows: Vec<R>,
+    key: impl Fn(&T) -> &String,
+) -> std::collections::HashMap<String, T> {
+    rows.into_iter()
+        .map(T::from)
+        .map(|record| (key(&record).clone(), record))
+        .collect()
+}
+
 /// The current state of `entities` (at most [`MAX_DELTA`]
 /// of them): one query per kind, however many changed.
 async fn read_delta(
@@ -280,16 +291,8 @@ async fn read_delta(
             format!("{FLAG_SELECT} WHERE deleted_at IS NULL AND key IN"),
             &flag_keys,
         );
-        let mut live: std::collections::HashMap<String, FlagRecord> = q
-            .build_query_as::<FlagRow>()
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .map(|row| {
-                let record = FlagRecord::from(row);
-                (record.key.clone(), record)
-            })
-            .collect();
+        let rows = q.build_query_as::<FlagRow>().fetch_all(&mut **tx).await?;
+        let mut live = by_key(rows, |r: &FlagRecord| &r.key);
         let mut q = in_list(
             "SELECT flag_key, org_id, enabled, updated_at FROM flag_overrides WHERE flag_key IN"
                 .to_owned(),
@@ -348,16 +351,11 @@ async fn read_delta(
             format!("{EXPERIMENT_SELECT} AND e.key IN"),
             &experiment_keys,
         );
-        let mut live: std::collections::HashMap<String, ExperimentRecord> = q
+        let rows = q
             .build_query_as::<ExperimentRow>()
             .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .map(|row| {
-                let record = ExperimentRecord::from(row);
-                (record.key.clone(), record)
-            })
-            .collect();
+            .await?;
+        let mut live = by_key(rows, |r: &ExperimentRecord| &r.key);
         for key in experiment_keys {
             let record = live.remove(&key);
             delta.experiments.push((key, record));
