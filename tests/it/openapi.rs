@@ -62,6 +62,26 @@ fn the_committed_openapi_document_matches_the_code() {
     }
 }
 
+/// Client generators name a method after each operation: every operation
+/// has an id, and no two share one.
+#[test]
+fn every_operation_has_its_own_id() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&allot::http::openapi_document().to_json().unwrap()).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in methods.as_object().unwrap() {
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            if let Some(other) = seen.insert(id.to_owned(), format!("{method} {path}")) {
+                panic!("operationId {id:?} is used by {other} and {method} {path}");
+            }
+        }
+    }
+    assert!(seen.len() >= 26, "{seen:?}");
+}
+
 async fn the_server_serves_its_document(backend: Backend) {
     let (_store, app) = start!(backend);
     let served = app.get("/openapi.json").await.expect(200).body;

@@ -16,9 +16,9 @@ use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
     Routes::new()
-        .routes(Access::Client, routes!(list))
-        .routes(Access::Client, routes!(members))
-        .routes(Access::Client, routes!(events))
+        .routes(Access::Client, routes!(list_cohorts))
+        .routes(Access::Client, routes!(list_cohort_participants))
+        .routes(Access::Client, routes!(list_routing_events))
 }
 
 /// Every cohort of the experiment with its member counts.
@@ -26,7 +26,7 @@ pub fn router() -> Routes<AppState> {
     params(("key" = String, Path, description = "Experiment key")),
     responses((status = 200, body = Vec<CohortView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-async fn list(
+async fn list_cohorts(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
@@ -40,7 +40,7 @@ async fn list(
     params(("key" = String, Path, description = "Experiment key"), ("cohort_id" = String, Path)),
     responses((status = 200, body = Vec<ParticipantView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-async fn members(
+async fn list_cohort_participants(
     State(state): State<AppState>,
     PathParams((key, cohort)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -62,7 +62,7 @@ struct Page {
     params(("key" = String, Path, description = "Experiment key"), Page),
     responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn events(
+async fn list_routing_events(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     QueryParams(page): QueryParams<Page>,

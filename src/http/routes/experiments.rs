@@ -17,16 +17,16 @@ use crate::http::{requests, AppState};
 
 pub fn router() -> Routes<AppState> {
     Routes::new()
-        .routes(Access::Client, routes!(list))
-        .routes(Access::Client, routes!(read))
-        .routes(Access::Admin, routes!(upsert, remove))
-        .routes(Access::Client, routes!(versions))
+        .routes(Access::Client, routes!(list_experiments))
+        .routes(Access::Client, routes!(get_experiment))
+        .routes(Access::Admin, routes!(put_experiment, delete_experiment))
+        .routes(Access::Client, routes!(list_versions))
 }
 
 /// Every experiment, by key.
 #[utoipa::path(get, path = "/v1/experiments", tag = "experiments", security(("bearer" = [])),
     responses((status = 200, body = Vec<ExperimentListEntry>), (status = 401, body = ErrorBody)))]
-async fn list(State(state): State<AppState>) -> Response {
+async fn list_experiments(State(state): State<AppState>) -> Response {
     Json(views::all::<_, ExperimentListEntry>(
         state.engine.list_experiments(),
     ))
@@ -38,7 +38,7 @@ async fn list(State(state): State<AppState>) -> Response {
     params(("key" = String, Path, description = "Experiment key")),
     responses((status = 200, body = ExperimentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-async fn read(
+async fn get_experiment(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
@@ -60,7 +60,7 @@ async fn read(
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 412, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-async fn upsert(
+async fn put_experiment(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     IfMatch(if_match): IfMatch,
@@ -87,7 +87,7 @@ async fn upsert(
            ("If-Match" = Option<String>, Header, description = "Only if this is the current version")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 412, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn remove(
+async fn delete_experiment(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     IfMatch(if_match): IfMatch,
@@ -108,7 +108,7 @@ async fn remove(
     params(("key" = String, Path, description = "Experiment key")),
     responses((status = 200, body = Vec<VersionView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-async fn versions(
+async fn list_versions(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {

@@ -23,18 +23,18 @@ use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
     Routes::new()
-        .routes(Access::Client, routes!(list))
-        .routes(Access::Client, routes!(read))
-        .routes(Access::Admin, routes!(upsert, remove))
+        .routes(Access::Client, routes!(list_flags))
+        .routes(Access::Client, routes!(get_flag))
+        .routes(Access::Admin, routes!(put_flag, delete_flag))
         .routes(Access::Client, routes!(list_overrides))
-        .routes(Access::Admin, routes!(set_override, remove_override))
-        .routes(Access::Client, routes!(evaluate))
+        .routes(Access::Admin, routes!(put_override, delete_override))
+        .routes(Access::Client, routes!(evaluate_flag))
 }
 
 /// Every flag, by key.
 #[utoipa::path(get, path = "/v1/flags", tag = "flags", security(("bearer" = [])),
     responses((status = 200, body = Vec<FlagListEntry>), (status = 401, body = ErrorBody)))]
-async fn list(State(state): State<AppState>) -> Response {
+async fn list_flags(State(state): State<AppState>) -> Response {
     Json(views::all::<_, FlagListEntry>(state.engine.list_flags())).into_response()
 }
 
@@ -43,7 +43,7 @@ async fn list(State(state): State<AppState>) -> Response {
     params(("key" = String, Path, description = "Flag key")),
     responses((status = 200, body = FlagView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn read(
+async fn get_flag(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
 ) -> Result<Response, ApiError> {
@@ -63,7 +63,7 @@ async fn read(
     responses((status = 200, body = FlagView), (status = 201, body = FlagView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 412, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn upsert(
+async fn put_flag(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     IfMatch(if_match): IfMatch,
@@ -85,7 +85,7 @@ async fn upsert(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-async fn remove(
+async fn delete_flag(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     IfMatch(if_match): IfMatch,
@@ -128,7 +128,7 @@ async fn list_overrides(
     responses((status = 200, body = OverrideView), (status = 201, body = OverrideView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn set_override(
+async fn put_override(
     State(state): State<AppState>,
     PathParams((key, org_id)): PathParams<(String, String)>,
     JsonBody(body): JsonBody,
@@ -144,7 +144,7 @@ async fn set_override(
     params(("key" = String, Path, description = "Flag key"), ("org_id" = String, Path, description = "Org id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn remove_override(
+async fn delete_override(
     State(state): State<AppState>,
     PathParams((key, org_id)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
@@ -158,7 +158,7 @@ async fn remove_override(
     request_body = EvaluateInput,
     responses((status = 200, body = FlagEvaluation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn evaluate(
+async fn evaluate_flag(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     JsonBody(body): JsonBody,

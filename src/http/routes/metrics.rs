@@ -11,14 +11,14 @@ use crate::http::error::ApiError;
 use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
-    Routes::new().routes(Access::Metrics, routes!(render))
+    Routes::new().routes(Access::Metrics, routes!(metrics))
 }
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])),
     responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = crate::http::openapi::ErrorBody),
               (status = 503, body = crate::http::openapi::ErrorBody)))]
-async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let handle = state
         .metrics
         .as_ref()

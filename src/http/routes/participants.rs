@@ -18,10 +18,10 @@ use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
     Routes::new()
-        .routes(Access::Client, routes!(register, read))
-        .routes(Access::Client, routes!(route))
-        .routes(Access::Client, routes!(accept))
-        .routes(Access::Client, routes!(decline))
+        .routes(Access::Client, routes!(register_participant, get_participant))
+        .routes(Access::Client, routes!(route_participant))
+        .routes(Access::Client, routes!(accept_participant))
+        .routes(Access::Client, routes!(decline_participant))
 }
 
 type Ids = PathParams<(String, String)>;
@@ -35,7 +35,7 @@ type Ids = PathParams<(String, String)>;
     responses((status = 200, body = ParticipantView), (status = 201, body = ParticipantView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-async fn register(
+async fn register_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
     JsonBody(body): JsonBody,
@@ -55,7 +55,7 @@ async fn register(
     params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
     responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
-async fn read(
+async fn get_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
@@ -70,7 +70,7 @@ async fn read(
     params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
     responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn route(
+async fn route_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
@@ -85,7 +85,7 @@ async fn route(
     params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
     responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn accept(
+async fn accept_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
@@ -100,7 +100,7 @@ async fn accept(
     params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
     responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn decline(
+async fn decline_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
