@@ -8,7 +8,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::fields::{boolean, optional_text, reject_unknown, reject_unknown_at};
+use super::fields::{boolean, optional_text, reject_unknown, reject_unknown_at, SERVED};
 use super::hash::bucket;
 use super::ids::Key;
 use super::layout::{Layout, Range, Weighted};
@@ -18,8 +18,8 @@ use super::routing::{self, CohortDef, CompiledRouting, RoutingConfig, VariableDe
 /// At most this many treatments per experiment.
 pub const MAX_TREATMENTS: usize = 100;
 
-/// Fields a client may send back from a GET answer; they are ignored on write.
-const READ_ONLY: &[&str] = &["key", "version", "created_at", "updated_at", "layout"];
+/// Served with an experiment besides [`SERVED`]: ignored on write.
+const LAYOUT: &str = "layout";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -110,7 +110,8 @@ impl ExperimentConfig {
             "routing",
         ]
         .into_iter()
-        .chain(READ_ONLY.iter().copied())
+        .chain(SERVED.iter().copied())
+        .chain([LAYOUT])
         .collect();
         reject_unknown(map, &known, &mut problems);
 

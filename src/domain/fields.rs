@@ -11,6 +11,10 @@ use super::problem::{pointer, Problem};
 /// The longest free text accepted (descriptions, names).
 pub(crate) const MAX_TEXT: usize = 10_000;
 
+/// Fields the server adds to a served document (flag or experiment). A
+/// client may send a GET answer back with PUT: they are ignored on write.
+pub(crate) const SERVED: &[&str] = &["key", "version", "created_at", "updated_at"];
+
 /// Adds a problem for every field of `map` not in `known`.
 pub(crate) fn reject_unknown(
     map: &Map<String, Value>,

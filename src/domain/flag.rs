@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::condition::{self, Condition};
-use super::fields::{boolean, optional_text, reject_unknown, reject_unknown_at};
+use super::fields::{boolean, optional_text, reject_unknown, reject_unknown_at, SERVED};
 use super::hash::bucket;
 use super::problem::{pointer, Problem};
 
@@ -66,7 +66,11 @@ impl FlagConfig {
         let Some(map) = doc.as_object() else {
             return Err(vec![Problem::new("", "must be a JSON object")]);
         };
-        reject_unknown(map, &["description", "enabled", "rules"], &mut problems);
+        let known: Vec<&str> = ["description", "enabled", "rules"]
+            .into_iter()
+            .chain(SERVED.iter().copied())
+            .collect();
+        reject_unknown(map, &known, &mut problems);
         let description = optional_text(map, "description", &mut problems);
         let enabled = boolean(map, "enabled", "", true, &mut problems);
         let mut rules = Vec::new();

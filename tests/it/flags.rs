@@ -319,7 +319,33 @@ async fn a_flag_named_by_an_experiment_cannot_be_deleted(backend: Backend) {
     assert_eq!(page.body["overrides"], json!([]));
 }
 
+/// A flag read with GET goes back with PUT as it is (§1): the served fields
+/// are ignored, the identical document makes no new version, and an edit
+/// made to the read document is a new one.
+async fn a_read_flag_can_be_sent_back(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let path = format!("/v1/flags/{FLAG}");
+    app.put(&path, seed_flag()).await.expect(201);
+    let read = app.get(&path).await.expect(200).body;
+    for served in ["key", "version", "created_at", "updated_at"] {
+        assert!(read.get(served).is_some(), "{served} is served: {read}");
+    }
+    let again = app.put(&path, read.clone()).await.expect(200).body;
+    assert_eq!(again, read, "nothing changed, not even the version");
+    let mut edited = read.clone();
+    edited["rules"][1]["rollout"] = json!(20);
+    let edited = app.put(&path, edited).await.expect(200).body;
+    assert_eq!(edited["version"], 2);
+    assert_eq!(edited["rules"][1]["rollout"], 20);
+    // Fields the server does not serve are still refused.
+    let mut unknown = read;
+    unknown["layout"] = json!([]);
+    let refused = app.put(&path, unknown).await.expect(422);
+    assert_eq!(refused.detail_paths(), ["/layout"]);
+}
+
 on_both_stores!(
+    a_read_flag_can_be_sent_back,
     rules_rollout_overrides_and_reasons,
     versions_if_match_and_identical_resends,
     invalid_flags_are_refused_and_change_nothing,
