@@ -224,5 +224,13 @@ pub fn render(
     if let Ok(value) = HeaderValue::from_str(request_id) {
         rendered.headers_mut().insert(REQUEST_ID, value);
     }
+    // The rest of an oversized body is not read, so the connection cannot
+    // carry another request: say so, or a pooled client would reuse it.
+    if error.status == StatusCode::PAYLOAD_TOO_LARGE {
+        rendered.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     rendered
 }

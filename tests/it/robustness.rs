@@ -215,7 +215,30 @@ async fn graceful_stop_finishes_and_the_store_reopens(backend: Backend) {
     app.get("/v1/experiments/e").await.expect(200);
 }
 
+/// An oversized body is refused before it is read, so its connection is
+/// closed, and the answer says so: a client that pools connections opens a
+/// new one for its next request instead of failing on the dead one.
+async fn an_oversized_body_closes_its_connection_openly(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let huge = format!("{{\"description\": \"{}\"}}", "x".repeat(1_100_000));
+    for _ in 0..20 {
+        let refused = app
+            .send(
+                app.client
+                    .put(app.url("/v1/flags/f"))
+                    .header("content-type", "application/json")
+                    .body(huge.clone()),
+            )
+            .await
+            .expect_error(413, "payload_too_large");
+        assert_eq!(refused.headers["connection"], "close");
+        // The same pooled client, at once.
+        app.get("/v1/flags").await.expect(200);
+    }
+}
+
 on_both_stores!(
+    an_oversized_body_closes_its_connection_openly,
     malformed_requests_get_the_error_shape,
     request_ids_are_echoed_in_headers_and_error_bodies,
     concurrent_writers_leave_a_consistent_history,
