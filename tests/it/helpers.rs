@@ -455,6 +455,88 @@ impl Answer {
     }
 }
 
+/// The `allot` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_allot");
+
+/// The binary, as a command with none of this process's `ALLOT_*` variables
+/// (nor `RUST_LOG`, nor `NO_COLOR`): each test says what it sets.
+pub fn allot() -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ALLOT_") {
+            command.env_remove(key);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command.env_remove("NO_COLOR");
+    command
+}
+
+/// The address in the service's JSON "allot is serving" line: it listens on
+/// port 0 and says which port it got, so no test hands a port it freed to a
+/// child that might lose it to another process.
+pub fn serving_addr(line: &str) -> String {
+    let log: serde_json::Value = serde_json::from_str(line).expect("json logs");
+    let addr = log["addr"]
+        .as_str()
+        .expect("the serving line names its address");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    addr.to_owned()
+}
+
+/// Waits for `child` to exit, at most `limit`; kills it and fails after that.
+/// (A plain thread in a synchronous test: std has no wait with a timeout.)
+#[allow(clippy::disallowed_methods)]
+pub fn exit_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process was still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Runs `command` to its end, with its output captured, and fails (killing
+/// it) if that takes longer than `limit`. A thread waits for the process and
+/// hands over its output, so nothing polls.
+pub fn output_within(
+    command: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn allot");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("the process's output"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the process was still running after {limit:?}");
+        }
+    }
+}
+
 crate::on_postgres!(a_test_schema_is_dropped_when_the_test_ends_even_by_a_panic);
 
 /// The harness's own promise: no `t_*` schema outlives its test.
