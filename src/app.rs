@@ -24,6 +24,8 @@ use crate::store::{self, Store, StoreError};
 pub enum StartError {
     #[error("cannot open the store at {url}: {source}")]
     Store { url: String, source: StoreError },
+    #[error("cannot open the store at {url}: no connection within {limit:?}")]
+    StoreTimeout { url: String, limit: Duration },
     #[error("cannot load the configuration from the store: {0}")]
     Load(StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -40,6 +42,18 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartErro
         url: settings.redacted_database_url(),
         source,
     };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let limit = settings.pool_options().acquire_timeout;
+        match tokio::time::timeout(limit, first_connection(&url)).await {
+            Ok(result) => result.map_err(fail)?,
+            Err(_) => {
+                return Err(StartError::StoreTimeout {
+                    url: settings.redacted_database_url(),
+                    limit,
+                })
+            }
+        }
+    }
     let store = store::open(&url, &settings.pool_options())
         .await
         .map_err(fail)?;
@@ -47,6 +61,40 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartErro
         store.migrate().await.map_err(fail)?;
     }
     Ok(store)
+}
+
+/// One connection to PostgreSQL, made and closed before the pool's first.
+/// The pool retries a refused connection until its acquire timeout and then
+/// reports only "pool timed out"; this attempt reports why the server cannot
+/// be reached (refused, unknown host, password, TLS), at once.
+async fn first_connection(url: &str) -> Result<(), StoreError> {
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sqlx::Connection;
+    // A URL that does not parse is store::open's to report.
+    let Ok(options) = url.parse::<PgConnectOptions>() else {
+        return Ok(());
+    };
+    let connection = PgConnection::connect_with(&options).await?;
+    // Failing to say goodbye politely is no reason not to start.
+    let _ = connection.close().await;
+    Ok(())
+}
+
+/// An error and its causes on one line, each said once: a cause that its
+/// effect's message already quotes (as `cannot listen on …: {source}` does)
+/// is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    line
 }
 
 #[derive(Debug)]
@@ -255,4 +303,30 @@ pub async fn healthcheck(listen: &str) -> Result<(), String> {
     tokio::time::timeout(Duration::from_secs(3), probe)
         .await
         .map_err(|_| format!("{addr} did not answer within 3 s"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let refused = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let bind = StartError::Bind {
+            addr: "127.0.0.1:80".into(),
+            source: refused(),
+        };
+        assert_eq!(
+            error_chain(&bind),
+            format!("cannot listen on 127.0.0.1:80: {}", refused())
+        );
+        assert_eq!(
+            error_chain(&Outer(refused())),
+            format!("outer: {}", refused())
+        );
+    }
 }

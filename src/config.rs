@@ -1,5 +1,6 @@
 //! Settings, layered: `config/default.toml` (compiled in) → the file named by
-//! `ALLOT_CONFIG` → `ALLOT_*` environment variables.
+//! `--config` or `ALLOT_CONFIG` → `ALLOT_*` environment variables → the
+//! command line's options ([`Overrides`]).
 //!
 //! A file is written by the operator for allot alone, so an unknown key in it
 //! is a mistake and stops the start. The environment is shared with the
@@ -14,14 +15,14 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::PoolOptions;
 
 /// The defaults file, every key commented.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
@@ -128,10 +129,22 @@ pub fn parse_tokens(raw: &str) -> Result<Vec<TokenConfig>, ConfigError> {
         .collect()
 }
 
+/// Settings given on the command line. Each one given wins over the file
+/// and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The settings file, instead of the one `ALLOT_CONFIG` names.
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("ALLOT_CONFIG names {0}, which does not exist")]
-    MissingFile(PathBuf),
+    /// `by`: what named the file (`--config` or `ALLOT_CONFIG`).
+    #[error("{by} names {path}, which does not exist")]
+    MissingFile { by: &'static str, path: PathBuf },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -170,10 +183,10 @@ impl IgnoredEnv {
 }
 
 /// The key path of every setting (`listen`, `auth.metrics_public`) and of
-/// every table (`auth`, which an `ALLOT_AUTH={...}` value can set whole).
-/// Read from the defaults file, which holds every key.
-fn setting_paths() -> Vec<String> {
-    fn walk(prefix: &str, dict: &Dict, out: &mut Vec<String>) {
+/// every table (`auth`, which an `ALLOT_AUTH={...}` value can set whole),
+/// with its default. Read from the defaults file, which holds every key.
+fn default_values() -> Vec<(String, Value)> {
+    fn walk(prefix: &str, dict: &Dict, out: &mut Vec<(String, Value)>) {
         for (key, value) in dict {
             let path = if prefix.is_empty() {
                 key.clone()
@@ -183,7 +196,7 @@ fn setting_paths() -> Vec<String> {
             if let Value::Dict(_, inner) = value {
                 walk(&path, inner, out);
             }
-            out.push(path);
+            out.push((path, value.clone()));
         }
     }
     let mut out = Vec::new();
@@ -193,6 +206,77 @@ fn setting_paths() -> Vec<String> {
         }
     }
     out
+}
+
+/// The key paths of [`default_values`].
+fn setting_paths() -> Vec<String> {
+    default_values().into_iter().map(|(path, _)| path).collect()
+}
+
+/// The environment variable that sets the setting at `path`
+/// (`auth.metrics_public` → `ALLOT_AUTH__METRICS_PUBLIC`).
+fn env_name(path: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        path.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// Every environment variable allot reads, with its default: the text that
+/// ends `allot --help`. Built from the defaults file, so it names every
+/// setting there is and the defaults in effect.
+pub fn environment_help() -> String {
+    let defaults = Settings::defaults().ok();
+    let mut rows: Vec<(String, String)> = vec![(
+        "ALLOT_CONFIG".into(),
+        "a TOML file of settings [none]".into(),
+    )];
+    let mut settings: Vec<(String, String)> = default_values()
+        .into_iter()
+        .filter(|(_, value)| !matches!(value, Value::Dict(..)))
+        .map(|(path, value)| {
+            let shown = match (path.as_str(), &value) {
+                ("database_url", _) => match &defaults {
+                    Some(d) => format!("[empty, meaning {}]", d.database_url()),
+                    None => "[empty]".into(),
+                },
+                ("auth.tokens", _) => "[none; ALLOT_TOKENS is simpler]".into(),
+                (_, Value::String(_, text)) => format!("[{text}]"),
+                (_, other) => match serde_json::to_string(other) {
+                    Ok(json) => format!("[{json}]"),
+                    Err(_) => String::new(),
+                },
+            };
+            (env_name(&path), shown)
+        })
+        .collect();
+    settings.sort();
+    rows.extend(settings);
+    rows.push((
+        "ALLOT_TOKENS".into(),
+        "bearer tokens: name:role:token,... (admin or client) [none: auth off]".into(),
+    ));
+    rows.push((
+        "RUST_LOG".into(),
+        "a log filter that wins over ALLOT_LOG_LEVEL".into(),
+    ));
+    rows.push((
+        "NO_COLOR".into(),
+        "set: no colour in pretty logs, even on a terminal".into(),
+    ));
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
+    let mut text = String::from(
+        "Settings, lowest precedence first: the built-in defaults (config/default.toml\n\
+         explains each), the TOML file named by --config or ALLOT_CONFIG, ALLOT_*\n\
+         environment variables (ALLOT_AUTH__METRICS_PUBLIC sets auth.metrics_public),\n\
+         then the options above.\n\
+         \n\
+         Environment variables [default]:\n",
+    );
+    for (name, shown) in rows {
+        text.push_str(&format!("  {name:width$}{shown}\n"));
+    }
+    text
 }
 
 /// Whether `path` (as the environment provider derives it from a variable
@@ -245,15 +329,19 @@ fn unknown_env(names: impl IntoIterator<Item = String>, paths: &[String]) -> Ign
 }
 
 impl Settings {
-    /// Reads the three layers from the process environment. `ALLOT_*`
-    /// variables that name no setting are left out and handed back.
-    pub fn load() -> Result<(Self, IgnoredEnv), ConfigError> {
+    /// Reads the layers from the process environment, then applies the
+    /// command line's `overrides`. `ALLOT_*` variables that name no setting
+    /// are left out and handed back.
+    pub fn load(overrides: &Overrides) -> Result<(Self, IgnoredEnv), ConfigError> {
         let paths = setting_paths();
         let mut figment = Figment::from(Toml::string(DEFAULTS));
-        if let Some(path) = std::env::var_os("ALLOT_CONFIG") {
-            let path = PathBuf::from(path);
+        let file = match &overrides.config {
+            Some(path) => Some(("--config", path.clone())),
+            None => std::env::var_os("ALLOT_CONFIG").map(|path| ("ALLOT_CONFIG", path.into())),
+        };
+        if let Some((by, path)) = file {
             if !path.is_file() {
-                return Err(ConfigError::MissingFile(path));
+                return Err(ConfigError::MissingFile { by, path });
             }
             figment = figment.merge(Toml::file(path));
         }
@@ -263,6 +351,17 @@ impl Settings {
                 .split("__")
                 .filter(move |key| is_setting(&known, key.as_str())),
         );
+        // Merged rather than assigned afterwards, so that a bad value that an
+        // option replaces (ALLOT_LOG_FORMAT=jsn --log-format json) is no error.
+        if let Some(listen) = &overrides.listen {
+            figment = figment.merge(("listen", listen));
+        }
+        if let Some(url) = &overrides.database_url {
+            figment = figment.merge(("database_url", url));
+        }
+        if let Some(format) = overrides.log_format {
+            figment = figment.merge(("log_format", format));
+        }
         let ignored = unknown_env(
             std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned()),
             &paths,

@@ -1,12 +1,13 @@
 //! The `allot` binary: `allot serve` (the default), `allot migrate`,
 //! `allot healthcheck`, `allot openapi`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use allot::app::{self, Application};
-use allot::config::Settings;
+use allot::config::{self, LogFormat, Overrides, Settings};
 use allot::telemetry;
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -15,8 +16,57 @@ use clap::{Parser, Subcommand};
     about = "Deterministic experiment assignment and participant routing over HTTP"
 )]
 struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The settings the command line can give; each wins over the file and the
+/// environment. Accepted before or after the subcommand.
+#[derive(Args)]
+struct SettingsArgs {
+    /// TOML file of settings (instead of ALLOT_CONFIG's).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Address and port to serve HTTP on (wins over ALLOT_LISTEN).
+    #[arg(long, value_name = "ADDR", global = true)]
+    listen: Option<String>,
+    /// postgres:// or sqlite: URL of the store (wins over ALLOT_DATABASE_URL).
+    /// Other local users can read a password given here in the process list;
+    /// ALLOT_DATABASE_URL keeps it out of sight.
+    #[arg(long, value_name = "URL", global = true)]
+    database_url: Option<String>,
+    /// Log output: pretty for people, json for log collectors (wins over
+    /// ALLOT_LOG_FORMAT).
+    #[arg(long, value_name = "FORMAT", global = true)]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Pretty,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Pretty => LogFormat::Pretty,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+impl From<SettingsArgs> for Overrides {
+    fn from(args: SettingsArgs) -> Self {
+        Overrides {
+            config: args.config,
+            listen: args.listen,
+            database_url: args.database_url,
+            log_format: args.log_format.map(LogFormat::from),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -32,14 +82,26 @@ enum Command {
     Openapi,
 }
 
+/// Parses the command line; `--help` ends with every environment variable
+/// and its default, taken from the defaults themselves.
+fn parse_command_line() -> Cli {
+    let environment = config::environment_help();
+    let matches = Cli::command()
+        .after_help(environment.clone())
+        .mut_subcommand("serve", |serve| serve.after_help(environment.clone()))
+        .mut_subcommand("migrate", |migrate| migrate.after_help(environment))
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     let command = cli.command.unwrap_or(Command::Serve);
-    let (settings, ignored) = match Settings::load() {
+    let (settings, ignored) = match Settings::load(&cli.settings.into()) {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("allot: {e}");
+            eprintln!("allot: {}", app::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -64,9 +126,9 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Once, on stderr, as one line: the logs (on stdout) do not repeat it.
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("allot: {e:#}");
+            eprintln!("allot: {}", app::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

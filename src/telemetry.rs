@@ -1,4 +1,6 @@
-//! Logging: a tracing subscriber writing `pretty` or `json` lines.
+//! Logging: a tracing subscriber writing `pretty` or `json` lines on stdout.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -10,9 +12,19 @@ pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = fmt().with_env_filter(filter).with_target(false);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .try_init(),
+        LogFormat::Pretty => builder.with_ansi(colour()).try_init(),
     };
+}
+
+/// Colour for a person at a terminal; none in a file, a pipe or a log
+/// collector, nor when `NO_COLOR` is set (<https://no-color.org>).
+fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The Prometheus recorder, installed once per process (several apps in one

@@ -5,33 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_allot");
-
-fn allot() -> Command {
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ALLOT_") {
-            command.env_remove(key);
-        }
-    }
-    command.env_remove("RUST_LOG");
-    command
-}
-
-/// The address in the service's JSON "allot is serving" line: it listens on
-/// port 0 and says which port it got, so no test hands a port it freed to a
-/// child that might lose it to another process.
-fn serving_addr(line: &str) -> String {
-    let log: serde_json::Value = serde_json::from_str(line).expect("json logs");
-    let addr = log["addr"]
-        .as_str()
-        .expect("the serving line names its address");
-    assert!(
-        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
-        "{addr}"
-    );
-    addr.to_owned()
-}
+use crate::helpers::{allot, exit_within, serving_addr};
 
 #[test]
 fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_0() {
@@ -199,26 +173,6 @@ const KUBERNETES: [(&str, &str); 7] = [
     ("ALLOT_PORT_8080_TCP_PORT", "8080"),
     ("ALLOT_PORT_8080_TCP_PROTO", "tcp"),
 ];
-
-/// Waits for `child` to exit, at most `limit`; kills it and fails after that.
-/// (A plain thread in a synchronous test: std has no wait with a timeout.)
-#[allow(clippy::disallowed_methods)]
-fn exit_within(
-    child: &mut std::process::Child,
-    limit: std::time::Duration,
-) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process was still running after {limit:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn kubernetes_service_variables_are_ignored_with_one_warning_naming_them_all() {

@@ -1,8 +1,11 @@
 //! Test harness: the real server on a random port against a real store.
 //!
 //! SQLite tests always run, each on its own file. PostgreSQL tests run when
-//! `TEST_DATABASE_URL` is set (CI sets it), each in a fresh schema; without it
-//! they print that they were skipped and pass.
+//! `TEST_DATABASE_URL` is set (CI sets it), each in a schema of its own that
+//! is dropped when the test ends, even by a panic. Without the variable, the
+//! PostgreSQL tests that [`on_both_stores!`] and [`on_postgres!`] declare are
+//! compiled `#[ignore]`d (see `build.rs`), so libtest reports them as
+//! ignored, with the reason, rather than as passed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +21,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const PG_ENV: &str = "TEST_DATABASE_URL";
+
+/// The PostgreSQL test database, if one is configured.
+fn pg_base_url() -> Option<String> {
+    std::env::var(PG_ENV)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+}
 
 /// How long a condition polled with [`until`] may take before the test
 /// calls it lost. It only separates "slow" from "never": no test asserts
@@ -78,15 +88,33 @@ pub enum Backend {
     Postgres,
 }
 
+/// Built with the PostgreSQL tests on (`TEST_DATABASE_URL` was set): their
+/// variable is gone, which is a mistake.
+#[cfg(allot_test_pg)]
+fn pg_missing<T>() -> Option<T> {
+    panic!("{PG_ENV} was set when the tests were built but is not set now");
+}
+
+/// Built with the PostgreSQL tests ignored, yet one runs.
+#[cfg(not(allot_test_pg))]
+fn pg_missing<T>() -> Option<T> {
+    eprintln!("skipped: {PG_ENV} is not set, so this PostgreSQL test did not run");
+    None
+}
+
 /// A store of its own for one test; several apps may share it.
 pub struct TestStore {
     pub url: String,
     pub backend: Backend,
     _dir: Option<TempDir>,
+    pg_schema: Option<PgSchema>,
 }
 
 impl TestStore {
-    /// `None` (after saying so) when PostgreSQL is not configured.
+    /// `None` (after saying so) when PostgreSQL is not configured. That
+    /// happens only to a test run although it was compiled ignored (e.g. with
+    /// `--include-ignored`), or declared without the macros: when the tests
+    /// were built with `TEST_DATABASE_URL`, its absence now is a failure.
     pub async fn new(backend: Backend) -> Option<Self> {
         match backend {
             Backend::Sqlite => {
@@ -96,31 +124,35 @@ impl TestStore {
                     url,
                     backend,
                     _dir: Some(dir),
+                    pg_schema: None,
                 })
             }
             Backend::Postgres => {
-                let Ok(base) = std::env::var(PG_ENV) else {
-                    eprintln!("skipped: {PG_ENV} is not set, so this PostgreSQL test did not run");
-                    return None;
+                let Some(base) = pg_base_url() else {
+                    return pg_missing();
                 };
-                let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-                let pool = sqlx::PgPool::connect(&base)
-                    .await
-                    .expect("connect to the test database");
-                sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                    .execute(&pool)
-                    .await
-                    .expect("create schema");
-                pool.close().await;
+                let schema = PgSchema::create(base.clone()).await;
                 let sep = if base.contains('?') { '&' } else { '?' };
-                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                // The application name lets the schema's clean-up find the
+                // connections of this test's servers (a test that names its
+                // own, later in the URL, overrides it).
+                let url = format!(
+                    "{base}{sep}options=-c%20search_path%3D{name}&application_name={name}",
+                    name = schema.name
+                );
                 Some(Self {
                     url,
                     backend,
                     _dir: None,
+                    pg_schema: Some(schema),
                 })
             }
         }
+    }
+
+    /// The PostgreSQL schema this store lives in (`None` for SQLite).
+    pub fn schema(&self) -> Option<&str> {
+        self.pg_schema.as_ref().map(|s| s.name.as_str())
     }
 
     /// Runs SQL directly against the store, as an operator editing by hand would.
@@ -150,6 +182,99 @@ impl TestStore {
         s.shutdown_timeout_secs = 5;
         s
     }
+}
+
+/// A fresh PostgreSQL schema (`t_<uuid>`) for one test, dropped with it.
+struct PgSchema {
+    base: String,
+    name: String,
+}
+
+impl PgSchema {
+    async fn create(base: String) -> Self {
+        use sqlx::Connection;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        // One connection, not a pool: a pool retries a refused connection
+        // until it times out and then reports only the time-out.
+        let mut connection = tokio::time::timeout(PATIENCE, sqlx::PgConnection::connect(&base))
+            .await
+            .unwrap_or_else(|_| panic!("{PG_ENV}: no connection within {PATIENCE:?}"))
+            .unwrap_or_else(|e| panic!("{PG_ENV}: cannot connect to the test database: {e}"));
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut connection)
+            .await
+            .expect("create schema");
+        let _ = connection.close().await;
+        Self { base, name }
+    }
+}
+
+/// Drops the schema and everything in it when the test ends, whether it
+/// passed or panicked. `.ci/run` also drops leftovers (from a killed run)
+/// before testing.
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let base = self.base.clone();
+        let name = self.name.clone();
+        // A runtime of its own on a thread of its own: drop cannot await, and
+        // the test's runtime may be the one unwinding.
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(drop_schema(&base, &name))
+                .map_err(|e| e.to_string())
+        });
+        let join = || cleanup.join();
+        // Waiting on a runtime worker would stall the tasks it runs.
+        let outcome = match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(join)
+            }
+            _ => join(),
+        };
+        let problem = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => "the clean-up panicked".to_owned(),
+        };
+        eprintln!("cannot drop the test schema {}: {problem}", self.name);
+    }
+}
+
+async fn drop_schema(base: &str, name: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(base).await?;
+    // The test's servers may still be shutting down, in a transaction that
+    // holds locks on the schema's tables: end their sessions first.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut connection)
+    .await?;
+    sqlx::query("SET lock_timeout = '10s'")
+        .execute(&mut connection)
+        .await?;
+    // A server that names its own application may still run a query; the
+    // drop then waits for it, and may be chosen as a deadlock's victim.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+            .execute(&mut connection)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if attempts >= 3 => return Err(e),
+            Err(_) => {}
+        }
+    }
+    connection.close().await
 }
 
 pub struct TestApp {
@@ -330,6 +455,128 @@ impl Answer {
     }
 }
 
+/// The `allot` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_allot");
+
+/// The binary, as a command with none of this process's `ALLOT_*` variables
+/// (nor `RUST_LOG`, nor `NO_COLOR`): each test says what it sets.
+pub fn allot() -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ALLOT_") {
+            command.env_remove(key);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command.env_remove("NO_COLOR");
+    command
+}
+
+/// The address in the service's JSON "allot is serving" line: it listens on
+/// port 0 and says which port it got, so no test hands a port it freed to a
+/// child that might lose it to another process.
+pub fn serving_addr(line: &str) -> String {
+    let log: serde_json::Value = serde_json::from_str(line).expect("json logs");
+    let addr = log["addr"]
+        .as_str()
+        .expect("the serving line names its address");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    addr.to_owned()
+}
+
+/// Waits for `child` to exit, at most `limit`; kills it and fails after that.
+/// (A plain thread in a synchronous test: std has no wait with a timeout.)
+#[allow(clippy::disallowed_methods)]
+pub fn exit_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process was still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Runs `command` to its end, with its output captured, and fails (killing
+/// it) if that takes longer than `limit`. A thread waits for the process and
+/// hands over its output, so nothing polls.
+pub fn output_within(
+    command: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn allot");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("the process's output"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the process was still running after {limit:?}");
+        }
+    }
+}
+
+crate::on_postgres!(a_test_schema_is_dropped_when_the_test_ends_even_by_a_panic);
+
+/// The harness's own promise: no `t_*` schema outlives its test.
+async fn a_test_schema_is_dropped_when_the_test_ends_even_by_a_panic(backend: Backend) {
+    async fn exists(schema: &str) -> bool {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(&pg_base_url().unwrap())
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+    }
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let app = TestApp::spawn(&store).await;
+    app.get("/readyz").await.expect(200);
+    let schema = store.schema().unwrap().to_owned();
+    assert!(exists(&schema).await);
+    drop(store);
+    assert!(!exists(&schema).await, "{schema} outlived its store");
+
+    // A test that panics while its server runs.
+    let (tx, rx) = oneshot::channel();
+    let panicked = tokio::spawn(async move {
+        let store = TestStore::new(backend).await.unwrap();
+        let app = TestApp::spawn(&store).await;
+        app.get("/readyz").await.expect(200);
+        tx.send(store.schema().unwrap().to_owned()).unwrap();
+        panic!("the test fails");
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    let schema = rx.await.unwrap();
+    assert!(!exists(&schema).await, "{schema} outlived a panic");
+}
+
 /// Declares each listed `async fn name(Backend)` as two tests, `sqlite::name`
 /// and `postgres::name`.
 #[macro_export]
@@ -346,6 +593,7 @@ macro_rules! on_both_stores {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(allot_test_pg), ignore = "set TEST_DATABASE_URL to run on PostgreSQL")]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::Postgres).await
                 }
@@ -356,14 +604,15 @@ macro_rules! on_both_stores {
 
 /// Declares each listed `async fn name(Backend)` as one test,
 /// `postgres_only::name`, for behaviour only PostgreSQL has (notifications,
-/// server-side sessions). Without `TEST_DATABASE_URL` it says it was skipped
-/// and passes, like the PostgreSQL half of `on_both_stores!`.
+/// server-side sessions). Without `TEST_DATABASE_URL` they are ignored, like
+/// the PostgreSQL half of `on_both_stores!`.
 #[macro_export]
 macro_rules! on_postgres {
     ($($name:ident),* $(,)?) => {
         mod postgres_only {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(allot_test_pg), ignore = "set TEST_DATABASE_URL to run on PostgreSQL")]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::Postgres).await
                 }

@@ -11,6 +11,7 @@ mod assign;
 mod auth;
 mod binary;
 mod catch_up;
+mod cli;
 mod conformance;
 mod experiments;
 mod flags;
