@@ -948,7 +948,10 @@ fn unavailable_count(metrics: &str) -> f64 {
 /// a new transaction, a sticky assignment answers 503, the 503 body carries
 /// no driver text, and every such error is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(allot_test_pg), ignore = "set TEST_DATABASE_URL to run on PostgreSQL")]
+#[cfg_attr(
+    not(allot_test_pg),
+    ignore = "set TEST_DATABASE_URL to run on PostgreSQL"
+)]
 async fn postgres_backend_terminated_mid_call_is_retried_or_503() {
     let Some(store) = crate::helpers::TestStore::new(Backend::Postgres).await else {
         return;

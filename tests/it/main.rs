@@ -21,6 +21,7 @@ mod hash_vectors;
 mod observability;
 mod openapi;
 mod operations;
+mod readme;
 mod replica_races;
 mod replicas;
 mod robustness;

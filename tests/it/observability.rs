@@ -143,7 +143,10 @@ async fn wait_for_readiness(
 /// configuration's age grow; a replica with `readiness_max_config_age_secs`
 /// turns unready once its configuration is older than that. No restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(allot_test_pg), ignore = "set TEST_DATABASE_URL to run on PostgreSQL")]
+#[cfg_attr(
+    not(allot_test_pg),
+    ignore = "set TEST_DATABASE_URL to run on PostgreSQL"
+)]
 async fn postgres_readiness_follows_the_store_going_away_and_coming_back() {
     let Some(store) = crate::helpers::TestStore::new(Backend::Postgres).await else {
         return;

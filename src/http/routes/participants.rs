@@ -18,7 +18,10 @@ use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
     Routes::new()
-        .routes(Access::Client, routes!(register_participant, get_participant))
+        .routes(
+            Access::Client,
+            routes!(register_participant, get_participant),
+        )
         .routes(Access::Client, routes!(route_participant))
         .routes(Access::Client, routes!(accept_participant))
         .routes(Access::Client, routes!(decline_participant))
