@@ -10,13 +10,14 @@
 //! polls back to back (each probe is a round trip) until a generous deadline,
 //! and prints the measured delay instead of asserting a time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::helpers::{until, Answer, Backend, TestApp, TestStore};
+use crate::invariants::{self, score_of};
 use crate::{on_both_stores, on_postgres};
 
 /// A refresh interval no test outlives: with it, only a notification (or a
@@ -777,11 +778,6 @@ async fn flag_versions_continue_across_a_deletion(backend: Backend) {
 // ---------------------------------------------------------------------------
 
 const BURST: &str = "/v1/experiments/burst";
-const SCORES: [i64; 8] = [10, 8, 2, 6, 7, 1, 9, 3];
-
-fn score_of(id: &str) -> i64 {
-    SCORES[id[1..].parse::<usize>().unwrap() % SCORES.len()]
-}
 
 /// 400 participants, half through each replica, all set off the moment A has
 /// created the study (B has never heard of it), each registering and then
@@ -857,132 +853,10 @@ async fn a_burst_through_two_replicas_right_after_creation(backend: Backend) {
             "nobody is {status}"
         );
     }
-    check_routing_invariants(&a, &participants).await;
-    check_routing_invariants(&b, &participants).await;
-}
-
-/// Every routing event of the burst study, oldest first, page by page.
-async fn all_events(app: &TestApp) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut before: Option<i64> = None;
-    loop {
-        let page = match before {
-            Some(b) => format!("{BURST}/routing/events?limit=1000&before={b}"),
-            None => format!("{BURST}/routing/events?limit=1000"),
-        };
-        let body = app.get(&page).await.expect(200).body;
-        events.extend(body["events"].as_array().cloned().unwrap_or_default());
-        match body["next_before"].as_i64() {
-            Some(next) => before = Some(next),
-            None => break,
-        }
+    for app in [&a, &b] {
+        let (cohorts, events) = invariants::observe(app, BURST).await;
+        invariants::check_study(&cohorts, &events, &participants, false);
     }
-    events.reverse();
-    events
-}
-
-/// No cohort over capacity or miscounted, every participant in exactly one
-/// state (and in a cohort exactly when that state holds a seat), each one's
-/// events chaining from `new` to where it is with at most one cohort, every
-/// group-made cohort one formation, and nothing formable left waiting.
-async fn check_routing_invariants(app: &TestApp, participants: &[Value]) {
-    let cohorts = app
-        .get(&format!("{BURST}/cohorts"))
-        .await
-        .expect(200)
-        .body
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let known: BTreeSet<&str> = cohorts.iter().filter_map(|c| c["id"].as_str()).collect();
-    let mut members_of: HashMap<String, Vec<&Value>> = HashMap::new();
-    let states = [
-        "new",
-        "waiting",
-        "pending",
-        "assigned",
-        "declined",
-        "timed_out",
-        "completed",
-        "dropped",
-    ];
-    for p in participants {
-        let status = p["status"].as_str().unwrap_or_default();
-        assert!(states.contains(&status), "an unknown state: {p}");
-        let seated = matches!(status, "assigned" | "pending" | "completed");
-        match p["cohort"]["id"].as_str() {
-            Some(c) => {
-                assert!(seated, "in a cohort but {status}: {p}");
-                assert!(known.contains(c), "in a cohort that is not listed: {p}");
-                members_of.entry(c.to_owned()).or_default().push(p);
-            }
-            None => assert!(!seated, "{status} without a cohort: {p}"),
-        }
-        // Nobody registered here was left unrouted.
-        assert_ne!(status, "new", "{p}");
-    }
-    let events = all_events(app).await;
-    for c in &cohorts {
-        let id = c["id"].as_str().unwrap();
-        let members = members_of.get(id).map(Vec::len).unwrap_or(0) as u64;
-        let counted =
-            c["members"]["assigned"].as_u64().unwrap() + c["members"]["pending"].as_u64().unwrap();
-        assert_eq!(members, counted, "cohort {} counts its members", c["name"]);
-        if let Some(capacity) = c["capacity"].as_u64() {
-            assert!(
-                members <= capacity,
-                "cohort {} holds {members} > {capacity}",
-                c["name"]
-            );
-        }
-        if c["alias"].is_null() {
-            let people = members_of.get(id).cloned().unwrap_or_default();
-            let highs = people.iter().filter(|p| p["entry"] == "high").count();
-            let lows = people.iter().filter(|p| p["entry"] == "low").count();
-            assert_eq!((highs, lows), (2, 2), "cohort {}: one formation", c["name"]);
-            let formed = events
-                .iter()
-                .filter(|e| e["cohort_id"] == id && e["reason"] == "formed")
-                .count();
-            assert_eq!(formed, 4, "cohort {} formed once, with 4 seats", c["name"]);
-        }
-    }
-    let mut chains: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for e in &events {
-        chains
-            .entry(e["participant_id"].as_str().unwrap())
-            .or_default()
-            .push(e);
-    }
-    let (mut highs, mut lows) = (0, 0);
-    for p in participants {
-        let id = p["participant_id"].as_str().unwrap();
-        let chain = chains.get(id).cloned().unwrap_or_default();
-        let mut status = json!("new");
-        for e in &chain {
-            assert_eq!(e["previous"], status, "{id}: {chain:?}");
-            status = e["status"].clone();
-        }
-        assert_eq!(status, p["status"], "{id}: its events end where it is");
-        let seats: BTreeSet<&str> = chain
-            .iter()
-            .filter_map(|e| e["cohort_id"].as_str())
-            .collect();
-        assert!(seats.len() <= 1, "{id} was seated in {seats:?}");
-        if p["status"] == "waiting" {
-            let score = score_of(id);
-            assert!(score < 9, "{id} with score {score} is waiting");
-            if score >= 7 {
-                highs += 1;
-            } else if score < 5 {
-                lows += 1;
-            }
-        }
-    }
-    assert!(
-        highs < 2 || lows < 2,
-        "a mixed group is still formable: {highs} highs, {lows} lows waiting"
-    );
 }
 
 // ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::{Backend, TestApp, TestStore};
+use crate::invariants;
 use crate::{on_both_stores, start};
 
 fn study() -> Value {
@@ -557,7 +558,7 @@ async fn a_burst_through_two_replicas_keeps_every_invariant(backend: Backend) {
             let mut i = client;
             while i < total {
                 let id = format!("p{i:03}");
-                let score = [10, 8, 2, 6, 7, 1, 9, 3][i % 8];
+                let score = invariants::SCORES[i % 8];
                 app.put(
                     &format!("{P}/{id}"),
                     json!({"attributes": {"score": score}}),
@@ -587,103 +588,6 @@ async fn a_burst_through_two_replicas_keeps_every_invariant(backend: Backend) {
         let p = b.get(&format!("{P}/p{i:03}")).await.expect(200).body;
         participants.push(p);
     }
-    check_invariants(&a, &participants).await;
-}
-
-async fn check_invariants(app: &TestApp, participants: &[Value]) {
-    let listed = cohorts(app).await;
-    let mut members_of: std::collections::HashMap<String, Vec<&Value>> = Default::default();
-    for p in participants {
-        if let Some(c) = p["cohort"]["id"].as_str() {
-            assert!(p["status"] == "assigned" || p["status"] == "pending", "{p}");
-            members_of.entry(c.to_owned()).or_default().push(p);
-        }
-    }
-    for c in &listed {
-        let id = c["id"].as_str().unwrap();
-        let members = members_of.get(id).map(Vec::len).unwrap_or(0) as u64;
-        let counted =
-            c["members"]["assigned"].as_u64().unwrap() + c["members"]["pending"].as_u64().unwrap();
-        assert_eq!(members, counted, "cohort {} counts", c["name"]);
-        if let Some(cap) = c["capacity"].as_u64() {
-            assert!(
-                members <= cap,
-                "cohort {} holds {members} > {cap}",
-                c["name"]
-            );
-        }
-        // A group-made cohort holds exactly one formation: 2 high + 2 low,
-        // less the seats that were declined.
-        if c["alias"].is_null() {
-            let people = members_of.get(id).cloned().unwrap_or_default();
-            let highs = people.iter().filter(|p| p["entry"] == "high").count();
-            let lows = people.iter().filter(|p| p["entry"] == "low").count();
-            assert!(
-                highs <= 2 && lows <= 2,
-                "cohort {}: {highs} high, {lows} low",
-                c["name"]
-            );
-            let formed = app
-                .get("/v1/experiments/study/routing/events?limit=1000")
-                .await
-                .body;
-            let seats = formed["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["cohort_id"] == id && e["reason"] == "formed")
-                .count();
-            assert_eq!(seats, 4, "cohort {} formed with 4 seats", c["name"]);
-        }
-    }
-    let waiting: Vec<&Value> = participants
-        .iter()
-        .filter(|p| p["status"] == "waiting")
-        .collect();
-    // Nothing formable left: no waiting high scorer (>= 9 goes straight to the
-    // arm), and not both two waiting highs (7-8) and two waiting lows.
-    let mut highs = 0;
-    let mut lows = 0;
-    for p in &waiting {
-        let id = p["participant_id"].as_str().unwrap();
-        let score = [10, 8, 2, 6, 7, 1, 9, 3][id[1..].parse::<usize>().unwrap() % 8];
-        assert!(score < 9, "{id} with score {score} is waiting");
-        if score >= 7 {
-            highs += 1;
-        } else if score < 5 {
-            lows += 1;
-        }
-    }
-    assert!(
-        highs < 2 || lows < 2,
-        "a mixed group is still formable: {highs} highs, {lows} lows waiting"
-    );
-    // One event per status change: each participant's events chain from
-    // `new` to where it is, so nobody was formed twice or into two cohorts.
-    let events = app
-        .get("/v1/experiments/study/routing/events?limit=1000")
-        .await
-        .body;
-    let mut chains: std::collections::HashMap<String, Vec<Value>> = Default::default();
-    let all = events["events"].as_array().unwrap();
-    assert!(events["next_before"].is_null(), "more than 1000 events");
-    for e in all.iter().rev() {
-        chains
-            .entry(e["participant_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(e.clone());
-    }
-    for p in participants {
-        let id = p["participant_id"].as_str().unwrap();
-        let chain = chains.get(id).cloned().unwrap_or_default();
-        let mut status = json!("new");
-        for e in &chain {
-            assert_eq!(e["previous"], status, "{id}: {chain:?}");
-            status = e["status"].clone();
-        }
-        assert_eq!(
-            status, p["status"],
-            "{id}: events end where the participant is"
-        );
-    }
+    let (cohorts, events) = invariants::observe(&a, "/v1/experiments/study").await;
+    invariants::check_study(&cohorts, &events, &participants, true);
 }
