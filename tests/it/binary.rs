@@ -2,10 +2,9 @@
 //! platform-set `ALLOT_*` variables, `allot migrate`, and SIGTERM ending the
 //! process with exit code 0.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::helpers::{allot, exit_within, serving_addr};
+use crate::helpers::{allot, exit_within, serving};
 
 #[test]
 fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_0() {
@@ -29,14 +28,10 @@ fn environment_beats_the_config_file_which_beats_the_defaults_and_sigterm_exits_
         .spawn()
         .unwrap();
     // The service logs (as JSON, from the file) once it listens.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let serving = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|line| line.contains("allot is serving"))
-        .expect("the service starts");
+    let started = serving(&mut child);
+    let addr = started.addr();
+    let lines = started.lines;
     // The file's listen address (port 0) beat the default's (8080).
-    let addr = serving_addr(&serving);
     assert!(!addr.ends_with(":8080"), "{addr}");
     assert!(
         from_env.join("allot.db").exists(),
@@ -116,13 +111,9 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let serving = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("allot is serving"))
-        .expect("the service starts");
-    let addr = serving_addr(&serving);
+    // Its stdout stays open (and read by nobody) while it runs.
+    let started = serving(&mut child);
+    let addr = started.addr();
 
     let body = br#"{"items": []}"#;
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
@@ -186,20 +177,15 @@ fn kubernetes_service_variables_are_ignored_with_one_warning_naming_them_all() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut warnings = Vec::new();
-    let mut listen = String::new();
-    for line in lines.by_ref().map_while(Result::ok) {
-        if line.contains("allot is serving") {
-            listen = serving_addr(&line);
-            break;
-        }
-        if line.contains("name no setting") {
-            warnings.push(line);
-        }
-    }
+    let started = serving(&mut child);
+    let listen = started.addr();
+    let before = &started.before;
+    let warnings: Vec<&String> = before
+        .iter()
+        .filter(|line| line.contains("name no setting"))
+        .collect();
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
-    let warning: serde_json::Value = serde_json::from_str(&warnings[0]).unwrap();
+    let warning: serde_json::Value = serde_json::from_str(warnings[0]).unwrap();
     assert_eq!(warning["level"], "WARN");
     let message = warning["message"].as_str().unwrap();
     let (_, list) = message.split_once(": ").unwrap();

@@ -2,11 +2,11 @@
 //! a `--help` that names every variable, and start-up failures that say
 //! their cause once, on one line, with exit code 1.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{allot, exit_within, output_within, serving_addr};
+use crate::helpers::{allot, exit_within, output_within, serving, Serving};
 
 /// How long a start-up that fails may take; it only separates "prompt" from
 /// "waits for a time-out" (the tests raise every time-out well above it).
@@ -69,14 +69,10 @@ fn options_win_over_the_environment_and_the_config_file() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let serving = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|line| line.contains("allot is serving"))
-        .expect("the service starts");
     // JSON, on the port it was given (0), not the file's or the variable's 9.
-    let addr = serving_addr(&serving);
+    // Its stdout stays open (and read by nobody) while it runs.
+    let started = serving(&mut child);
+    let addr = started.addr();
     assert!(!addr.ends_with(":9"), "{addr}");
     assert!(db("flag.db").exists(), "--database-url wins");
     assert!(!db("env.db").exists() && !db("file.db").exists());
@@ -212,15 +208,14 @@ fn pretty_logs_into_a_pipe_have_no_colour() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref().map_while(Result::ok) {
-        let serving = line.contains("allot is serving");
-        seen.push(line);
-        if serving {
-            break;
-        }
-    }
+    let Serving {
+        mut before,
+        line,
+        lines,
+        ..
+    } = serving(&mut child);
+    before.push(line);
+    let mut seen = before;
     sigterm(&child);
     seen.extend(lines.map_while(Result::ok));
     let exit = exit_within(&mut child, Duration::from_secs(30));

@@ -472,6 +472,45 @@ pub fn allot() -> std::process::Command {
     command
 }
 
+/// A started `allot` child, read up to its "allot is serving" line.
+pub struct Serving {
+    /// Its stdout lines before the serving line.
+    pub before: Vec<String>,
+    /// The serving line itself.
+    pub line: String,
+    /// The rest of its stdout.
+    pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Serving {
+    /// Where it serves (JSON logs only; see [`serving_addr`]).
+    pub fn addr(&self) -> String {
+        serving_addr(&self.line)
+    }
+}
+
+/// Reads `child`'s stdout (piped) until it says it is serving.
+pub fn serving(child: &mut std::process::Child) -> Serving {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut before = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if line.contains("allot is serving") {
+            return Serving {
+                before,
+                line,
+                lines,
+            };
+        }
+        before.push(line);
+    }
+    panic!(
+        "the service did not start; it logged:\n{}",
+        before.join("\n")
+    );
+}
+
 /// The address in the service's JSON "allot is serving" line: it listens on
 /// port 0 and says which port it got, so no test hands a port it freed to a
 /// child that might lose it to another process.
