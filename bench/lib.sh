@@ -32,3 +32,17 @@ stop_processes() {
     for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
+
+# wait_ready NAME PORT PID LOG: waits up to 300 ticks of 0.1 s for the
+# replica on PORT to answer /readyz; exits 1, showing LOG, if it exits or
+# never gets ready.
+wait_ready() {
+    local name=$1 port=$2 pid=$3 log=$4
+    for _ in $(seq 1 300); do
+        curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "$name exited at start-up:" >&2; cat "$log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "$name never got ready" >&2
+    exit 1
+}

@@ -58,12 +58,7 @@ for i in 0 1; do
     pids+=($!)
 done
 for i in 0 1; do
-    for _ in $(seq 1 300); do
-        curl -fs "http://127.0.0.1:${PORTS[$i]}/readyz" >/dev/null && break
-        kill -0 "${pids[$i]}" 2>/dev/null || { echo "replica $i exited at start-up:" >&2; cat "$work/replica-$i.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    curl -fs "http://127.0.0.1:${PORTS[$i]}/readyz" >/dev/null || { echo "replica $i never got ready" >&2; exit 1; }
+    wait_ready "replica $i" "${PORTS[$i]}" "${pids[$i]}" "$work/replica-$i.log"
 done
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); PostgreSQL $(psql "$PG" -Atc 'SHOW server_version'); schema $schema"

@@ -62,12 +62,7 @@ for i in "${!PORTS[@]}"; do
     pids+=($!)
 done
 for i in "${!PORTS[@]}"; do
-    for _ in $(seq 1 300); do
-        curl -fs "http://127.0.0.1:${PORTS[$i]}/readyz" >/dev/null && break
-        kill -0 "${pids[$i]}" 2>/dev/null || { echo "replica $((i + 1)) exited at start-up:" >&2; cat "$logs/replica-$((i + 1)).log" >&2; exit 1; }
-        sleep 0.2
-    done
-    curl -fs "http://127.0.0.1:${PORTS[$i]}/readyz" >/dev/null || { echo "replica $((i + 1)) never got ready" >&2; exit 1; }
+    wait_ready "replica $((i + 1))" "${PORTS[$i]}" "${pids[$i]}" "$logs/replica-$((i + 1)).log"
 done
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); PostgreSQL $(psql "$PG" -Atc 'SHOW server_version'); schema $schema"
