@@ -13,6 +13,7 @@ pub mod ids;
 pub mod layout;
 pub mod limits;
 pub mod number;
+pub mod phase;
 pub mod precondition;
 pub mod problem;
 pub mod routing;

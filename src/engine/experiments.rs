@@ -9,9 +9,10 @@ use time::OffsetDateTime;
 use super::flags::Outcome;
 use super::snapshot::{parse_experiment, parse_stored, ExperimentEntry};
 use super::{Engine, EngineError, Served, Unusable};
-use crate::domain::experiment::ExperimentConfig;
+use crate::domain::experiment::{ExperimentConfig, HashBy};
 use crate::domain::ids::Key;
 use crate::domain::layout::Range;
+use crate::domain::phase::{self, Moved};
 use crate::domain::precondition::Precondition;
 use crate::store::{ExperimentRecord, ExperimentWritten, NewVersion, Plan, StoreError};
 
@@ -35,6 +36,10 @@ pub struct ExperimentVersion {
     pub deleted: bool,
     pub config: Value,
     pub layout: Value,
+    /// The phase the version belongs to (§3).
+    pub phase: u32,
+    /// The buckets it moved from the previous live version's layout.
+    pub moved: Moved,
 }
 
 fn not_found(key: &str) -> EngineError {
@@ -55,6 +60,23 @@ fn serve(entry: &ExperimentEntry) -> Result<ServedExperiment, EngineError> {
             config: experiment.config.clone(),
             layout: experiment.ranges(),
         },
+    })
+}
+
+/// How a stored version randomizes, read from its normalised document
+/// (which always states `salt` and `hash_by`); `None` for a deletion. A
+/// hand-edited document without them randomizes unlike any other.
+fn randomization<'a>(v: &'a ExperimentVersion, ranges: &'a [Range]) -> phase::Step<'a> {
+    if v.deleted {
+        return None;
+    }
+    Some(phase::Randomization {
+        salt: v.config["salt"].as_str().unwrap_or_default(),
+        hash_by: match v.config["hash_by"].as_str() {
+            Some("org") => HashBy::Org,
+            _ => HashBy::Unit,
+        },
+        ranges,
     })
 }
 
@@ -325,7 +347,7 @@ impl Engine {
                 StoreError::NotFound => not_found(key),
                 other => other.into(),
             })?;
-        Ok(records
+        let mut versions: Vec<ExperimentVersion> = records
             .into_iter()
             .map(|r| ExperimentVersion {
                 version: r.version,
@@ -334,7 +356,27 @@ impl Engine {
                 deleted: r.deleted,
                 config: stored_json(r.config),
                 layout: stored_json(r.layout),
+                phase: 0,
+                moved: Moved::none(),
             })
-            .collect())
+            .collect();
+        // Phases run oldest first; the history is served newest first.
+        versions.reverse();
+        let ranges: Vec<Vec<Range>> = versions
+            .iter()
+            .map(|v| serde_json::from_value(v.layout.clone()).unwrap_or_default())
+            .collect();
+        let history: Vec<phase::Step<'_>> = versions
+            .iter()
+            .zip(&ranges)
+            .map(|(v, ranges)| randomization(v, ranges))
+            .collect();
+        let phases = phase::phases(&history);
+        for (v, (phase, moved)) in versions.iter_mut().zip(phases) {
+            v.phase = phase;
+            v.moved = moved;
+        }
+        versions.reverse();
+        Ok(versions)
     }
 }
