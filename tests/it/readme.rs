@@ -64,7 +64,7 @@ async fn the_readme_tour_runs_as_written(backend: Backend) {
     let stderr = std::fs::read_to_string(&err).unwrap();
     assert!(
         status.success(),
-        "the tour stopped ({status}); it needs bash, curl and jq\n--- stderr\n{stderr}\n--- stdout\n{stdout}"
+        "the tour stopped ({status}); it needs bash and curl\n--- stderr\n{stderr}\n--- stdout\n{stdout}"
     );
 
     let calls: Vec<(u16, &str, &str)> = stderr
