@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use crate::domain::experiment::{AssignmentReason, ExperimentConfig};
 use crate::domain::flag::{FlagConfig, FlagReason};
 use crate::domain::layout::Range;
+use crate::domain::phase::Moved;
 use crate::domain::routing::lifecycle::{self, Cohort, ParticipantStatus};
 use crate::engine::assign;
 use crate::engine::experiments::{ExperimentVersion, ServedExperiment};
@@ -192,6 +193,11 @@ pub struct VersionView {
     pub deleted: bool,
     pub config: Value,
     pub layout: Value,
+    /// The phase the version belongs to: a version that changes the layout,
+    /// the salt or `hash_by` starts the next one (§3).
+    pub phase: u32,
+    /// What changed hands against the previous live version's layout.
+    pub moved: MovedView,
 }
 
 impl From<ExperimentVersion> for VersionView {
@@ -203,6 +209,46 @@ impl From<ExperimentVersion> for VersionView {
             deleted: v.deleted,
             config: v.config,
             layout: v.layout,
+            phase: v.phase,
+            moved: v.moved.into(),
+        }
+    }
+}
+
+/// The buckets a version moved: their count, share of the 10 000, and
+/// ranges (with the documented hash, the exact units).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MovedView {
+    pub buckets: u32,
+    pub share: f64,
+    pub ranges: Vec<MovedRangeView>,
+}
+
+/// Buckets `[start, end)` that went from one treatment to another (`null`:
+/// a free bucket).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MovedRangeView {
+    pub start: u16,
+    pub end: u16,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl From<Moved> for MovedView {
+    fn from(m: Moved) -> Self {
+        Self {
+            buckets: m.buckets,
+            share: m.share,
+            ranges: m
+                .ranges
+                .into_iter()
+                .map(|r| MovedRangeView {
+                    start: r.start,
+                    end: r.end,
+                    from: r.from,
+                    to: r.to,
+                })
+                .collect(),
         }
     }
 }

@@ -393,7 +393,60 @@ async fn a_second_replica_sees_writes_after_refreshing(backend: Backend) {
     );
 }
 
+/// Every version states its phase and the buckets it moved (§3): the
+/// contract's example (a third equal arm joins two), a change that keeps
+/// the layout, a new salt, a deletion and a re-creation.
+async fn versions_state_their_phase_and_what_they_moved(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let path = "/v1/experiments/code-review";
+    let three = json!({"salt": "code-review", "treatments": [
+        {"name": "noop", "weight": 1}, {"name": "cost-optimized", "weight": 1}, {"name": "perf", "weight": 1}]});
+    app.put(path, two_arms()).await.expect(201);
+    app.put(path, three.clone()).await.expect(200);
+    let mut described = three.clone();
+    described["description"] = json!("same layout");
+    app.put(path, described).await.expect(200);
+    let mut salted = three.clone();
+    salted["salt"] = json!("again");
+    app.put(path, salted.clone()).await.expect(200);
+    app.delete(path).await.expect(204);
+    app.put(path, salted).await.expect(201);
+
+    let history = app.get(&format!("{path}/versions")).await.expect(200).body;
+    let got: Vec<(i64, i64, i64)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["phase"].as_i64().unwrap(),
+                v["moved"]["buckets"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // 1 first; 2 a third arm (phase 2, a third moved); 3 a description
+    // (same phase); 4 a new salt (phase 3, the layout itself unchanged);
+    // 5 the deletion (ends phase 3, moves nobody); 6 re-created (phase 4):
+    // its fresh layout lays the three arms out in list order, so against
+    // the last live layout 3 332 buckets changed hands.
+    assert_eq!(
+        got,
+        [(1, 1, 0), (2, 2, 3333), (3, 2, 0), (4, 3, 0), (5, 3, 0), (6, 4, 3332)],
+        "{history}"
+    );
+    let second = &history.as_array().unwrap()[4];
+    assert_eq!(second["moved"]["share"], 0.3333);
+    assert_eq!(
+        second["moved"]["ranges"],
+        json!([{"start": 3334, "end": 5000, "from": "noop", "to": "perf"},
+               {"start": 8333, "end": 10000, "from": "cost-optimized", "to": "perf"}])
+    );
+}
+
 on_both_stores!(
+    versions_state_their_phase_and_what_they_moved,
     lifecycle_create_update_resend_delete_recreate,
     every_invalid_document_is_refused_and_changes_nothing,
     a_stale_if_match_is_refused_and_changes_nothing,
