@@ -54,10 +54,12 @@ fn decision(c: &mut Criterion) {
     group.bench_function("decision", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;
-            let pre =
-                experiment.precheck(|k| flag.evaluate(k.as_str(), "42", None, &attributes).enabled);
+            let pre = experiment.precheck("42", &units[i], |k| {
+                flag.evaluate(k.as_str(), "42", None, &attributes).enabled
+            });
             let treatment = match pre {
                 Precheck::Continue => experiment.treatment_at(experiment.bucket("42", &units[i])),
+                Precheck::Forced(t) => Some(t),
                 Precheck::Out(_) => None,
             };
             black_box(treatment)

@@ -5,18 +5,23 @@
 //! [`Experiment`] pairs a config with its layout and answers the pure parts of
 //! a decision; the engine adds the flag lookup and sticky storage around them.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use serde_json::Value;
 
 use super::fields::{boolean, optional_text, reject_unknown, reject_unknown_at, SERVED};
 use super::hash::bucket;
-use super::ids::Key;
+use super::ids::{Key, OrgId, UnitId};
 use super::layout::{Layout, Range, Weighted};
 use super::problem::{pointer, Problem};
 use super::routing::{self, CohortDef, CompiledRouting, RoutingConfig, VariableDef};
 
 /// At most this many treatments per experiment.
 pub const MAX_TREATMENTS: usize = 100;
+
+/// At most this many forced pins per experiment.
+pub const MAX_FORCED: usize = 1000;
 
 /// Served with an experiment besides [`SERVED`]: ignored on write.
 const LAYOUT: &str = "layout";
@@ -61,6 +66,19 @@ pub struct ExperimentConfig {
     pub cohorts: Vec<CohortDef>,
     pub variables: Vec<VariableDef>,
     pub routing: Option<RoutingConfig>,
+    /// Record this experiment's exposures (§8).
+    pub exposures: bool,
+    /// QA pins (§3): answered before eligibility and bucket, never exposures.
+    pub forced: Vec<ForcedPin>,
+}
+
+/// A QA pin: this org's unit, or with `unit_id: null` every unit of the
+/// org, gets `treatment` (listed, its weight may be 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ForcedPin {
+    pub org_id: String,
+    pub unit_id: Option<String>,
+    pub treatment: String,
 }
 
 /// Why an assignment answered as it did (§4.3).
@@ -69,6 +87,7 @@ pub struct ExperimentConfig {
 pub enum AssignmentReason {
     Assigned,
     Sticky,
+    Forced,
     ExperimentPaused,
     OrgNotEligible,
     NoActiveTreatments,
@@ -80,6 +99,7 @@ impl AssignmentReason {
         match self {
             AssignmentReason::Assigned => "assigned",
             AssignmentReason::Sticky => "sticky",
+            AssignmentReason::Forced => "forced",
             AssignmentReason::ExperimentPaused => "experiment_paused",
             AssignmentReason::OrgNotEligible => "org_not_eligible",
             AssignmentReason::NoActiveTreatments => "no_active_treatments",
@@ -108,6 +128,8 @@ impl ExperimentConfig {
             "cohorts",
             "variables",
             "routing",
+            "exposures",
+            "forced",
         ]
         .into_iter()
         .chain(SERVED.iter().copied())
@@ -169,6 +191,8 @@ impl ExperimentConfig {
         let cohorts = routing::parse_cohorts(map.get("cohorts"), &mut problems);
         let variables = routing::parse_variables(map.get("variables"), &cohorts, &mut problems);
         let routing = routing::parse_routing(map.get("routing"), &cohorts, &mut problems);
+        let exposures = boolean(map, "exposures", "", true, &mut problems);
+        let forced = parse_forced(map.get("forced"), &treatments, &mut problems);
         if problems.is_empty() {
             Ok(Self {
                 description,
@@ -182,6 +206,8 @@ impl ExperimentConfig {
                 cohorts,
                 variables,
                 routing,
+                exposures,
+                forced,
             })
         } else {
             Err(problems)
@@ -216,6 +242,88 @@ impl ExperimentConfig {
             .collect();
         Layout::rebalance(previous, &weighted, self.coverage)
     }
+}
+
+/// `forced`: at most [`MAX_FORCED`] pins, each naming a listed treatment,
+/// no two for the same org and unit.
+fn parse_forced(
+    value: Option<&Value>,
+    treatments: &[Treatment],
+    problems: &mut Vec<Problem>,
+) -> Vec<ForcedPin> {
+    let items = match value {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            problems.push(Problem::new("/forced", "must be an array of pins"));
+            return Vec::new();
+        }
+    };
+    if items.len() > MAX_FORCED {
+        problems.push(Problem::new(
+            "/forced",
+            format!("at most {MAX_FORCED} pins"),
+        ));
+        return Vec::new();
+    }
+    let mut pins: Vec<ForcedPin> = Vec::with_capacity(items.len());
+    let mut seen: HashMap<(String, Option<String>), usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = pointer("/forced", i);
+        let Some(pin) = item.as_object() else {
+            problems.push(Problem::new(
+                at,
+                "must be an object like {\"org_id\": 42, \"unit_id\": null, \"treatment\": \"control\"}",
+            ));
+            continue;
+        };
+        reject_unknown_at(pin, &["org_id", "unit_id", "treatment"], &at, problems);
+        let org_id = match pin.get("org_id") {
+            None | Some(Value::Null) => {
+                problems.push(Problem::new(pointer(&at, "org_id"), "is required"));
+                None
+            }
+            Some(v) => OrgId::from_json(v)
+                .map_err(|e| problems.push(Problem::new(pointer(&at, "org_id"), e)))
+                .ok(),
+        };
+        let unit_id = match pin.get("unit_id") {
+            None | Some(Value::Null) => Some(None),
+            Some(v) => UnitId::from_json(v)
+                .map(|u| Some(u.into_string()))
+                .map_err(|e| problems.push(Problem::new(pointer(&at, "unit_id"), e)))
+                .ok(),
+        };
+        let treatment = match pin.get("treatment").and_then(Value::as_str) {
+            Some(name) if treatments.iter().any(|t| t.name.as_str() == name) => {
+                Some(name.to_owned())
+            }
+            _ => {
+                problems.push(Problem::new(
+                    pointer(&at, "treatment"),
+                    "must name a listed treatment",
+                ));
+                None
+            }
+        };
+        let (Some(org_id), Some(unit_id), Some(treatment)) = (org_id, unit_id, treatment) else {
+            continue;
+        };
+        let org_id = org_id.into_string();
+        if let Some(first) = seen.insert((org_id.clone(), unit_id.clone()), i) {
+            problems.push(Problem::new(
+                at,
+                format!("pins the same org and unit as /forced/{first}"),
+            ));
+            continue;
+        }
+        pins.push(ForcedPin {
+            org_id,
+            unit_id,
+            treatment,
+        });
+    }
+    pins
 }
 
 fn parse_treatments(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<Treatment> {
@@ -299,6 +407,15 @@ pub struct Experiment {
     pub routing: Option<CompiledRouting>,
     /// Whether any treatment has weight > 0.
     has_active: bool,
+    /// The forced pins by org: the pin for every unit, and per unit.
+    forced: HashMap<String, OrgPins>,
+}
+
+/// One org's forced pins, as treatment indexes.
+#[derive(Debug, Clone, Default)]
+struct OrgPins {
+    every_unit: Option<usize>,
+    units: HashMap<String, usize>,
 }
 
 /// The outcome of the steps of §4.3 that need no storage.
@@ -306,6 +423,8 @@ pub struct Experiment {
 pub enum Precheck {
     /// Steps 1–3 decided: not in the experiment, for this reason.
     Out(AssignmentReason),
+    /// Step 1a: a forced pin gives this treatment (by index).
+    Forced(usize),
     /// Go on to the sticky lookup (if sticky) and the bucket.
     Continue,
 }
@@ -314,11 +433,29 @@ impl Experiment {
     pub fn new(config: ExperimentConfig, layout: Layout) -> Self {
         let has_active = config.treatments.iter().any(|t| t.weight > 0.0);
         let routing = config.routing.clone().map(CompiledRouting::new);
+        let mut forced: HashMap<String, OrgPins> = HashMap::new();
+        for pin in &config.forced {
+            let Some(i) = config
+                .treatments
+                .iter()
+                .position(|t| t.name.as_str() == pin.treatment)
+            else {
+                continue;
+            };
+            let org = forced.entry(pin.org_id.clone()).or_default();
+            match &pin.unit_id {
+                Some(unit) => {
+                    org.units.insert(unit.clone(), i);
+                }
+                None => org.every_unit = Some(i),
+            }
+        }
         Self {
             config,
             layout,
             routing,
             has_active,
+            forced,
         }
     }
 
@@ -350,11 +487,21 @@ impl Experiment {
         self.layout.ranges(&self.config.treatment_names())
     }
 
-    /// Steps 1–3 of §4.3. `eligible` is only called when the experiment is
-    /// gated by a flag.
-    pub fn precheck(&self, eligible: impl FnOnce(&Key) -> bool) -> Precheck {
+    /// Steps 1–3 of §4.3, with 1a (forced pins). `eligible` is only called
+    /// when the experiment is gated by a flag.
+    pub fn precheck(
+        &self,
+        org_id: &str,
+        unit_id: &str,
+        eligible: impl FnOnce(&Key) -> bool,
+    ) -> Precheck {
         if self.config.status == ExperimentStatus::Paused {
             return Precheck::Out(AssignmentReason::ExperimentPaused);
+        }
+        if let Some(pins) = self.forced.get(org_id) {
+            if let Some(&i) = pins.units.get(unit_id).or(pins.every_unit.as_ref()) {
+                return Precheck::Forced(i);
+            }
         }
         if let Some(flag) = &self.config.eligibility_flag {
             if !eligible(flag) {

@@ -101,7 +101,7 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
     } = request;
 
     let mut broken_gate = None;
-    let precheck = experiment.precheck(|flag_key: &Key| {
+    let precheck = experiment.precheck(org_id.as_str(), unit_id.as_str(), |flag_key: &Key| {
         let Some(flag_entry) = snapshot.flags.get(flag_key.as_str()) else {
             return false;
         };
@@ -120,10 +120,24 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
         }
         .into());
     }
-    if let Precheck::Out(reason) = precheck {
-        return Ok(Step::Done(answer(
-            entry, org_id, unit_id, None, None, reason,
-        )));
+    match precheck {
+        Precheck::Out(reason) => {
+            return Ok(Step::Done(answer(
+                entry, org_id, unit_id, None, None, reason,
+            )));
+        }
+        // A QA pin: no eligibility, no bucket, nothing stored (§4.3 1a).
+        Precheck::Forced(treatment) => {
+            return Ok(Step::Done(answer(
+                entry,
+                org_id,
+                unit_id,
+                Some(treatment),
+                None,
+                AssignmentReason::Forced,
+            )));
+        }
+        Precheck::Continue => {}
     }
     let bucket = experiment.bucket(org_id.as_str(), unit_id.as_str());
     if experiment.config.sticky {

@@ -233,7 +233,165 @@ async fn bad_single_requests_get_422_with_every_problem(backend: Backend) {
     .expect_error(404, "not_found");
 }
 
+/// QA pins (§3 `forced`, §4.3 step 1a): a unit's pin beats its org's, a
+/// pin needs no eligibility and no bucket and may name a disabled arm,
+/// pausing still wins, and a sticky experiment stores nothing for a pin.
+async fn forced_pins_answer_before_eligibility_and_bucket(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put(
+        &format!("/v1/flags/{FLAG}"),
+        json!({"rules": [{"condition": {"plan": "business"}, "rollout": 100}]}),
+    )
+    .await
+    .expect(201);
+    let mut doc = json!({"eligibility_flag": FLAG, "sticky": true,
+        "treatments": [{"name": "noop", "weight": 1}, {"name": "cost-optimized", "weight": 1},
+                       {"name": "retired", "weight": 0, "payload": {"model": "old"}}],
+        "forced": [{"org_id": 7, "unit_id": null, "treatment": "noop"},
+                   {"org_id": "7", "unit_id": "pr-1", "treatment": "retired"},
+                   {"org_id": 8, "unit_id": 99, "treatment": "cost-optimized"}]});
+    let served = app
+        .put("/v1/experiments/code-review", doc.clone())
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(served["exposures"], true);
+    assert_eq!(
+        served["forced"][0],
+        json!({"org_id": "7", "unit_id": null, "treatment": "noop"})
+    );
+    assert_eq!(served["forced"][2]["unit_id"], "99");
+    let assign = |org: Value, unit: &str| {
+        let body = json!({"org_id": org, "unit_id": unit, "attributes": {"plan": "free"}});
+        let app = &app;
+        async move {
+            app.post("/v1/experiments/code-review/assign", body)
+                .await
+                .expect(200)
+                .body
+        }
+    };
+    // Org 7 is not eligible (plan free), but pinned.
+    let unit = assign(json!(7), "pr-1").await;
+    assert_eq!(
+        (
+            &unit["treatment"],
+            &unit["reason"],
+            &unit["bucket"],
+            &unit["payload"]
+        ),
+        (
+            &json!("retired"),
+            &json!("forced"),
+            &Value::Null,
+            &json!({"model": "old"})
+        )
+    );
+    let org = assign(json!(7), "pr-2").await;
+    assert_eq!(
+        (&org["treatment"], &org["reason"]),
+        (&json!("noop"), &json!("forced"))
+    );
+    let one = assign(json!(8), "99").await;
+    assert_eq!(
+        (&one["treatment"], &one["reason"]),
+        (&json!("cost-optimized"), &json!("forced"))
+    );
+    let other = assign(json!(8), "98").await;
+    assert_eq!(other["reason"], "org_not_eligible");
+    // Without the pin, the sticky experiment stored nothing for org 7's
+    // unit: it gets its bucket's treatment (plan business: eligible).
+    doc["forced"] = json!([]);
+    app.put("/v1/experiments/code-review", doc.clone())
+        .await
+        .expect(200);
+    let unpinned = app
+        .post(
+            "/v1/experiments/code-review/assign",
+            json!({"org_id": 7, "unit_id": "pr-1", "attributes": {"plan": "business"}}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(unpinned["reason"], "assigned");
+    assert_ne!(unpinned["treatment"], "retired");
+    // Pausing comes first.
+    doc["status"] = json!("paused");
+    doc["forced"] = json!([{"org_id": 7, "unit_id": null, "treatment": "noop"}]);
+    app.put("/v1/experiments/code-review", doc)
+        .await
+        .expect(200);
+    assert_eq!(
+        assign(json!(7), "pr-2").await["reason"],
+        "experiment_paused"
+    );
+}
+
+/// Pins that cannot be honoured are refused, each at its pointer, and
+/// nothing is stored.
+async fn invalid_forced_pins_are_refused(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let arms = json!([{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]);
+    for (forced, paths) in [
+        (json!("all"), vec!["/forced"]),
+        (
+            json!([{"org_id": 1, "treatment": "c"}]),
+            vec!["/forced/0/treatment"],
+        ),
+        (
+            json!([{"unit_id": "u", "treatment": "a"}]),
+            vec!["/forced/0/org_id"],
+        ),
+        (
+            json!([{"org_id": -1, "treatment": "a"}]),
+            vec!["/forced/0/org_id"],
+        ),
+        (
+            json!([{"org_id": 1, "unit_id": "", "treatment": "a"}]),
+            vec!["/forced/0/unit_id"],
+        ),
+        (
+            json!([{"org_id": 1, "treatment": "a", "extra": 1}]),
+            vec!["/forced/0/extra"],
+        ),
+        (
+            json!([{"org_id": 1, "treatment": "a"}, {"org_id": "1", "unit_id": null, "treatment": "b"}]),
+            vec!["/forced/1"],
+        ),
+        (
+            json!(vec![json!({"org_id": 1, "treatment": "a"}); 1001]),
+            vec!["/forced"],
+        ),
+    ] {
+        let refused = app
+            .put(
+                "/v1/experiments/pins",
+                json!({"treatments": arms, "forced": forced}),
+            )
+            .await
+            .expect(422);
+        assert_eq!(refused.detail_paths(), paths, "{forced}");
+    }
+    app.get("/v1/experiments/pins").await.expect(404);
+    app.put(
+        "/v1/experiments/pins",
+        json!({"treatments": arms, "exposures": "no"}),
+    )
+    .await
+    .expect(422);
+    let quiet = app
+        .put(
+            "/v1/experiments/pins",
+            json!({"treatments": arms, "exposures": false}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(quiet.body["exposures"], false);
+}
+
 on_both_stores!(
+    forced_pins_answer_before_eligibility_and_bucket,
+    invalid_forced_pins_are_refused,
     every_reason_in_the_documented_order,
     hash_by_org_gives_every_unit_of_an_org_one_treatment,
     a_bad_batch_item_fails_alone,

@@ -433,7 +433,14 @@ async fn versions_state_their_phase_and_what_they_moved(backend: Backend) {
     // the last live layout 3 332 buckets changed hands.
     assert_eq!(
         got,
-        [(1, 1, 0), (2, 2, 3333), (3, 2, 0), (4, 3, 0), (5, 3, 0), (6, 4, 3332)],
+        [
+            (1, 1, 0),
+            (2, 2, 3333),
+            (3, 2, 0),
+            (4, 3, 0),
+            (5, 3, 0),
+            (6, 4, 3332)
+        ],
         "{history}"
     );
     let second = &history.as_array().unwrap()[4];

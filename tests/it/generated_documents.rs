@@ -481,8 +481,11 @@ fn exercise_experiment(
 ) -> Result<(), TestCaseError> {
     let experiment = Experiment::new(config.clone(), config.layout_from(&[]));
     for eligible in [true, false] {
-        let pre = experiment.precheck(|_| eligible);
         for (org, unit) in UNITS {
+            let pre = experiment.precheck(org, unit, |_| eligible);
+            if let Precheck::Forced(t) = pre {
+                prop_assert!(t < config.treatments.len());
+            }
             let bucket = experiment.bucket(org, unit);
             prop_assert!(bucket < 10_000);
             if pre == Precheck::Continue {
