@@ -48,13 +48,30 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorObject {
-    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `version_mismatch`, `payload_too_large`, `validation_failed`,
-    /// `unavailable` or `internal`.
+    /// What went wrong, one code per status (§1).
+    #[schema(value_type = ErrorCode)]
     pub code: String,
     pub message: String,
     pub details: Vec<Problem>,
     pub request_id: String,
+}
+
+/// The error codes, for the document only (an answer's `code` is one of
+/// these): 400, 401, 403, 404, 405, 409, 412, 413, 422, 503, 500.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    VersionMismatch,
+    PayloadTooLarge,
+    ValidationFailed,
+    Unavailable,
+    Internal,
 }
 
 /// An org, unit or participant id: a string of 1–256 bytes or a

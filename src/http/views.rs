@@ -104,6 +104,7 @@ impl From<OverrideRecord> for OverrideView {
 pub struct OverridePage {
     pub overrides: Vec<OverrideView>,
     /// Pass as `after` to get the next page; null on the last page.
+    #[schema(required = true)]
     pub next: Option<String>,
 }
 
@@ -122,6 +123,7 @@ pub struct FlagEvaluation {
     pub org_id: String,
     pub enabled: bool,
     pub reason: FlagReason,
+    #[schema(required = true)]
     pub rule: Option<String>,
     pub version: i64,
 }
@@ -188,6 +190,7 @@ pub struct VersionView {
     pub version: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    #[schema(required = true)]
     pub actor: Option<String>,
     /// This version deleted the experiment (its config is null).
     pub deleted: bool,
@@ -230,7 +233,9 @@ pub struct MovedView {
 pub struct MovedRangeView {
     pub start: u16,
     pub end: u16,
+    #[schema(required = true)]
     pub from: Option<String>,
+    #[schema(required = true)]
     pub to: Option<String>,
 }
 
@@ -261,9 +266,11 @@ pub struct Assignment {
     pub org_id: String,
     pub unit_id: String,
     /// `null` means not in the experiment; `reason` says why.
+    #[schema(required = true)]
     pub treatment: Option<String>,
     pub payload: Value,
     /// `null` when the decision did not need the bucket.
+    #[schema(required = true)]
     pub bucket: Option<u16>,
     pub reason: AssignmentReason,
 }
@@ -286,6 +293,7 @@ impl From<assign::Assignment> for Assignment {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CohortRef {
     pub id: String,
+    #[schema(required = true)]
     pub alias: Option<String>,
     pub name: String,
 }
@@ -295,11 +303,15 @@ pub struct CohortRef {
 pub struct ParticipantView {
     pub participant_id: String,
     pub status: ParticipantStatus,
+    #[schema(required = true)]
     pub cohort: Option<CohortRef>,
+    #[schema(required = true)]
     pub group: Option<String>,
+    #[schema(required = true)]
     pub entry: Option<String>,
     pub variables: Map<String, Value>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub waiting_since: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
@@ -334,11 +346,14 @@ pub struct Members {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CohortView {
     pub id: String,
+    #[schema(required = true)]
     pub alias: Option<String>,
     pub name: String,
     pub description: String,
+    #[schema(required = true)]
     pub capacity: Option<u32>,
     pub members: Members,
+    #[schema(required = true)]
     pub overflow_of: Option<String>,
 }
 
@@ -373,6 +388,7 @@ pub struct EventView {
 pub struct EventPage {
     pub events: Vec<EventView>,
     /// Pass as `before` for the next (older) page; null on the last page.
+    #[schema(required = true)]
     pub next_before: Option<i64>,
 }
 

@@ -82,6 +82,71 @@ fn every_operation_has_its_own_id() {
     assert!(seen.len() >= 26, "{seen:?}");
 }
 
+/// Answers always carry every field (`null` where there is nothing), so a
+/// strict client must not have to handle "missing": every property of an
+/// answer's schema is required, and the ones that can be null say so.
+#[test]
+fn answers_require_every_field_they_always_send() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&allot::http::openapi_document().to_json().unwrap()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for name in [
+        // (FlagView, ExperimentView and EventView flatten a document of the
+        // domain: their schemas are `allOf`, left for the input/output split.)
+        "Assignment",
+        "OverrideView",
+        "OverridePage",
+        "FlagEvaluation",
+        "VersionView",
+        "MovedView",
+        "MovedRangeView",
+        "ParticipantView",
+        "CohortRef",
+        "CohortView",
+        "EventPage",
+        "UnusableView",
+    ] {
+        let schema = &schemas[name];
+        let properties: Vec<&String> = schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name} has no properties"))
+            .keys()
+            .collect();
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        for p in properties {
+            assert!(required.contains(&p.as_str()), "{name}.{p} is not required");
+        }
+    }
+    let mut codes: Vec<&str> = schemas["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    codes.sort_unstable();
+    assert_eq!(
+        codes,
+        [
+            "bad_request",
+            "conflict",
+            "forbidden",
+            "internal",
+            "method_not_allowed",
+            "not_found",
+            "payload_too_large",
+            "unauthorized",
+            "unavailable",
+            "validation_failed",
+            "version_mismatch"
+        ]
+    );
+    let treatment = &schemas["Assignment"]["properties"]["treatment"]["type"];
+    assert_eq!(treatment, &serde_json::json!(["string", "null"]));
+}
+
 async fn the_server_serves_its_document(backend: Backend) {
     let (_store, app) = start!(backend);
     let served = app.get("/openapi.json").await.expect(200).body;
