@@ -66,13 +66,13 @@ fn serve(entry: &ExperimentEntry) -> Result<ServedExperiment, EngineError> {
 /// How a stored version randomizes, read from its normalised document
 /// (which always states `salt` and `hash_by`); `None` for a deletion. A
 /// hand-edited document without them randomizes unlike any other.
-fn randomization<'a>(v: &'a ExperimentVersion, ranges: &'a [Range]) -> phase::Step<'a> {
-    if v.deleted {
+fn randomization<'a>(deleted: bool, config: &'a Value, ranges: &'a [Range]) -> phase::Step<'a> {
+    if deleted {
         return None;
     }
     Some(phase::Randomization {
-        salt: v.config["salt"].as_str().unwrap_or_default(),
-        hash_by: match v.config["hash_by"].as_str() {
+        salt: config["salt"].as_str().unwrap_or_default(),
+        hash_by: match config["hash_by"].as_str() {
             Some("org") => HashBy::Org,
             _ => HashBy::Unit,
         },
@@ -82,8 +82,8 @@ fn randomization<'a>(v: &'a ExperimentVersion, ranges: &'a [Range]) -> phase::St
 
 /// Parses stored JSON text for the history answer; text that is not JSON
 /// (a hand-edited row) is shown as the string it is.
-fn stored_json(text: String) -> Value {
-    serde_json::from_str(&text).unwrap_or(Value::String(text))
+fn stored_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
 impl Engine {
@@ -347,35 +347,39 @@ impl Engine {
                 StoreError::NotFound => not_found(key),
                 other => other.into(),
             })?;
-        let mut versions: Vec<ExperimentVersion> = records
-            .into_iter()
-            .map(|r| ExperimentVersion {
-                version: r.version,
-                created_at: r.created_at,
-                actor: r.actor,
-                deleted: r.deleted,
-                config: stored_json(r.config),
-                layout: stored_json(r.layout),
-                phase: 0,
-                moved: Moved::none(),
+        // Phases run oldest first; the history is served newest first.
+        let mut records = records;
+        records.reverse();
+        let documents: Vec<(Value, Value, Vec<Range>)> = records
+            .iter()
+            .map(|r| {
+                let ranges = serde_json::from_str(&r.layout).unwrap_or_default();
+                (stored_json(&r.config), stored_json(&r.layout), ranges)
             })
             .collect();
-        // Phases run oldest first; the history is served newest first.
-        versions.reverse();
-        let ranges: Vec<Vec<Range>> = versions
+        let history: Vec<phase::Step<'_>> = records
             .iter()
-            .map(|v| serde_json::from_value(v.layout.clone()).unwrap_or_default())
-            .collect();
-        let history: Vec<phase::Step<'_>> = versions
-            .iter()
-            .zip(&ranges)
-            .map(|(v, ranges)| randomization(v, ranges))
+            .zip(&documents)
+            .map(|(r, (config, _, ranges))| randomization(r.deleted, config, ranges))
             .collect();
         let phases = phase::phases(&history);
-        for (v, (phase, moved)) in versions.iter_mut().zip(phases) {
-            v.phase = phase;
-            v.moved = moved;
-        }
+        let mut versions: Vec<ExperimentVersion> = records
+            .into_iter()
+            .zip(documents)
+            .zip(phases)
+            .map(
+                |((r, (config, layout, _)), (phase, moved))| ExperimentVersion {
+                    version: r.version,
+                    created_at: r.created_at,
+                    actor: r.actor,
+                    deleted: r.deleted,
+                    config,
+                    layout,
+                    phase,
+                    moved,
+                },
+            )
+            .collect();
         versions.reverse();
         Ok(versions)
     }

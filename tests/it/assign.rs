@@ -4,34 +4,40 @@
 use allot::domain::hash::bucket;
 use serde_json::{json, Value};
 
-use crate::helpers::Backend;
+use crate::helpers::{Backend, TestApp};
 use crate::{on_both_stores, start};
 
 const FLAG: &str = "organizations:code-review-experiments-enabled";
 
-async fn every_reason_in_the_documented_order(backend: Backend) {
-    let (_store, app) = start!(backend);
+/// The eligibility flag: orgs on the business plan only.
+async fn business_only(app: &TestApp) {
     app.put(
         &format!("/v1/flags/{FLAG}"),
         json!({"rules": [{"condition": {"plan": "business"}, "rollout": 100}]}),
     )
     .await
     .expect(201);
+}
+
+/// `code-review`'s answer for a unit of an org on `plan`.
+async fn assign_unit(app: &TestApp, org: Value, unit: &str, plan: &str) -> Value {
+    let body = json!({"org_id": org, "unit_id": unit, "attributes": {"plan": plan}});
+    app.post("/v1/experiments/code-review/assign", body)
+        .await
+        .expect(200)
+        .body
+}
+
+async fn every_reason_in_the_documented_order(backend: Backend) {
+    let (_store, app) = start!(backend);
+    business_only(&app).await;
     let mut doc = json!({"eligibility_flag": FLAG, "salt": "code-review",
         "treatments": [{"name": "noop", "weight": 1}, {"name": "cost-optimized", "weight": 1, "payload": {"model": "b"}}]});
     app.put("/v1/experiments/code-review", doc.clone())
         .await
         .expect(201);
-    let assign = |org: Value, unit: &str, plan: &str| {
-        let body = json!({"org_id": org, "unit_id": unit, "attributes": {"plan": plan}});
-        let app = &app;
-        async move {
-            app.post("/v1/experiments/code-review/assign", body)
-                .await
-                .expect(200)
-                .body
-        }
-    };
+    let assign =
+        |org: Value, unit: &'static str, plan: &'static str| assign_unit(&app, org, unit, plan);
 
     let a = assign(json!(42), "getsentry/sentry#107230", "business").await;
     let b = bucket(&["code-review", "42", "getsentry/sentry#107230"]);
@@ -238,12 +244,7 @@ async fn bad_single_requests_get_422_with_every_problem(backend: Backend) {
 /// pausing still wins, and a sticky experiment stores nothing for a pin.
 async fn forced_pins_answer_before_eligibility_and_bucket(backend: Backend) {
     let (_store, app) = start!(backend);
-    app.put(
-        &format!("/v1/flags/{FLAG}"),
-        json!({"rules": [{"condition": {"plan": "business"}, "rollout": 100}]}),
-    )
-    .await
-    .expect(201);
+    business_only(&app).await;
     let mut doc = json!({"eligibility_flag": FLAG, "sticky": true,
         "treatments": [{"name": "noop", "weight": 1}, {"name": "cost-optimized", "weight": 1},
                        {"name": "retired", "weight": 0, "payload": {"model": "old"}}],
@@ -261,16 +262,7 @@ async fn forced_pins_answer_before_eligibility_and_bucket(backend: Backend) {
         json!({"org_id": "7", "unit_id": null, "treatment": "noop"})
     );
     assert_eq!(served["forced"][2]["unit_id"], "99");
-    let assign = |org: Value, unit: &str| {
-        let body = json!({"org_id": org, "unit_id": unit, "attributes": {"plan": "free"}});
-        let app = &app;
-        async move {
-            app.post("/v1/experiments/code-review/assign", body)
-                .await
-                .expect(200)
-                .body
-        }
-    };
+    let assign = |org: Value, unit: &'static str| assign_unit(&app, org, unit, "free");
     // Org 7 is not eligible (plan free), but pinned.
     let unit = assign(json!(7), "pr-1").await;
     assert_eq!(
@@ -305,14 +297,7 @@ async fn forced_pins_answer_before_eligibility_and_bucket(backend: Backend) {
     app.put("/v1/experiments/code-review", doc.clone())
         .await
         .expect(200);
-    let unpinned = app
-        .post(
-            "/v1/experiments/code-review/assign",
-            json!({"org_id": 7, "unit_id": "pr-1", "attributes": {"plan": "business"}}),
-        )
-        .await
-        .expect(200)
-        .body;
+    let unpinned = assign_unit(&app, json!(7), "pr-1", "business").await;
     assert_eq!(unpinned["reason"], "assigned");
     assert_ne!(unpinned["treatment"], "retired");
     // Pausing comes first.
