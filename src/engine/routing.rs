@@ -90,18 +90,18 @@ pub struct RoutedParticipant {
     pub variables: Map<String, Value>,
 }
 
-fn with_cohort(p: &Participant, cohorts: &[Cohort], experiment: &Experiment) -> RoutedParticipant {
+fn with_cohort(p: Participant, cohorts: &[Cohort], experiment: &Experiment) -> RoutedParticipant {
     let cohort = p
         .cohort_id
         .as_ref()
         .and_then(|id| cohorts.iter().find(|c| &c.id == id));
     RoutedParticipant {
-        participant: p.clone(),
         cohort: cohort.cloned(),
         variables: resolve_variables(
             &experiment.config.variables,
             cohort.and_then(|c| c.alias.as_deref()),
         ),
+        participant: p,
     }
 }
 
@@ -252,7 +252,7 @@ impl Engine {
                     let Routed { changes, cohorts } = routed;
                     for (call, answer) in batch.into_iter().zip(changes.answers) {
                         let view = match (&entry.experiment, answer) {
-                            (Ok(experiment), Ok(p)) => Ok(with_cohort(&p, &cohorts, experiment)),
+                            (Ok(experiment), Ok(p)) => Ok(with_cohort(p, &cohorts, experiment)),
                             (_, Err(Refusal::NotFound)) => {
                                 Err(no_participant(&call.participant_id))
                             }
@@ -362,7 +362,7 @@ impl Engine {
             .await?
             .ok_or_else(|| no_participant(participant_id))?;
         let cohorts = self.store.cohorts(&entry.id).await?;
-        Ok(with_cohort(&p, &cohorts, experiment))
+        Ok(with_cohort(p, &cohorts, experiment))
     }
 
     pub async fn cohorts(&self, key: &str) -> Result<Vec<Cohort>, EngineError> {
@@ -389,7 +389,7 @@ impl Engine {
         }
         let members = self.store.cohort_participants(&entry.id, cohort_id).await?;
         Ok(members
-            .iter()
+            .into_iter()
             .map(|p| with_cohort(p, &cohorts, experiment))
             .collect())
     }

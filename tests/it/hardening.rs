@@ -879,7 +879,108 @@ async fn the_replica_additions_refuse_hostile_input(backend: Backend) {
     assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
 }
 
+/// What this session's additions accept, used as a hostile client would:
+/// forced pins at the edges of the id rules, U+0000, unrepresentable
+/// numbers, 1 000 pins, the same document twice at once; a flag sent back
+/// with garbage in its served fields.
+async fn the_session_additions_refuse_hostile_input(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let arms = json!([{"name": "a", "weight": 1}, {"name": "b", "weight": 0}]);
+    let pins = |forced: Value| json!({"treatments": arms, "forced": forced});
+    for (forced, path) in [
+        (
+            json!([{"org_id": "\u{0}", "treatment": "a"}]),
+            "/forced/0/org_id",
+        ),
+        (
+            json!([{"org_id": 1, "unit_id": "u\u{0}", "treatment": "a"}]),
+            "/forced/0/unit_id",
+        ),
+        (
+            json!([{"org_id": 1, "treatment": "a\u{0}"}]),
+            "/forced/0/treatment",
+        ),
+        (
+            json!([{"org_id": 1.5, "treatment": "a"}]),
+            "/forced/0/org_id",
+        ),
+        (
+            json!([{"org_id": 1, "unit_id": "x".repeat(257), "treatment": "a"}]),
+            "/forced/0/unit_id",
+        ),
+        (
+            json!([{"org_id": 1, "treatment": 7}]),
+            "/forced/0/treatment",
+        ),
+        (json!([[1, "a"]]), "/forced/0"),
+    ] {
+        let refused = app
+            .put("/v1/experiments/pins", pins(forced.clone()))
+            .await
+            .expect(422);
+        assert_eq!(refused.detail_paths(), [path], "{forced}");
+    }
+    // A number no float holds is refused by the body reader, with its pointer.
+    let raw = r#"{"treatments": [{"name": "a", "weight": 1}], "forced": [{"org_id": 1e400, "treatment": "a"}]}"#;
+    let refused = app
+        .send(
+            app.client
+                .put(app.url("/v1/experiments/pins"))
+                .header("content-type", "application/json")
+                .body(raw),
+        )
+        .await
+        .expect(422);
+    assert_eq!(refused.detail_paths(), ["/forced/0/org_id"]);
+    app.get("/v1/experiments/pins").await.expect(404);
+
+    // The largest org id, and exactly 1 000 pins, the same document twice at once.
+    let mut many: Vec<Value> = (0..999)
+        .map(|i| json!({"org_id": i, "unit_id": "u", "treatment": "b"}))
+        .collect();
+    many.push(json!({"org_id": u64::MAX, "unit_id": null, "treatment": "b"}));
+    let doc = pins(Value::Array(many));
+    let (one, two) = tokio::join!(
+        app.put("/v1/experiments/pins", doc.clone()),
+        app.put("/v1/experiments/pins", doc.clone())
+    );
+    let mut statuses = [one.status.as_u16(), two.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 201]);
+    assert_eq!(one.body["version"], 1);
+    assert_eq!(two.body["version"], 1);
+    assert_eq!(one.body["forced"][999]["org_id"], u64::MAX.to_string());
+    let pinned = app
+        .post(
+            "/v1/experiments/pins/assign",
+            json!({"org_id": u64::MAX, "unit_id": "any"}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(
+        (&pinned["treatment"], &pinned["reason"]),
+        (&json!("b"), &json!("forced"))
+    );
+
+    // A flag sent back with garbage in the fields the server adds: ignored
+    // when it is JSON the body reader accepts, refused when it is not.
+    app.put("/v1/flags/f", json!({"enabled": true}))
+        .await
+        .expect(201);
+    let mut read = app.get("/v1/flags/f").await.expect(200).body;
+    read["version"] = json!("not a version");
+    read["key"] = json!("another-key");
+    read["created_at"] = json!([1, 2, 3]);
+    let again = app.put("/v1/flags/f", read.clone()).await.expect(200).body;
+    assert_eq!((&again["key"], &again["version"]), (&json!("f"), &json!(1)));
+    read["updated_at"] = json!("\u{0}");
+    let refused = app.put("/v1/flags/f", read).await.expect(422);
+    assert_eq!(refused.detail_paths(), ["/updated_at"]);
+}
+
 on_both_stores!(
+    the_session_additions_refuse_hostile_input,
     a_stalled_body_is_the_clients_fault,
     the_replica_additions_refuse_hostile_input,
     nul_is_refused_everywhere_with_a_pointer,
