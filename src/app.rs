@@ -108,7 +108,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let store = open_store(&settings).await?;
         let metrics = crate::telemetry::metrics();
-        let engine = Engine::load(store).await.map_err(StartError::Load)?;
+        let engine = Engine::load_with(store, settings.ledger_options())
+            .await
+            .map_err(StartError::Load)?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -165,6 +167,9 @@ impl Application {
         let sweeper = state
             .engine
             .spawn_sweeper(Duration::from_millis(settings.sweep_interval_ms));
+        let flusher = state
+            .engine
+            .spawn_exposure_flusher(Duration::from_millis(settings.exposure_flush_ms));
         let router = http::router(state.clone(), &settings);
         if settings.auth.tokens.is_empty() {
             tracing::warn!(
@@ -200,6 +205,16 @@ impl Application {
         refresher.abort();
         listener_task.abort();
         sweeper.abort();
+        flusher.abort();
+        // The last exposures answered before shutdown (§8).
+        match state.engine.flush_exposures().await {
+            Ok(n) => tracing::info!(exposures = n, "exposures written at shutdown"),
+            Err(e) => tracing::error!(
+                error = %e,
+                lost = state.engine.buffered_exposures(),
+                "cannot write the last exposures at shutdown: they are lost, and uncounted in the results"
+            ),
+        }
         if let Some(upkeep) = upkeep {
             upkeep.abort();
         }

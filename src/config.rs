@@ -46,6 +46,12 @@ pub struct Settings {
     /// current for longer than this; 0 = never.
     pub readiness_max_config_age_secs: u64,
     pub sweep_interval_ms: u64,
+    /// How often buffered exposures are written to the ledger (§8).
+    pub exposure_flush_ms: u64,
+    /// Exposures buffered between flushes; more are dropped and counted.
+    pub exposure_buffer: usize,
+    /// Units each generation of the recorded-units cache remembers.
+    pub exposure_cache: usize,
     pub db_max_connections: u32,
     pub db_acquire_timeout_ms: u64,
     pub log_format: LogFormat,
@@ -398,6 +404,11 @@ impl Settings {
         if self.request_timeout_ms == 0 || self.header_read_timeout_ms == 0 {
             return invalid("request_timeout_ms and header_read_timeout_ms must be at least 1");
         }
+        if self.exposure_flush_ms == 0 || self.exposure_buffer == 0 || self.exposure_cache == 0 {
+            return invalid(
+                "exposure_flush_ms, exposure_buffer and exposure_cache must be at least 1",
+            );
+        }
         let tokens = &self.auth.tokens;
         for (i, t) in tokens.iter().enumerate() {
             if t.name.is_empty() || t.token.is_empty() {
@@ -414,6 +425,14 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The exposure ledger's limits.
+    pub fn ledger_options(&self) -> crate::engine::exposures::LedgerOptions {
+        crate::engine::exposures::LedgerOptions {
+            buffer: self.exposure_buffer,
+            cache: self.exposure_cache,
+        }
     }
 
     /// The database URL in effect: the configured one, or the embedded file.

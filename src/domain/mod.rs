@@ -16,4 +16,5 @@ pub mod number;
 pub mod phase;
 pub mod precondition;
 pub mod problem;
+pub mod results;
 pub mod routing;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
+use super::exposures::Ledger;
 use super::snapshot::{ExperimentEntry, Snapshot};
 use super::sticky::StickyPending;
 use super::{Engine, EngineError};
@@ -55,8 +56,9 @@ enum Step {
     Unknown(AssignRequest),
 }
 
-/// Builds an answer and counts it.
+/// Builds an answer, counts it and records it for the ledger.
 pub(crate) fn answer(
+    ledger: &Ledger,
     entry: &ExperimentEntry,
     org_id: OrgId,
     unit_id: UnitId,
@@ -72,6 +74,14 @@ pub(crate) fn answer(
             .ok()
             .and_then(|e| e.config.treatments.get(i))
     });
+    ledger.record(
+        entry,
+        org_id.as_str(),
+        unit_id.as_str(),
+        chosen.map(|t| t.name.as_str()),
+        bucket,
+        reason,
+    );
     Assignment {
         experiment: entry.key.clone(),
         version: entry.version,
@@ -86,7 +96,12 @@ pub(crate) fn answer(
 
 /// Steps 1–3 and, for non-sticky experiments, step 5 of §4.3: pure reads of
 /// the snapshot.
-fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step, EngineError> {
+fn decide(
+    snapshot: &Snapshot,
+    ledger: &Ledger,
+    key: &str,
+    request: AssignRequest,
+) -> Result<Step, EngineError> {
     let Some(entry) = snapshot.experiments.get(key) else {
         return Ok(Step::Unknown(request));
     };
@@ -123,12 +138,13 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
     match precheck {
         Precheck::Out(reason) => {
             return Ok(Step::Done(answer(
-                entry, org_id, unit_id, None, None, reason,
+                ledger, entry, org_id, unit_id, None, None, reason,
             )));
         }
         // A QA pin: no eligibility, no bucket, nothing stored (§4.3 1a).
         Precheck::Forced(treatment) => {
             return Ok(Step::Done(answer(
+                ledger,
                 entry,
                 org_id,
                 unit_id,
@@ -155,6 +171,7 @@ fn decide(snapshot: &Snapshot, key: &str, request: AssignRequest) -> Result<Step
         AssignmentReason::NotInCoverage
     };
     Ok(Step::Done(answer(
+        ledger,
         entry,
         org_id,
         unit_id,
@@ -178,12 +195,13 @@ impl Engine {
             org_id = request.org_id.as_str(),
             unit_id = request.unit_id.as_str()
         );
-        let mut step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
+        let mut step =
+            span.in_scope(|| decide(&self.snapshot.load(), &self.ledger, key, request))?;
         // A key this replica does not know yet is looked up in the store
         // before it is called unknown (§7); a known key costs nothing more.
         if let Step::Unknown(request) = step {
             self.experiment_entry(key).await?;
-            step = span.in_scope(|| decide(&self.snapshot.load(), key, request))?;
+            step = span.in_scope(|| decide(&self.snapshot.load(), &self.ledger, key, request))?;
         }
         match step {
             Step::Unknown(_) => Err(Missing::Experiment(key.to_string()).into()),
@@ -226,16 +244,15 @@ impl Engine {
         {
             let snapshot = self.snapshot.load();
             for (i, item) in items.into_iter().enumerate() {
-                let step =
-                    item.and_then(
-                        |(k, request)| match (decide(&snapshot, &k, request), &lookup) {
-                            (Ok(Step::Unknown(_)), Err(failed)) => Err(failed.clone()),
-                            (Ok(Step::Unknown(_)), Ok(())) => {
-                                Err(Missing::Experiment(k.clone()).into())
-                            }
-                            (step, _) => step,
-                        },
-                    );
+                let step = item.and_then(|(k, request)| {
+                    match (decide(&snapshot, &self.ledger, &k, request), &lookup) {
+                        (Ok(Step::Unknown(_)), Err(failed)) => Err(failed.clone()),
+                        (Ok(Step::Unknown(_)), Ok(())) => {
+                            Err(Missing::Experiment(k.clone()).into())
+                        }
+                        (step, _) => step,
+                    }
+                });
                 match step {
                     Ok(Step::Done(assignment)) => results.push(Some(Ok(assignment))),
                     Ok(Step::Sticky(pending)) => {

@@ -52,6 +52,8 @@ pub enum Missing {
     Override { flag: String, org: String },
     #[error("no cohort {cohort:?} in experiment {experiment:?}")]
     Cohort { experiment: String, cohort: String },
+    #[error("experiment {experiment:?} has no phase {phase}")]
+    Phase { experiment: String, phase: i64 },
     /// The store found nothing where the caller did not say what it looked for.
     #[error("not found")]
     Unnamed,

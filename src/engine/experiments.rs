@@ -14,7 +14,7 @@ use crate::domain::ids::Key;
 use crate::domain::layout::Range;
 use crate::domain::phase::{self, Moved};
 use crate::domain::precondition::Precondition;
-use crate::store::{ExperimentRecord, ExperimentWritten, NewVersion, Plan, StoreError};
+use crate::store::{ExperimentRecord, ExperimentWritten, NewVersion, Plan, Store, StoreError};
 
 /// An experiment's document and the layout its current version serves.
 #[derive(Debug, Clone)]
@@ -190,8 +190,17 @@ impl Engine {
             let ranges = config
                 .layout_from(&previous)
                 .ranges(&config.treatment_names());
+            // The live version's randomization, read as the history reads
+            // it, so that a stored phase always equals the one computed.
+            let starts_phase = current.is_none_or(|c| {
+                let stored_config = stored_json(&c.config);
+                let stored_ranges: Vec<Range> = serde_json::from_str(&c.layout).unwrap_or_default();
+                randomization(false, &stored_config, &stored_ranges)
+                    != randomization(false, &document, &ranges)
+            });
             match serde_json::to_value(&ranges) {
                 Ok(layout) => Plan::Write(NewVersion {
+                    starts_phase,
                     config: document.clone(),
                     layout,
                     eligibility_flag: config
@@ -375,7 +384,8 @@ impl Engine {
                     deleted: r.deleted,
                     config,
                     layout,
-                    phase,
+                    // The stored phase is the one the ledger records under.
+                    phase: r.phase.and_then(|p| u32::try_from(p).ok()).unwrap_or(phase),
                     moved,
                 },
             )
@@ -383,4 +393,36 @@ impl Engine {
         versions.reverse();
         Ok(versions)
     }
+}
+
+/// Stores the phase of every version stored before phases were, computed
+/// from its key's history as `/versions` computes it. Runs before a replica
+/// loads its snapshot; replicas starting together compute the same phases,
+/// and a phase already stored is kept.
+pub(crate) async fn store_missing_phases(store: &dyn Store) -> Result<(), StoreError> {
+    for key in store.keys_without_phases().await? {
+        let mut records = store.experiment_versions(&key).await?;
+        records.reverse();
+        let documents: Vec<(Value, Vec<Range>)> = records
+            .iter()
+            .map(|r| {
+                let ranges = serde_json::from_str(&r.layout).unwrap_or_default();
+                (stored_json(&r.config), ranges)
+            })
+            .collect();
+        let history: Vec<phase::Step<'_>> = records
+            .iter()
+            .zip(&documents)
+            .map(|(r, (config, ranges))| randomization(r.deleted, config, ranges))
+            .collect();
+        let phases: Vec<(String, i64, i64)> = records
+            .iter()
+            .zip(phase::phases(&history))
+            .filter(|(r, _)| r.phase.is_none())
+            .map(|(r, (phase, _))| (r.experiment_id.clone(), r.version, i64::from(phase)))
+            .collect();
+        tracing::info!(experiment = %key, versions = phases.len(), "storing the phases of versions written before phases were");
+        store.set_phases(&phases).await?;
+    }
+    Ok(())
 }

@@ -9,7 +9,9 @@ pub mod assign;
 pub mod counters;
 mod error;
 pub mod experiments;
+pub mod exposures;
 pub mod flags;
+pub mod results;
 pub mod routing;
 pub mod snapshot;
 mod sticky;
@@ -73,6 +75,8 @@ pub struct Engine {
     lookups: Lookups,
     /// When the snapshot was last known to equal the store's configuration.
     confirmed: std::sync::Mutex<Instant>,
+    /// The exposure ledger's buffer and counts (§8).
+    ledger: exposures::Ledger,
 }
 
 /// The store by its backend and the snapshot by its revision: a whole
@@ -108,18 +112,32 @@ impl Default for Lookups {
 }
 
 impl Engine {
-    /// Loads the configuration from the store and builds the first snapshot.
+    /// Loads the configuration from the store and builds the first
+    /// snapshot, with the ledger's default limits.
     pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        Self::load_with(store, exposures::LedgerOptions::default()).await
+    }
+
+    /// As [`Engine::load`], with the ledger's limits from the settings.
+    pub async fn load_with(
+        store: Arc<dyn Store>,
+        ledger: exposures::LedgerOptions,
+    ) -> Result<Self, StoreError> {
+        experiments::store_missing_phases(store.as_ref()).await?;
         let loaded = store.load().await?;
         let counters = counters::Registry::default();
+        let snapshot = Snapshot::from_loaded(loaded, &counters);
+        let ledger = exposures::Ledger::new(ledger);
+        ledger.track(&snapshot);
         Ok(Self {
             store,
-            snapshot: ArcSwap::from_pointee(Snapshot::from_loaded(loaded, &counters)),
+            snapshot: ArcSwap::from_pointee(snapshot),
             writes: Mutex::new(()),
             routing_queues: routing::RoutingQueues::default(),
             counters,
             lookups: Lookups::default(),
             confirmed: std::sync::Mutex::new(Instant::now()),
+            ledger,
         })
     }
 
@@ -142,6 +160,7 @@ impl Engine {
     /// service on this replica, whoever deleted it.
     fn swap(&self, next: Snapshot) {
         self.counters.retain(&next);
+        self.ledger.track(&next);
         self.snapshot.store(Arc::new(next));
     }
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::counters::{EntryCounters, Registry};
+use super::exposures::PhaseCells;
 use crate::domain::experiment::{Experiment, ExperimentConfig};
 use crate::domain::flag::{CompiledFlag, FlagConfig, FlagDecision};
 use crate::domain::ids::Key;
@@ -59,6 +60,10 @@ pub struct ExperimentEntry {
     /// This experiment's counters (assignments, routing changes), resolved
     /// once per entry so that counting an answer allocates nothing.
     pub counters: EntryCounters,
+    /// The version's phase and its answers not yet in the ledger; `None`
+    /// when it records no exposures (`exposures: false`, an unusable
+    /// config, or a phase not known yet).
+    pub exposures: Option<Arc<PhaseCells>>,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +158,12 @@ impl ExperimentEntry {
             .map(|e| e.config.treatment_names())
             .unwrap_or_default();
         let counters = counters.register(&record.id, &record.key, &treatments);
+        let exposures = match (&experiment, record.phase) {
+            (Ok(e), Some(phase)) if e.config.exposures => {
+                Some(Arc::new(PhaseCells::new(&record.key, phase)))
+            }
+            _ => None,
+        };
         Self {
             id: record.id,
             key: record.key,
@@ -162,7 +173,18 @@ impl ExperimentEntry {
             experiment,
             sticky: StickyCache::default(),
             counters,
+            exposures,
         }
+    }
+
+    /// Where this version's answers are counted for the ledger, if it
+    /// records them.
+    pub fn exposure_cells(&self) -> Option<&PhaseCells> {
+        self.exposures.as_deref()
+    }
+
+    pub(crate) fn exposure_cells_arc(&self) -> Option<Arc<PhaseCells>> {
+        self.exposures.clone()
     }
 }
 

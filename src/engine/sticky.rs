@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::assign::{answer, Assignment};
+use super::exposures::Ledger;
 use super::snapshot::ExperimentEntry;
 use super::{Engine, EngineError};
 use crate::domain::experiment::AssignmentReason;
@@ -54,11 +55,13 @@ impl StickyPending {
     /// The answer for this unit, counted.
     fn answer(
         self,
+        ledger: &Ledger,
         treatment: Option<usize>,
         bucket: Option<u16>,
         reason: AssignmentReason,
     ) -> Assignment {
         answer(
+            ledger,
             &self.entry,
             self.org_id,
             self.unit_id,
@@ -141,7 +144,7 @@ impl Engine {
                     let bucket = None;
                     out.push((
                         at,
-                        Ok(p.answer(Some(index), bucket, AssignmentReason::Sticky)),
+                        Ok(p.answer(&self.ledger, Some(index), bucket, AssignmentReason::Sticky)),
                     ));
                     continue;
                 }
@@ -149,7 +152,7 @@ impl Engine {
                     let bucket = Some(p.bucket);
                     out.push((
                         at,
-                        Ok(p.answer(None, bucket, AssignmentReason::NotInCoverage)),
+                        Ok(p.answer(&self.ledger, None, bucket, AssignmentReason::NotInCoverage)),
                     ));
                     continue;
                 };
@@ -231,7 +234,12 @@ impl Engine {
                         let bucket = Some(p.bucket);
                         out.push((
                             at,
-                            Ok(p.answer(Some(index), bucket, AssignmentReason::Assigned)),
+                            Ok(p.answer(
+                                &self.ledger,
+                                Some(index),
+                                bucket,
+                                AssignmentReason::Assigned,
+                            )),
                         ));
                     }
                     // Another writer won: its treatment is what is stored now.

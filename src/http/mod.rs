@@ -57,6 +57,7 @@ fn api(auth: &Auth) -> OpenApiRouter<AppState> {
         .merge(routes::health::router())
         .merge(routes::flags::router())
         .merge(routes::experiments::router())
+        .merge(routes::results::router())
         .merge(routes::assign::router())
         .merge(routes::participants::router())
         .merge(routes::cohorts::router())

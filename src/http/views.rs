@@ -2,6 +2,10 @@
 //! returns, and the schemas the OpenAPI document gives for them. A change to
 //! what a client sees is made here, not in the engine.
 
+mod results;
+
+pub use results::{ArmView, NotInExperimentView, PhaseResultsView, ResultsView, SrmView};
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;

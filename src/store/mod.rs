@@ -144,12 +144,17 @@ pub struct ExperimentRecord {
     pub config: String,
     /// The stored JSON text of the current version's layout ranges.
     pub layout: String,
+    /// The current version's phase (§3); `None` only for a version stored
+    /// before phases were, until the engine fills it in.
+    pub phase: Option<i64>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone)]
 pub struct VersionRecord {
+    /// The incarnation the version belongs to.
+    pub experiment_id: String,
     pub version: i64,
     pub created_at: OffsetDateTime,
     pub actor: Option<String>,
@@ -157,6 +162,57 @@ pub struct VersionRecord {
     pub layout: String,
     /// The version that deleted the experiment (its config is `null`).
     pub deleted: bool,
+    /// Its phase, as stored (`None`: stored before phases were).
+    pub phase: Option<i64>,
+}
+
+/// One exposure for the ledger (§8): the first `assigned` or `sticky`
+/// answer a replica saw for a unit in a phase.
+#[derive(Debug, Clone)]
+pub struct ExposureRecord {
+    /// The experiment's key: phases number on across its incarnations.
+    pub experiment: Arc<str>,
+    pub phase: i64,
+    pub org_id: String,
+    pub unit_id: String,
+    pub treatment: String,
+    pub bucket: Option<u16>,
+    /// `assigned` or `sticky`.
+    pub reason: &'static str,
+    pub first_seen: OffsetDateTime,
+}
+
+/// An amount to add to one of a phase's counters: answers without a
+/// treatment by reason, or records dropped (`treatment` empty).
+#[derive(Debug, Clone)]
+pub struct CountIncrement {
+    pub experiment: Arc<str>,
+    pub phase: i64,
+    pub kind: &'static str,
+    pub treatment: String,
+    pub count: u64,
+}
+
+/// One of a phase's counters, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountRecord {
+    pub phase: i64,
+    /// `assigned`, `sticky`, `moved` (per treatment: ledger rows), a reason
+    /// without a treatment, or `dropped` (answers or records).
+    pub kind: String,
+    pub treatment: String,
+    pub count: i64,
+}
+
+/// One row of the ledger, as exported.
+#[derive(Debug, Clone)]
+pub struct LedgerRow {
+    pub org_id: String,
+    pub unit_id: String,
+    pub treatment: String,
+    pub bucket: Option<i32>,
+    pub reason: String,
+    pub first_seen: OffsetDateTime,
 }
 
 /// Everything the in-memory snapshot is built from, read consistently.
@@ -293,6 +349,10 @@ pub struct NewVersion {
     pub layout: Value,
     pub eligibility_flag: Option<String>,
     pub actor: Option<String>,
+    /// The version starts a phase (§3): its randomization differs from
+    /// the live version's, or there is no live version. Otherwise it
+    /// continues the live version's phase.
+    pub starts_phase: bool,
     /// The defined cohorts: created, updated or removed with the version
     /// (removing one with members, or shrinking it below them, is a
     /// [`StoreError::Conflict`] and nothing is written).
@@ -436,6 +496,33 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<i64, StoreError>;
     /// Every version of every incarnation of `key`, newest first.
     async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError>;
+    /// The keys with a version whose phase is not stored (written before
+    /// phases were).
+    async fn keys_without_phases(&self) -> Result<Vec<String>, StoreError>;
+    /// Stores the phase of versions that have none: (incarnation, version,
+    /// phase). A phase already stored is kept.
+    async fn set_phases(&self, phases: &[(String, i64, i64)]) -> Result<(), StoreError>;
+
+    /// Adds exposures to the ledger (one row per experiment, phase, org and
+    /// unit: a row already there is kept) and `counts` to the counters, in
+    /// one transaction. The counters of the rows actually added (per
+    /// treatment: `assigned`, `sticky`, `moved`) are kept in the same
+    /// transaction.
+    async fn record_exposures(
+        &self,
+        exposures: &[ExposureRecord],
+        counts: &[CountIncrement],
+    ) -> Result<(), StoreError>;
+    /// Every counter of every phase of the experiment `key`.
+    async fn exposure_counts(&self, key: &str) -> Result<Vec<CountRecord>, StoreError>;
+    /// Up to `limit` ledger rows of a phase, by (org, unit), after `after`.
+    async fn ledger_page(
+        &self,
+        key: &str,
+        phase: i64,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<LedgerRow>, StoreError>;
 
     /// The stored sticky treatment of a unit, if any.
     async fn sticky_get(

@@ -97,4 +97,6 @@ const DIALECT: Dialect = Dialect {
     // waits for all of them.
     lock_shared: " FOR KEY SHARE",
     lock_exclusive: " FOR UPDATE",
+    ledger_rows: "json_to_recordset($1::json) AS b(experiment TEXT, phase BIGINT, org_id TEXT, unit_id TEXT, \
+                  treatment TEXT, bucket INTEGER, reason TEXT, first_seen TIMESTAMPTZ)",
 };

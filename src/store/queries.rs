@@ -20,6 +20,8 @@
 //! decoded row; unlike a `macro_rules!` body, rustfmt, rust-analyzer and
 //! compiler messages treat it as the ordinary Rust it is.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -28,17 +30,54 @@ use crate::domain::precondition::Precondition;
 use crate::domain::routing::lifecycle::{Cohort, Participant, ParticipantStatus, State};
 use crate::domain::routing::CohortDef;
 use crate::store::rows::{
-    ChangeRow, CohortRow, DefinedCohortRow, EventRow, ExperimentRow, FlagRow, OverrideRow,
-    ParticipantRow, VersionRow, COHORT_SELECT, PARTICIPANT_COLUMNS,
+    ChangeRow, CohortRow, CountRow, DefinedCohortRow, EventRow, ExperimentRow, FlagRow,
+    LedgerRowRaw, OverrideRow, ParticipantRow, VersionRow, COHORT_SELECT, PARTICIPANT_COLUMNS,
 };
 use crate::store::sql::{CHANGES_KEPT, CHANNEL, MAX_DELTA};
 use crate::store::{
-    CatchUp, Change, ChangeFeed, Delta, EventRecord, ExperimentRecord, ExperimentWritten,
-    FlagRecord, FlagWritten, Loaded, OverrideRecord, Plan, Planner, RoutePlanner, RouteScope,
-    Routed, StaleConfig, Store, StoreError, VersionRecord,
+    CatchUp, Change, ChangeFeed, CountIncrement, CountRecord, Delta, EventRecord, ExperimentRecord,
+    ExperimentWritten, ExposureRecord, FlagRecord, FlagWritten, LedgerRow, Loaded, OverrideRecord,
+    Plan, Planner, RoutePlanner, RouteScope, Routed, StaleConfig, Store, StoreError, VersionRecord,
 };
 
 type Tx<'t> = sqlx::Transaction<'t, Db>;
+
+/// Ledger rows per `INSERT`: one JSON parameter each, well below either
+/// database's limits, and large enough that a flush is a few statements.
+const EXPOSURES_PER_STATEMENT: usize = 5_000;
+
+/// An exposure as the ledger's JSON parameter carries it (see
+/// [`Dialect::ledger_rows`](crate::store::sql::Dialect::ledger_rows)).
+#[derive(serde::Serialize)]
+struct LedgerInput<'a> {
+    experiment: &'a str,
+    phase: i64,
+    org_id: &'a str,
+    unit_id: &'a str,
+    treatment: &'a str,
+    bucket: Option<u16>,
+    reason: &'a str,
+    /// RFC 3339, which both databases read as a timestamp.
+    first_seen: String,
+}
+
+impl<'a> From<&'a ExposureRecord> for LedgerInput<'a> {
+    fn from(r: &'a ExposureRecord) -> Self {
+        Self {
+            experiment: &r.experiment,
+            phase: r.phase,
+            org_id: &r.org_id,
+            unit_id: &r.unit_id,
+            treatment: &r.treatment,
+            bucket: r.bucket,
+            reason: r.reason,
+            first_seen: r
+                .first_seen
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }
+    }
+}
 
 /// Selects the experiment `$1` if it is live (not deleted).
 const LIVE_EXPERIMENT: &str =
@@ -155,7 +194,7 @@ async fn sync_cohorts(
 }
 
 const FLAG_SELECT: &str = "SELECT key, version, config, created_at, updated_at FROM flags";
-const EXPERIMENT_SELECT: &str = "SELECT e.id, e.key, e.version, v.config, v.layout, e.created_at, e.updated_at \
+const EXPERIMENT_SELECT: &str = "SELECT e.id, e.key, e.version, v.config, v.layout, v.phase, e.created_at, e.updated_at \
      FROM experiments e JOIN experiment_versions v ON v.experiment_id = e.id AND v.version = e.version \
      WHERE e.deleted_at IS NULL";
 
@@ -722,9 +761,23 @@ impl Store for Backend {
         };
         let config = new.config.to_string();
         let layout = new.layout.to_string();
+        // Phases number on across the key's incarnations (§3).
+        let phase = match current.as_ref().and_then(|c| c.phase) {
+            Some(phase) if !new.starts_phase => phase,
+            _ => {
+                let (last,): (i64,) = sqlx::query_as(
+                    "SELECT COALESCE(MAX(v.phase), 0) FROM experiment_versions v \
+                     JOIN experiments e ON e.id = v.experiment_id WHERE e.key = $1",
+                )
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                last + 1
+            }
+        };
         sqlx::query(
-            "INSERT INTO experiment_versions (experiment_id, version, created_at, actor, config, layout) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO experiment_versions (experiment_id, version, created_at, actor, config, layout, phase) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&id)
         .bind(version)
@@ -732,6 +785,7 @@ impl Store for Backend {
         .bind(new.actor.as_deref())
         .bind(&config)
         .bind(&layout)
+        .bind(phase)
         .execute(&mut *tx)
         .await?;
         sync_cohorts(&mut tx, &id, &new.cohorts, now).await?;
@@ -742,6 +796,7 @@ impl Store for Backend {
             version,
             config,
             layout,
+            phase: Some(phase),
             created_at,
             updated_at: now,
         };
@@ -786,9 +841,11 @@ impl Store for Backend {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        // The deletion ends the live version's phase and keeps its number.
         sqlx::query(
-            "INSERT INTO experiment_versions (experiment_id, version, created_at, actor, config, layout, deleted) \
-             VALUES ($1, $2, $3, $4, 'null', '[]', TRUE)",
+            "INSERT INTO experiment_versions (experiment_id, version, created_at, actor, config, layout, deleted, phase) \
+             SELECT $1, $2, $3, $4, 'null', '[]', TRUE, \
+             (SELECT p.phase FROM experiment_versions p WHERE p.experiment_id = $1 AND p.version = $2 - 1)",
         )
         .bind(&id)
         .bind(version)
@@ -804,7 +861,8 @@ impl Store for Backend {
     async fn experiment_versions(&self, key: &str) -> Result<Vec<VersionRecord>, StoreError> {
         // Every incarnation of the key: deleted ones stay readable.
         let rows: Vec<VersionRow> = sqlx::query_as(
-            "SELECT v.version, v.created_at, v.actor, v.config, v.layout, v.deleted FROM experiment_versions v \
+            "SELECT v.experiment_id, v.version, v.created_at, v.actor, v.config, v.layout, v.deleted, v.phase \
+             FROM experiment_versions v \
              JOIN experiments e ON e.id = v.experiment_id \
              WHERE e.key = $1 ORDER BY e.created_at DESC, v.version DESC",
         )
@@ -815,6 +873,163 @@ impl Store for Backend {
             return Err(StoreError::NotFound);
         }
         Ok(rows.into_iter().map(VersionRecord::from).collect())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn keys_without_phases(&self) -> Result<Vec<String>, StoreError> {
+        let keys: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT e.key FROM experiment_versions v JOIN experiments e ON e.id = v.experiment_id \
+             WHERE v.phase IS NULL ORDER BY e.key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(keys.into_iter().map(|(k,)| k).collect())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn set_phases(&self, phases: &[(String, i64, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, version, phase) in phases {
+            sqlx::query(
+                "UPDATE experiment_versions SET phase = $3 \
+                 WHERE experiment_id = $1 AND version = $2 AND phase IS NULL",
+            )
+            .bind(id)
+            .bind(version)
+            .bind(phase)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, exposures = exposures.len()))]
+    async fn record_exposures(
+        &self,
+        exposures: &[ExposureRecord],
+        counts: &[CountIncrement],
+    ) -> Result<(), StoreError> {
+        // Rows and counters in one order, so that concurrent flushes from
+        // several replicas wait for one another instead of deadlocking.
+        let mut sorted: Vec<&ExposureRecord> = exposures.iter().collect();
+        sorted.sort_unstable_by(|a, b| {
+            (&*a.experiment, a.phase, &a.org_id, &a.unit_id).cmp(&(
+                &*b.experiment,
+                b.phase,
+                &b.org_id,
+                &b.unit_id,
+            ))
+        });
+        let mut totals: BTreeMap<(String, i64, String, String), i64> = BTreeMap::new();
+        for c in counts {
+            *totals
+                .entry((
+                    c.experiment.to_string(),
+                    c.phase,
+                    c.kind.to_owned(),
+                    c.treatment.clone(),
+                ))
+                .or_default() += i64::try_from(c.count).unwrap_or(i64::MAX);
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in sorted.chunks(EXPOSURES_PER_STATEMENT) {
+            let rows: Vec<LedgerInput<'_>> = chunk.iter().map(|r| LedgerInput::from(*r)).collect();
+            let json = serde_json::to_string(&rows)
+                .map_err(|e| StoreError::Other(format!("cannot encode exposures: {e}")))?;
+            let added: Vec<(String, i64, String, String, bool)> = sqlx::query_as(&format!(
+                "INSERT INTO exposures (experiment, phase, org_id, unit_id, treatment, bucket, reason, first_seen, moved) \
+                 SELECT b.experiment, b.phase, b.org_id, b.unit_id, b.treatment, b.bucket, b.reason, b.first_seen, \
+                 COALESCE((SELECT p.treatment <> b.treatment FROM exposures p \
+                   WHERE p.experiment = b.experiment AND p.org_id = b.org_id AND p.unit_id = b.unit_id \
+                   AND p.phase < b.phase ORDER BY p.phase DESC LIMIT 1), FALSE) \
+                 FROM {} WHERE TRUE \
+                 ON CONFLICT DO NOTHING RETURNING experiment, phase, treatment, reason, moved",
+                DIALECT.ledger_rows
+            ))
+            .bind(json)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (experiment, phase, treatment, reason, moved) in added {
+                if moved {
+                    *totals
+                        .entry((
+                            experiment.clone(),
+                            phase,
+                            "moved".to_owned(),
+                            treatment.clone(),
+                        ))
+                        .or_default() += 1;
+                }
+                *totals
+                    .entry((experiment, phase, reason, treatment))
+                    .or_default() += 1;
+            }
+        }
+        for ((experiment, phase, kind, treatment), count) in totals {
+            sqlx::query(
+                "INSERT INTO exposure_counts (experiment, phase, kind, treatment, count) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (experiment, phase, kind, treatment) DO UPDATE SET count = exposure_counts.count + excluded.count",
+            )
+            .bind(experiment)
+            .bind(phase)
+            .bind(kind)
+            .bind(treatment)
+            .bind(count)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn exposure_counts(&self, key: &str) -> Result<Vec<CountRecord>, StoreError> {
+        let rows: Vec<CountRow> = sqlx::query_as(
+            "SELECT phase, kind, treatment, count FROM exposure_counts WHERE experiment = $1 \
+             ORDER BY phase, kind, treatment",
+        )
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(CountRecord::from).collect())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn ledger_page(
+        &self,
+        key: &str,
+        phase: i64,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        const COLUMNS: &str =
+            "SELECT org_id, unit_id, treatment, bucket, reason, first_seen FROM exposures \
+             WHERE experiment = $1 AND phase = $2";
+        let rows: Vec<LedgerRowRaw> = match after {
+            None => {
+                sqlx::query_as(&format!("{COLUMNS} ORDER BY org_id, unit_id LIMIT $3"))
+                    .bind(key)
+                    .bind(phase)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some((org_id, unit_id)) => {
+                sqlx::query_as(&format!(
+                    "{COLUMNS} AND (org_id > $3 OR (org_id = $3 AND unit_id > $4)) \
+                     ORDER BY org_id, unit_id LIMIT $5"
+                ))
+                .bind(key)
+                .bind(phase)
+                .bind(org_id)
+                .bind(unit_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows.into_iter().map(LedgerRow::from).collect())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]

@@ -7,7 +7,10 @@
 
 use time::OffsetDateTime;
 
-use super::{Change, ExperimentRecord, FlagRecord, OverrideRecord, StoreError, VersionRecord};
+use super::{
+    Change, CountRecord, ExperimentRecord, FlagRecord, LedgerRow, OverrideRecord, StoreError,
+    VersionRecord,
+};
 use crate::domain::routing::lifecycle::{
     Cohort, Event, Participant, ParticipantStatus, RoutingReason,
 };
@@ -63,6 +66,7 @@ pub(super) struct ExperimentRow {
     version: i64,
     config: String,
     layout: String,
+    phase: Option<i64>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
 }
@@ -75,6 +79,7 @@ impl From<ExperimentRow> for ExperimentRecord {
             version: r.version,
             config: r.config,
             layout: r.layout,
+            phase: r.phase,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -84,23 +89,27 @@ impl From<ExperimentRow> for ExperimentRecord {
 /// One stored experiment version.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct VersionRow {
+    experiment_id: String,
     version: i64,
     created_at: OffsetDateTime,
     actor: Option<String>,
     config: String,
     layout: String,
     deleted: bool,
+    phase: Option<i64>,
 }
 
 impl From<VersionRow> for VersionRecord {
     fn from(r: VersionRow) -> Self {
         VersionRecord {
+            experiment_id: r.experiment_id,
             version: r.version,
             created_at: r.created_at,
             actor: r.actor,
             config: r.config,
             layout: r.layout,
             deleted: r.deleted,
+            phase: r.phase,
         }
     }
 }
@@ -246,5 +255,49 @@ impl TryFrom<EventRow> for EventRecord {
                 reason: RoutingReason::parse(&r.reason).ok_or_else(|| bad("reason"))?,
             },
         })
+    }
+}
+
+/// One of a phase's counters.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct CountRow {
+    phase: i64,
+    kind: String,
+    treatment: String,
+    count: i64,
+}
+
+impl From<CountRow> for CountRecord {
+    fn from(r: CountRow) -> Self {
+        CountRecord {
+            phase: r.phase,
+            kind: r.kind,
+            treatment: r.treatment,
+            count: r.count,
+        }
+    }
+}
+
+/// One ledger row.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct LedgerRowRaw {
+    org_id: String,
+    unit_id: String,
+    treatment: String,
+    bucket: Option<i32>,
+    reason: String,
+    first_seen: OffsetDateTime,
+}
+
+impl From<LedgerRowRaw> for LedgerRow {
+    fn from(r: LedgerRowRaw) -> Self {
+        LedgerRow {
+            org_id: r.org_id,
+            unit_id: r.unit_id,
+            treatment: r.treatment,
+            bucket: r.bucket,
+            reason: r.reason,
+            first_seen: r.first_seen,
+        }
     }
 }

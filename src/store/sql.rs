@@ -16,6 +16,11 @@ pub(crate) struct Dialect {
     pub lock_shared: &'static str,
     /// Appended to the `SELECT` of an experiment row about to be deleted.
     pub lock_exclusive: &'static str,
+    /// A `FROM` item `b` reading ledger rows from `$1`, a JSON array of
+    /// objects with `experiment`, `phase`, `org_id`, `unit_id`,
+    /// `treatment`, `bucket`, `reason` and `first_seen` (RFC 3339): a whole
+    /// batch in one parameter, whatever its size.
+    pub ledger_rows: &'static str,
 }
 
 /// Configuration changes kept in `config_changes`; a replica further behind

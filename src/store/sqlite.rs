@@ -75,4 +75,9 @@ const DIALECT: Dialect = Dialect {
     // a deletion.
     lock_shared: "",
     lock_exclusive: "",
+    ledger_rows: "(SELECT json_extract(j.value, '$.experiment') AS experiment, \
+                  json_extract(j.value, '$.phase') AS phase, json_extract(j.value, '$.org_id') AS org_id, \
+                  json_extract(j.value, '$.unit_id') AS unit_id, json_extract(j.value, '$.treatment') AS treatment, \
+                  json_extract(j.value, '$.bucket') AS bucket, json_extract(j.value, '$.reason') AS reason, \
+                  json_extract(j.value, '$.first_seen') AS first_seen FROM json_each($1) AS j) AS b",
 };

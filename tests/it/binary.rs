@@ -258,3 +258,68 @@ fn an_unknown_key_in_the_config_file_still_stops_the_start() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("port"), "{stderr}");
 }
+
+/// SIGTERM writes the exposures still buffered (§8): with a flush interval
+/// of an hour, the ledger is empty until the process exits, and then holds
+/// every unit answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_the_buffered_exposures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = allot()
+        .env("ALLOT_LISTEN", "127.0.0.1:0")
+        .env("ALLOT_LOG_FORMAT", "json")
+        .env("ALLOT_DATA_DIR", dir.path())
+        .env("ALLOT_EXPOSURE_FLUSH_MS", "3600000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = serving(&mut child);
+    let base = format!("http://{}", started.addr());
+    let client = reqwest::Client::new();
+    let created = client
+        .put(format!("{base}/v1/experiments/exit"))
+        .json(&serde_json::json!({"treatments": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let items: Vec<serde_json::Value> = (0..120)
+        .map(|i| serde_json::json!({"experiment": "exit", "org_id": 7, "unit_id": format!("pr-{i}")}))
+        .collect();
+    let assigned = client
+        .post(format!("{base}/v1/assign"))
+        .json(&serde_json::json!({ "items": items }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(assigned.status(), 200);
+    let url = format!("sqlite://{}", dir.path().join("allot.db").display());
+    let rows = async || -> i64 {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM exposures")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    };
+    assert_eq!(rows().await, 0, "nothing is written before the flush");
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::task::spawn_blocking(move || {
+        exit_within(&mut child, std::time::Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    assert_eq!(rows().await, 120);
+    assert!(started
+        .lines
+        .map_while(Result::ok)
+        .any(|line| line.contains("exposures written at shutdown")));
+}

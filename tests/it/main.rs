@@ -15,6 +15,7 @@ mod catch_up;
 mod cli;
 mod conformance;
 mod experiments;
+mod exposures;
 mod flags;
 mod generated_documents;
 mod hardening;

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::Backend;
+use crate::helpers::{Backend, Proxy};
 use crate::{on_both_stores, start};
 
 async fn metrics_describe_the_traffic_that_passed(backend: Backend) {
@@ -60,63 +60,6 @@ async fn metrics_describe_the_traffic_that_passed(backend: Backend) {
         "allot_config_age_seconds".to_owned(),
     ] {
         assert!(text.contains(&needle), "missing {needle} in:\n{text}");
-    }
-}
-
-/// A TCP proxy between allot and PostgreSQL that the test can cut and mend.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (o, l) = (open.clone(), links.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: the store "is gone"
-                }
-                let target = target.clone();
-                let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                l.lock().unwrap().push(link);
-            }
-        });
-        Self {
-            addr,
-            open,
-            links,
-            accept,
-        }
-    }
-
-    fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn mend(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
     }
 }
 

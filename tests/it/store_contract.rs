@@ -32,6 +32,7 @@ fn version(config: Value, actor: &str) -> NewVersion {
         layout: json!([]),
         eligibility_flag: None,
         actor: Some(actor.to_owned()),
+        starts_phase: false,
         cohorts: Vec::new(),
     }
 }

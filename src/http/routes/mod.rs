@@ -9,6 +9,7 @@ pub mod flags;
 pub mod health;
 pub mod metrics;
 pub mod participants;
+pub mod results;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
