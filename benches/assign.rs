@@ -81,7 +81,7 @@ fn decision(c: &mut Criterion) {
         store.migrate().await.expect("migrate");
         let engine = Arc::new(Engine::load(store).await.expect("engine"));
         engine
-            .put_flag(&Key::parse(FLAG).expect("key"), &flag_doc(), None)
+            .put_flag(&Key::parse(FLAG).expect("key"), &flag_doc(), None, None)
             .await
             .expect("flag");
         engine

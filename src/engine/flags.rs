@@ -10,7 +10,9 @@ use super::{Engine, EngineError, Page, Served, Unusable};
 use crate::domain::flag::{FlagConfig, FlagReason};
 use crate::domain::ids::{Key, OrgId};
 use crate::domain::precondition::Precondition;
-use crate::store::{FlagRecord, FlagWritten, OverrideRecord, OverrideWritten, Plan, StoreError};
+use crate::store::{
+    FlagEventRecord, FlagRecord, FlagWritten, OverrideRecord, OverrideWritten, Plan, StoreError,
+};
 
 /// A flag as served.
 pub type ServedFlag = Served<FlagConfig>;
@@ -76,9 +78,10 @@ impl Engine {
         key: &Key,
         doc: &Value,
         if_match: Option<Precondition>,
+        actor: Option<&str>,
     ) -> Result<(ServedFlag, Outcome), EngineError> {
         let served = self.snapshot().flags.get(key.as_str()).map(|f| f.version);
-        let result = self.write_flag(key, doc, if_match).await;
+        let result = self.write_flag(key, doc, if_match, actor).await;
         self.caught_up_after(result, served).await
     }
 
@@ -87,6 +90,7 @@ impl Engine {
         key: &Key,
         doc: &Value,
         if_match: Option<Precondition>,
+        actor: Option<&str>,
     ) -> Result<(ServedFlag, Outcome), EngineError> {
         let config = FlagConfig::parse(doc).map_err(EngineError::Validation)?;
         let document =
@@ -113,7 +117,7 @@ impl Engine {
             }
         };
         let _guard = self.writes.lock().await;
-        let written = self.store.write_flag(key.as_str(), &plan).await?;
+        let written = self.store.write_flag(key.as_str(), &plan, actor).await?;
         let (record, outcome) = match written {
             Some(FlagWritten {
                 record,
@@ -158,9 +162,10 @@ impl Engine {
         &self,
         key: &str,
         if_match: Option<Precondition>,
+        actor: Option<&str>,
     ) -> Result<(), EngineError> {
         let served = self.snapshot().flags.get(key).map(|f| f.version);
-        let result = self.remove_flag(key, if_match).await;
+        let result = self.remove_flag(key, if_match, actor).await;
         self.caught_up_after(result, served).await
     }
 
@@ -168,11 +173,12 @@ impl Engine {
         &self,
         key: &str,
         if_match: Option<Precondition>,
+        actor: Option<&str>,
     ) -> Result<(), EngineError> {
         let _guard = self.writes.lock().await;
         let revision = self
             .store
-            .delete_flag(key, if_match.as_ref())
+            .delete_flag(key, if_match.as_ref(), actor)
             .await
             .map_err(|e| super::refused_write(e, if_match.as_ref(), || not_found(key)))?;
         self.install(revision, |s| {
@@ -189,6 +195,7 @@ impl Engine {
         key: &str,
         org: &OrgId,
         enabled: bool,
+        actor: Option<&str>,
     ) -> Result<(OverrideRecord, Outcome), EngineError> {
         let _guard = self.writes.lock().await;
         let OverrideWritten {
@@ -197,7 +204,7 @@ impl Engine {
             revision,
         } = self
             .store
-            .set_override(key, org.as_str(), enabled)
+            .set_override(key, org.as_str(), enabled, actor)
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => not_found(key),
@@ -217,11 +224,16 @@ impl Engine {
         ))
     }
 
-    pub async fn delete_override(&self, key: &str, org_id: &str) -> Result<(), EngineError> {
+    pub async fn delete_override(
+        &self,
+        key: &str,
+        org_id: &str,
+        actor: Option<&str>,
+    ) -> Result<(), EngineError> {
         let _guard = self.writes.lock().await;
         let revision = self
             .store
-            .delete_override(key, org_id)
+            .delete_override(key, org_id, actor)
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => EngineError::from(Missing::Override {
@@ -233,6 +245,32 @@ impl Engine {
         self.install(revision, |s| s.with_override(revision, key, org_id, None))
             .await;
         Ok(())
+    }
+
+    /// `GET /v1/flags/{key}/history`: newest first, in pages; readable
+    /// after the flag is deleted.
+    pub async fn flag_history(
+        &self,
+        key: &str,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Page<FlagEventRecord, i64>, EngineError> {
+        let mut events = self
+            .store
+            .flag_history(key, limit + 1, before)
+            .await?
+            .ok_or_else(|| not_found(key))?;
+        let more = events.len() as i64 > limit;
+        events.truncate(limit.max(0) as usize);
+        let next = if more {
+            events.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(Page {
+            items: events,
+            next,
+        })
     }
 
     pub async fn list_overrides(

@@ -472,7 +472,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_written_elsewhere_is_looked_up_before_it_is_called_unknown() {
         let (_dir, a, b) = replicas().await;
-        a.put_flag(&key("f"), &json!({"enabled": true}), None)
+        a.put_flag(&key("f"), &json!({"enabled": true}), None, None)
             .await
             .unwrap();
         assert!(!b.snapshot().flags.contains_key("f"), "nothing told b");
@@ -491,7 +491,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_misses_share_their_lookups() {
         let (_dir, a, b) = replicas().await;
-        a.put_flag(&key("f"), &json!({"enabled": true}), None)
+        a.put_flag(&key("f"), &json!({"enabled": true}), None, None)
             .await
             .unwrap();
         let calls: Vec<_> = (0..20)
@@ -512,13 +512,13 @@ mod tests {
     #[tokio::test]
     async fn a_write_behind_the_store_catches_up_with_what_it_missed() {
         let (_dir, a, b) = replicas().await;
-        b.put_flag(&key("from-b"), &json!({"enabled": true}), None)
+        b.put_flag(&key("from-b"), &json!({"enabled": true}), None, None)
             .await
             .unwrap();
         b.put_experiment(&key("e-b"), &json!({}), None, None)
             .await
             .unwrap();
-        a.put_flag(&key("from-a"), &json!({"enabled": false}), None)
+        a.put_flag(&key("from-a"), &json!({"enabled": false}), None, None)
             .await
             .unwrap();
         let snapshot = a.snapshot();

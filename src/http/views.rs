@@ -21,7 +21,7 @@ use crate::engine::experiments::{ExperimentVersion, ServedExperiment};
 use crate::engine::flags::{Evaluation, ServedFlag};
 use crate::engine::routing::RoutedParticipant;
 use crate::engine::{Page, Unusable};
-use crate::store::{EventRecord, OverrideRecord};
+use crate::store::{EventRecord, FlagEventRecord, OverrideRecord};
 
 /// A flag as served.
 #[derive(Debug, Serialize, ToSchema)]
@@ -416,4 +416,61 @@ impl From<Page<EventRecord, i64>> for EventPage {
 /// Converts each item of a list into its wire form.
 pub(crate) fn all<T, V: From<T>>(items: Vec<T>) -> Vec<V> {
     items.into_iter().map(V::from).collect()
+}
+
+/// One change of a flag or of its overrides (§2).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlagEventView {
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The name of the token used; null with auth off.
+    #[schema(required = true)]
+    pub actor: Option<String>,
+    /// `created`, `updated`, `deleted`, `override_set` or `override_removed`.
+    pub action: String,
+    /// The flag's version after the change (override changes keep it).
+    pub version: i64,
+    /// The override's org (override changes), else null.
+    #[schema(required = true)]
+    pub org_id: Option<String>,
+    /// The override's value (`override_set`), else null.
+    #[schema(required = true)]
+    pub enabled: Option<bool>,
+    /// The stored document (`created`, `updated`), else null.
+    #[schema(required = true)]
+    pub config: Option<Value>,
+}
+
+/// A page of a flag's history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlagHistoryPage {
+    pub events: Vec<FlagEventView>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    #[schema(required = true)]
+    pub next_before: Option<i64>,
+}
+
+impl From<Page<FlagEventRecord, i64>> for FlagHistoryPage {
+    fn from(page: Page<FlagEventRecord, i64>) -> Self {
+        Self {
+            events: page
+                .items
+                .into_iter()
+                .map(|e| FlagEventView {
+                    id: e.id,
+                    at: e.at,
+                    actor: e.actor,
+                    action: e.action,
+                    version: e.version,
+                    org_id: e.org_id,
+                    enabled: e.enabled,
+                    config: e.config.as_deref().map(|c| {
+                        serde_json::from_str(c).unwrap_or_else(|_| Value::String(c.to_owned()))
+                    }),
+                })
+                .collect(),
+            next_before: page.next,
+        }
+    }
 }

@@ -166,6 +166,21 @@ pub struct VersionRecord {
     pub phase: Option<i64>,
 }
 
+/// One change of a flag or of its overrides, as its history lists it (§2).
+#[derive(Debug, Clone)]
+pub struct FlagEventRecord {
+    pub id: i64,
+    pub at: OffsetDateTime,
+    pub actor: Option<String>,
+    /// `created`, `updated`, `deleted`, `override_set`, `override_removed`.
+    pub action: String,
+    pub version: i64,
+    pub org_id: Option<String>,
+    pub enabled: Option<bool>,
+    /// The stored document's text (created, updated).
+    pub config: Option<String>,
+}
+
 /// One exposure for the ledger (§8): the first `assigned` or `sticky`
 /// answer a replica saw for a unit in a phase.
 #[derive(Debug, Clone)]
@@ -448,10 +463,13 @@ pub trait Store: Send + Sync + 'static {
     /// what to do, and stores the document it returns as the next version
     /// (a deleted flag's key continues its versions). `None` when it
     /// abandoned.
+    /// The write and its history event are one transaction; `actor` is
+    /// the token's name.
     async fn write_flag(
         &self,
         key: &str,
         plan: Planner<'_, FlagRecord, Value>,
+        actor: Option<&str>,
     ) -> Result<Option<FlagWritten>, StoreError>;
     /// Deletes a flag and its overrides (the deletion is a version);
     /// [`StoreError::Conflict`] while a live experiment names it. Returns the
@@ -460,6 +478,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: &str,
         expected: Option<&Precondition>,
+        actor: Option<&str>,
     ) -> Result<i64, StoreError>;
     /// Sets an org override of a live flag ([`StoreError::NotFound`] if
     /// there is none).
@@ -468,8 +487,22 @@ pub trait Store: Send + Sync + 'static {
         flag_key: &str,
         org_id: &str,
         enabled: bool,
+        actor: Option<&str>,
     ) -> Result<OverrideWritten, StoreError>;
-    async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError>;
+    async fn delete_override(
+        &self,
+        flag_key: &str,
+        org_id: &str,
+        actor: Option<&str>,
+    ) -> Result<i64, StoreError>;
+    /// The flag's history events, newest first, with ids below `before`;
+    /// `None` when no flag ever had the key.
+    async fn flag_history(
+        &self,
+        flag_key: &str,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Option<Vec<FlagEventRecord>>, StoreError>;
     async fn list_overrides(
         &self,
         flag_key: &str,

@@ -30,14 +30,16 @@ use crate::domain::precondition::Precondition;
 use crate::domain::routing::lifecycle::{Cohort, Participant, ParticipantStatus, State};
 use crate::domain::routing::CohortDef;
 use crate::store::rows::{
-    ChangeRow, CohortRow, CountRow, DefinedCohortRow, EventRow, ExperimentRow, FlagRow,
-    LedgerRowRaw, OverrideRow, ParticipantRow, VersionRow, COHORT_SELECT, PARTICIPANT_COLUMNS,
+    ChangeRow, CohortRow, CountRow, DefinedCohortRow, EventRow, ExperimentRow, FlagEventRow,
+    FlagRow, LedgerRowRaw, OverrideRow, ParticipantRow, VersionRow, COHORT_SELECT,
+    PARTICIPANT_COLUMNS,
 };
 use crate::store::sql::{CHANGES_KEPT, CHANNEL, MAX_DELTA};
 use crate::store::{
     CatchUp, Change, ChangeFeed, CountIncrement, CountRecord, Delta, EventRecord, ExperimentRecord,
-    ExperimentWritten, ExposureRecord, FlagRecord, FlagWritten, LedgerRow, Loaded, OverrideRecord,
-    Plan, Planner, RoutePlanner, RouteScope, Routed, StaleConfig, Store, StoreError, VersionRecord,
+    ExperimentWritten, ExposureRecord, FlagEventRecord, FlagRecord, FlagWritten, LedgerRow, Loaded,
+    OverrideRecord, Plan, Planner, RoutePlanner, RouteScope, Routed, StaleConfig, Store,
+    StoreError, VersionRecord,
 };
 
 type Tx<'t> = sqlx::Transaction<'t, Db>;
@@ -77,6 +79,45 @@ impl<'a> From<&'a ExposureRecord> for LedgerInput<'a> {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// One flag history event, written by the transaction of its change.
+#[allow(clippy::too_many_arguments, reason = "one column each")]
+async fn flag_event(
+    tx: &mut Tx<'_>,
+    flag_key: &str,
+    at: OffsetDateTime,
+    actor: Option<&str>,
+    action: &str,
+    version: i64,
+    org_id: Option<&str>,
+    enabled: Option<bool>,
+    config: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO flag_events (flag_key, at, actor, action, version, org_id, enabled, config) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(flag_key)
+    .bind(at)
+    .bind(actor)
+    .bind(action)
+    .bind(version)
+    .bind(org_id)
+    .bind(enabled)
+    .bind(config)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The stored version of flag `$1`, deleted or not.
+async fn flag_version(tx: &mut Tx<'_>, key: &str) -> Result<i64, StoreError> {
+    let (version,): (i64,) = sqlx::query_as("SELECT version FROM flags WHERE key = $1")
+        .bind(key)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(version)
 }
 
 /// Selects the experiment `$1` if it is live (not deleted).
@@ -536,6 +577,7 @@ impl Store for Backend {
         &self,
         key: &str,
         plan: Planner<'_, FlagRecord, serde_json::Value>,
+        actor: Option<&str>,
     ) -> Result<Option<FlagWritten>, StoreError> {
         let (mut tx, revision) = config_write(&self.pool, &Change::Flag(key.to_owned())).await?;
         // The row of a deleted flag stays (deleted_at set) so that its
@@ -578,6 +620,23 @@ impl Store for Backend {
                 .await?
             }
         };
+        let action = if current.is_none() {
+            "created"
+        } else {
+            "updated"
+        };
+        flag_event(
+            &mut tx,
+            key,
+            now,
+            actor,
+            action,
+            row.version,
+            None,
+            None,
+            Some(&text),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(FlagWritten {
             record: FlagRecord::from(row),
@@ -591,6 +650,7 @@ impl Store for Backend {
         &self,
         key: &str,
         expected: Option<&Precondition>,
+        actor: Option<&str>,
     ) -> Result<i64, StoreError> {
         let (mut tx, revision) = config_write(&self.pool, &Change::Flag(key.to_owned())).await?;
         let current = live_flag(&mut tx, key).await?;
@@ -615,11 +675,18 @@ impl Store for Backend {
             .execute(&mut *tx)
             .await?;
         // The deletion is a version of its own.
-        sqlx::query("UPDATE flags SET version = version + 1, updated_at = $2, deleted_at = $2 WHERE key = $1")
-            .bind(key)
-            .bind(now_micros())
-            .execute(&mut *tx)
-            .await?;
+        let now = now_micros();
+        let (version,): (i64,) = sqlx::query_as(
+            "UPDATE flags SET version = version + 1, updated_at = $2, deleted_at = $2 WHERE key = $1 RETURNING version",
+        )
+        .bind(key)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        flag_event(
+            &mut tx, key, now, actor, "deleted", version, None, None, None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(revision)
     }
@@ -630,6 +697,7 @@ impl Store for Backend {
         flag_key: &str,
         org_id: &str,
         enabled: bool,
+        actor: Option<&str>,
     ) -> Result<crate::store::OverrideWritten, StoreError> {
         let change = Change::Override {
             flag: flag_key.to_owned(),
@@ -657,6 +725,19 @@ impl Store for Backend {
         .bind(now_micros())
         .fetch_one(&mut *tx)
         .await?;
+        let version = flag_version(&mut tx, flag_key).await?;
+        flag_event(
+            &mut tx,
+            flag_key,
+            row.updated_at,
+            actor,
+            "override_set",
+            version,
+            Some(org_id),
+            Some(enabled),
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(crate::store::OverrideWritten {
             record: OverrideRecord::from(row),
@@ -666,7 +747,12 @@ impl Store for Backend {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
-    async fn delete_override(&self, flag_key: &str, org_id: &str) -> Result<i64, StoreError> {
+    async fn delete_override(
+        &self,
+        flag_key: &str,
+        org_id: &str,
+        actor: Option<&str>,
+    ) -> Result<i64, StoreError> {
         let change = Change::Override {
             flag: flag_key.to_owned(),
             org_id: org_id.to_owned(),
@@ -677,7 +763,48 @@ impl Store for Backend {
             .bind(org_id)
             .execute(&mut *tx)
             .await?;
+        if deleted.rows_affected() > 0 {
+            let version = flag_version(&mut tx, flag_key).await?;
+            flag_event(
+                &mut tx,
+                flag_key,
+                now_micros(),
+                actor,
+                "override_removed",
+                version,
+                Some(org_id),
+                None,
+                None,
+            )
+            .await?;
+        }
         finish_removal(tx, deleted.rows_affected(), revision).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn flag_history(
+        &self,
+        flag_key: &str,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Option<Vec<FlagEventRecord>>, StoreError> {
+        let known: Option<(i64,)> = sqlx::query_as("SELECT version FROM flags WHERE key = $1")
+            .bind(flag_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let rows: Vec<FlagEventRow> = sqlx::query_as(
+            "SELECT id, at, actor, action, version, org_id, enabled, config FROM flag_events \
+             WHERE flag_key = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(flag_key)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(rows.into_iter().map(FlagEventRecord::from).collect()))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]

@@ -8,8 +8,8 @@
 use time::OffsetDateTime;
 
 use super::{
-    Change, CountRecord, ExperimentRecord, FlagRecord, LedgerRow, OverrideRecord, StoreError,
-    VersionRecord,
+    Change, CountRecord, ExperimentRecord, FlagEventRecord, FlagRecord, LedgerRow, OverrideRecord,
+    StoreError, VersionRecord,
 };
 use crate::domain::routing::lifecycle::{
     Cohort, Event, Participant, ParticipantStatus, RoutingReason,
@@ -20,7 +20,7 @@ use crate::store::EventRecord;
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct FlagRow {
     key: String,
-    version: i64,
+    pub(super) version: i64,
     config: String,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
@@ -44,7 +44,7 @@ pub(super) struct OverrideRow {
     flag_key: String,
     org_id: String,
     enabled: bool,
-    updated_at: OffsetDateTime,
+    pub(super) updated_at: OffsetDateTime,
 }
 
 impl From<OverrideRow> for OverrideRecord {
@@ -298,6 +298,34 @@ impl From<LedgerRowRaw> for LedgerRow {
             bucket: r.bucket,
             reason: r.reason,
             first_seen: r.first_seen,
+        }
+    }
+}
+
+/// One flag history event.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct FlagEventRow {
+    id: i64,
+    at: OffsetDateTime,
+    actor: Option<String>,
+    action: String,
+    version: i64,
+    org_id: Option<String>,
+    enabled: Option<bool>,
+    config: Option<String>,
+}
+
+impl From<FlagEventRow> for FlagEventRecord {
+    fn from(r: FlagEventRow) -> Self {
+        FlagEventRecord {
+            id: r.id,
+            at: r.at,
+            actor: r.actor,
+            action: r.action,
+            version: r.version,
+            org_id: r.org_id,
+            enabled: r.enabled,
+            config: r.config,
         }
     }
 }

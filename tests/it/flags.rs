@@ -344,7 +344,134 @@ async fn a_read_flag_can_be_sent_back(backend: Backend) {
     assert_eq!(refused.detail_paths(), ["/layout"]);
 }
 
+/// Every flag write and override change is in the flag's history, newest
+/// first, with the name of the token that made it; pages follow
+/// `next_before`; the history outlives the flag.
+async fn history_records_each_change_with_its_actor(backend: Backend) {
+    let Some(store) = crate::helpers::TestStore::new(backend).await else {
+        return;
+    };
+    let mut settings = store.settings();
+    settings.auth.tokens =
+        allot::config::parse_tokens("ops:admin:ops-token-0123456789,ci:admin:ci-token-0123456789")
+            .unwrap();
+    let app = crate::helpers::TestApp::spawn_with(settings).await;
+    let send = async |token: &str,
+                      method: reqwest::Method,
+                      path: &str,
+                      body: Option<serde_json::Value>| {
+        let mut request = app.client.request(method, app.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        app.send(request).await
+    };
+    use reqwest::Method;
+    let ops = "ops-token-0123456789";
+    let ci = "ci-token-0123456789";
+    send(
+        ops,
+        Method::PUT,
+        "/v1/flags/gate",
+        Some(json!({"enabled": true})),
+    )
+    .await
+    .expect(201);
+    send(
+        ci,
+        Method::PUT,
+        "/v1/flags/gate",
+        Some(json!({"enabled": true, "description": "d"})),
+    )
+    .await
+    .expect(200);
+    // The same document again is no change and no event.
+    send(
+        ci,
+        Method::PUT,
+        "/v1/flags/gate",
+        Some(json!({"enabled": true, "description": "d"})),
+    )
+    .await
+    .expect(200);
+    send(
+        ops,
+        Method::PUT,
+        "/v1/flags/gate/orgs/42",
+        Some(json!({"enabled": false})),
+    )
+    .await
+    .expect(201);
+    send(ci, Method::DELETE, "/v1/flags/gate/orgs/42", None)
+        .await
+        .expect(204);
+    // Removing an override that is not there changes nothing.
+    send(ci, Method::DELETE, "/v1/flags/gate/orgs/42", None)
+        .await
+        .expect_error(404, "not_found");
+    send(ops, Method::DELETE, "/v1/flags/gate", None)
+        .await
+        .expect(204);
+
+    let history = send(ci, Method::GET, "/v1/flags/gate/history", None)
+        .await
+        .expect(200);
+    let events = history.body["events"].as_array().unwrap();
+    let summary: Vec<(&str, &str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+                e["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("deleted", "ops", 3),
+            ("override_removed", "ci", 2),
+            ("override_set", "ops", 2),
+            ("updated", "ci", 2),
+            ("created", "ops", 1),
+        ]
+    );
+    assert_eq!(events[2]["org_id"], "42");
+    assert_eq!(events[2]["enabled"], false);
+    assert_eq!(events[1]["enabled"], serde_json::Value::Null);
+    assert_eq!(events[3]["config"]["description"], "d");
+    assert_eq!(events[0]["config"], serde_json::Value::Null);
+    assert_eq!(history.body["next_before"], serde_json::Value::Null);
+
+    let first = send(ci, Method::GET, "/v1/flags/gate/history?limit=2", None)
+        .await
+        .expect(200);
+    assert_eq!(first.body["events"].as_array().map(Vec::len), Some(2));
+    let before = first.body["next_before"].as_i64().unwrap();
+    let second = send(
+        ci,
+        Method::GET,
+        &format!("/v1/flags/gate/history?limit=2&before={before}"),
+        None,
+    )
+    .await
+    .expect(200);
+    assert_eq!(second.body["events"][0]["action"], "override_set");
+    send(ci, Method::GET, "/v1/flags/gate/history?limit=0", None)
+        .await
+        .expect_error(400, "bad_request");
+    send(ci, Method::GET, "/v1/flags/gate/history?before=x", None)
+        .await
+        .expect_error(400, "bad_request");
+    send(ci, Method::GET, "/v1/flags/never/history", None)
+        .await
+        .expect_error(404, "not_found");
+    app.stop().await;
+}
+
 on_both_stores!(
+    history_records_each_change_with_its_actor,
     a_read_flag_can_be_sent_back,
     rules_rollout_overrides_and_reasons,
     versions_if_match_and_identical_resends,

@@ -23,7 +23,10 @@ async fn open(backend: Backend) -> Option<(TestStore, Arc<dyn Store>)> {
 /// Writes `doc` as the flag's next version, whatever is stored.
 async fn put_flag(store: &dyn Store, key: &str, doc: Value) -> Option<allot::store::FlagWritten> {
     let plan = move |_: Option<&FlagRecord>| Plan::Write(doc.clone());
-    store.write_flag(key, &plan).await.expect("write flag")
+    store
+        .write_flag(key, &plan, None)
+        .await
+        .expect("write flag")
 }
 
 fn version(config: Value, actor: &str) -> NewVersion {
@@ -65,22 +68,26 @@ async fn flag_versions_and_deletion(backend: Backend) {
         *seen.lock().unwrap() = current.map(|c| c.version);
         Plan::Abandon
     };
-    assert!(store.write_flag("f", &abandon).await.unwrap().is_none());
+    assert!(store
+        .write_flag("f", &abandon, None)
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(*seen.lock().unwrap(), Some(1));
     assert_eq!(store.revision().await.unwrap(), first.revision);
 
     let stale = Precondition::parse("\"7\"").unwrap();
-    match store.delete_flag("f", Some(&stale)).await {
+    match store.delete_flag("f", Some(&stale), None).await {
         Err(StoreError::VersionMismatch { current }) => assert_eq!(current, Some(1)),
         other => panic!("a stale If-Match deleted: {other:?}"),
     }
-    store.delete_flag("f", None).await.unwrap();
+    store.delete_flag("f", None, None).await.unwrap();
     assert!(matches!(
-        store.delete_flag("f", None).await,
+        store.delete_flag("f", None, None).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.set_override("f", "42", true).await,
+        store.set_override("f", "42", true, None).await,
         Err(StoreError::NotFound)
     ));
     let again = put_flag(&*store, "f", json!({"enabled": false}))
@@ -140,7 +147,7 @@ async fn catching_up(backend: Backend) {
     assert!(matches!(store.catch_up(now).await.unwrap(), CatchUp::Current(r) if r == now));
 
     put_experiment(&*store, "e", json!({"n": 1})).await;
-    store.set_override("f", "42", true).await.unwrap();
+    store.set_override("f", "42", true, None).await.unwrap();
     match store.catch_up(now).await.unwrap() {
         CatchUp::Delta(delta) => {
             assert_eq!(delta.revision, now + 2);
@@ -177,10 +184,10 @@ async fn catching_up(backend: Backend) {
     // absent; several entities of each kind come in one delta.
     let before = store.revision().await.unwrap();
     put_flag(&*store, "g", json!({"enabled": true})).await;
-    store.set_override("g", "1", true).await.unwrap();
-    store.set_override("g", "2", false).await.unwrap();
+    store.set_override("g", "1", true, None).await.unwrap();
+    store.set_override("g", "2", false, None).await.unwrap();
     put_flag(&*store, "g", json!({"enabled": false})).await;
-    store.delete_flag("f", None).await.unwrap();
+    store.delete_flag("f", None, None).await.unwrap();
     put_experiment(&*store, "x", json!({"n": 1})).await;
     put_experiment(&*store, "y", json!({"n": 1})).await;
     match store.catch_up(before).await.unwrap() {

@@ -5,19 +5,19 @@ use crate::http::requests;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::routes;
 
 use super::{versioned, write_status};
 use crate::domain::flag::FlagConfig;
-use crate::http::auth::{Access, Routes};
+use crate::http::auth::{Access, Actor, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams, QueryParams};
 use crate::http::openapi::{ErrorBody, EvaluateInput, OverrideInput};
 use crate::http::views::{
-    self, FlagEvaluation, FlagListEntry, FlagView, OverridePage, OverrideView,
+    self, FlagEvaluation, FlagHistoryPage, FlagListEntry, FlagView, OverridePage, OverrideView,
 };
 use crate::http::AppState;
 
@@ -29,6 +29,7 @@ pub fn router() -> Routes<AppState> {
         .routes(Access::Client, routes!(list_overrides))
         .routes(Access::Admin, routes!(put_override, delete_override))
         .routes(Access::Client, routes!(evaluate_flag))
+        .routes(Access::Client, routes!(flag_history))
 }
 
 /// Every flag, by key.
@@ -67,10 +68,15 @@ async fn put_flag(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     IfMatch(if_match): IfMatch,
+    actor: Option<Extension<Actor>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let key = requests::path_key(&key, "flag")?;
-    let (flag, outcome) = state.engine.put_flag(&key, &body, if_match).await?;
+    let actor = actor.and_then(|Extension(Actor(name))| name);
+    let (flag, outcome) = state
+        .engine
+        .put_flag(&key, &body, if_match, actor.as_deref())
+        .await?;
     Ok(versioned(
         write_status(outcome),
         flag.version,
@@ -89,8 +95,13 @@ async fn delete_flag(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
     IfMatch(if_match): IfMatch,
+    actor: Option<Extension<Actor>>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_flag(&key, if_match).await?;
+    let actor = actor.and_then(|Extension(Actor(name))| name);
+    state
+        .engine
+        .delete_flag(&key, if_match, actor.as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -131,11 +142,16 @@ async fn list_overrides(
 async fn put_override(
     State(state): State<AppState>,
     PathParams((key, org_id)): PathParams<(String, String)>,
+    actor: Option<Extension<Actor>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let org: OrgId = requests::path_id(&org_id, "org id")?;
     let enabled = requests::override_enabled(&body)?;
-    let (record, outcome) = state.engine.set_override(&key, &org, enabled).await?;
+    let actor = actor.and_then(|Extension(Actor(name))| name);
+    let (record, outcome) = state
+        .engine
+        .set_override(&key, &org, enabled, actor.as_deref())
+        .await?;
     Ok((write_status(outcome), Json(OverrideView::from(record))).into_response())
 }
 
@@ -147,8 +163,13 @@ async fn put_override(
 async fn delete_override(
     State(state): State<AppState>,
     PathParams((key, org_id)): PathParams<(String, String)>,
+    actor: Option<Extension<Actor>>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete_override(&key, &org_id).await?;
+    let actor = actor.and_then(|Extension(Actor(name))| name);
+    state
+        .engine
+        .delete_override(&key, &org_id, actor.as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -166,4 +187,30 @@ async fn evaluate_flag(
     let (org, attributes) = requests::evaluation(body)?;
     let evaluation = state.engine.evaluate_flag(&key, org, attributes).await?;
     Ok(Json(FlagEvaluation::from(evaluation)).into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct HistoryPage {
+    /// 1 to 1000, default 100.
+    limit: Option<i64>,
+    /// The `next_before` of the previous page.
+    before: Option<i64>,
+}
+
+/// The flag's audit trail, newest first, in pages: every write and every
+/// override change with the token that made it (§2). Readable after the
+/// flag is deleted.
+#[utoipa::path(get, path = "/v1/flags/{key}/history", tag = "flags", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Flag key"), HistoryPage),
+    responses((status = 200, body = FlagHistoryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn flag_history(
+    State(state): State<AppState>,
+    PathParams(key): PathParams<String>,
+    QueryParams(page): QueryParams<HistoryPage>,
+) -> Result<Response, ApiError> {
+    let limit = super::page_limit(page.limit)?;
+    let events = state.engine.flag_history(&key, limit, page.before).await?;
+    Ok(Json(FlagHistoryPage::from(events)).into_response())
 }
