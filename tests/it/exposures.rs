@@ -601,7 +601,63 @@ async fn phases_of_older_versions_are_filled_in_at_start(backend: Backend) {
     app.stop().await;
 }
 
+/// What a hostile client sends to the new endpoints gets the error shape:
+/// phases at the edges of their type, U+0000 in keys, repeated and huge
+/// parameters, and twice the same export at once.
+async fn the_analysis_endpoints_refuse_hostile_input(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put(
+        "/v1/experiments/h",
+        json!({"treatments": [{"name": "a", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
+    for phase in ["0", "-1", "9223372036854775807", "-9223372036854775808"] {
+        app.get(&format!("/v1/experiments/h/exposures?phase={phase}"))
+            .await
+            .expect_error(404, "not_found");
+    }
+    app.get("/v1/experiments/h/exposures?phase=%00")
+        .await
+        .expect_error(422, "validation_failed");
+    for phase in ["9223372036854775808", "1.5", "", "1e3"] {
+        app.get(&format!("/v1/experiments/h/exposures?phase={phase}"))
+            .await
+            .expect_error(400, "bad_request");
+    }
+    for path in [
+        "/v1/experiments/h%00/results",
+        "/v1/experiments/h%00/exposures",
+        "/v1/flags/f%00/history",
+    ] {
+        let answer = app.get(path).await;
+        assert!(
+            [404, 422].contains(&answer.status.as_u16()),
+            "{path}: {}",
+            answer.status
+        );
+        assert!(answer.body["error"]["request_id"].is_string(), "{path}");
+    }
+    let long = "k".repeat(8_000);
+    let answer = app.get(&format!("/v1/experiments/{long}/results")).await;
+    assert!(answer.status.is_client_error(), "{}", answer.status);
+    for query in ["limit=1001", "limit=-1", "before=9223372036854775808"] {
+        app.get(&format!("/v1/flags/f/history?{query}"))
+            .await
+            .expect_error(400, "bad_request");
+    }
+    let units: Vec<(String, String)> = (0..30).map(|i| ("1".to_owned(), format!("u{i}"))).collect();
+    assign_all(&app, "h", &units).await;
+    let (a, b) = tokio::join!(
+        app.get_text("/v1/experiments/h/exposures"),
+        app.get_text("/v1/experiments/h/exposures")
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.lines().count(), 31);
+}
+
 on_both_stores!(
+    the_analysis_endpoints_refuse_hostile_input,
     results_match_the_reference,
     forced_opted_out_and_outside_answers_add_no_rows,
     exports_stream_a_phase_as_csv_and_ndjson,
