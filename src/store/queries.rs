@@ -1144,7 +1144,10 @@ impl Store for Backend {
             }
             Some((org_id, unit_id)) => {
                 sqlx::query_as(&format!(
-                    "{COLUMNS} AND (org_id > $3 OR (org_id = $3 AND unit_id > $4)) \
+                    // A row-value comparison, which both databases read
+                    // as a range of the primary key's index: each page
+                    // starts where the last one ended.
+                    "{COLUMNS} AND (org_id, unit_id) > ($3, $4) \
                      ORDER BY org_id, unit_id LIMIT $5"
                 ))
                 .bind(key)

@@ -38,20 +38,26 @@ async fn ledger_rows(store: &TestStore, experiment: &str) -> i64 {
         .await
 }
 
-/// Assigns `units` in one batch; answers by (org, unit).
+/// Assigns `units` in batches of at most 1000; the answers, in order.
 async fn assign_all(app: &TestApp, key: &str, units: &[(String, String)]) -> Vec<Value> {
-    let items: Vec<Value> = units
-        .iter()
-        .map(|(org, unit)| json!({"experiment": key, "org_id": org, "unit_id": unit}))
-        .collect();
-    let answer = app
-        .post("/v1/assign", json!({ "items": items }))
-        .await
-        .expect(200);
-    answer.body["results"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let mut answers = Vec::with_capacity(units.len());
+    for chunk in units.chunks(1000) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|(org, unit)| json!({"experiment": key, "org_id": org, "unit_id": unit}))
+            .collect();
+        let answer = app
+            .post("/v1/assign", json!({ "items": items }))
+            .await
+            .expect(200);
+        answers.extend(
+            answer.body["results"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    answers
 }
 
 /// Four phases (two arms, a third joins, reweighted, coverage halved), each
@@ -310,7 +316,8 @@ async fn exports_stream_a_phase_as_csv_and_ndjson(backend: Backend) {
     )
     .await
     .expect(201);
-    let mut units: Vec<(String, String)> = (0..240)
+    // More than one page of the export's reads (2 000 rows).
+    let mut units: Vec<(String, String)> = (0..2_400)
         .map(|i| (format!("org-{}", i % 7), format!("pr-{i}")))
         .collect();
     units.push(("acme, inc".to_owned(), "say \"hi\"".to_owned()));
