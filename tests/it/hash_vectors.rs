@@ -63,7 +63,7 @@ fn run_snippet(snippet: &str) {
         .filter(|l| l.starts_with("def ") || l.starts_with(' ') || l.starts_with("import"))
         .collect::<Vec<_>>()
         .join("\n");
-    let mut program = String::from(snippet);
+    let mut program = snippet;
     program.push_str("\nimport json, sys\nfor parts, want in json.load(sys.stdin):\n    got = bucket(*parts)\n    assert got == want, (parts, got, want)\nprint('ok')\n");
     let input: Vec<(Vec<String>, u16)> = vectors();
     let Ok(mut child) = std::process::Command::new("python3")
