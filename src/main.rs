@@ -116,8 +116,7 @@ async fn main() -> ExitCode {
     let result = match command {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
-        Command::Openapi => allot::http::openapi_document()
-            .to_pretty_json()
+        Command::Openapi => serde_json::to_string_pretty(&allot::http::openapi_document())
             .map(|json| println!("{json}"))
             .map_err(anyhow::Error::from),
         Command::Healthcheck => allot::app::healthcheck(&settings.listen)

@@ -16,10 +16,17 @@ pub const MAX_KEY_LEN: usize = 200;
 pub const MAX_ID_BYTES: usize = 256;
 
 /// 1–200 characters of `A–Z a–z 0–9 . _ : -`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,200}$")]
 pub struct Key(String);
+
+/// As the string it is, so messages quote a key as `"code-review"`.
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 impl Key {
     pub fn parse(raw: &str) -> Result<Self, String> {
@@ -107,7 +114,9 @@ impl<K> Id<K> {
         const WANT: &str = "must be a string of 1 to 256 bytes or a non-negative integer";
         match value {
             Value::String(s) => Self::parse(s).map_err(|_| WANT.to_owned()),
-            Value::Number(n) => match n.as_u64() {
+            // `42.0` is the integer 42 to JSON Schema and to many JSON
+            // writers, so it is the id "42" too.
+            Value::Number(_) => match super::limits::whole_number(value, 0, u64::MAX) {
                 Some(n) => Ok(Self::new(n.to_string())),
                 None => Err(WANT.to_owned()),
             },
@@ -189,6 +198,21 @@ mod tests {
             OrgId::from_json(&json!(42)).unwrap(),
             Id::from_json(&json!("42")).unwrap()
         );
+    }
+
+    #[test]
+    fn whole_floats_are_their_integer() {
+        for (given, want) in [
+            (json!(42.0), "42"),
+            (json!(0.0), "0"),
+            (json!(-0.0), "0"),
+            (json!(1e19), "10000000000000000000"),
+        ] {
+            assert_eq!(OrgId::from_json(&given).unwrap().as_str(), want, "{given}");
+        }
+        for bad in [json!(42.5), json!(-1.0), json!(2e19), json!(1e300)] {
+            assert!(OrgId::from_json(&bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

@@ -66,9 +66,17 @@ fn api(auth: &Auth) -> OpenApiRouter<AppState> {
 }
 
 /// The OpenAPI 3.1 document of every endpoint (`allot openapi`, `/openapi.json`).
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
+pub fn openapi_document() -> serde_json::Value {
     // The checks leave no trace in the document, so no tokens are needed.
-    api(&Auth::new(&AuthSettings::default())).into_openapi()
+    document(api(&Auth::new(&AuthSettings::default())).into_openapi())
+}
+
+/// The document the annotations give, completed with what every operation
+/// shares.
+fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(generated).unwrap_or_default();
+    openapi::complete(&mut doc);
+    doc
 }
 
 /// The whole application router.
@@ -76,8 +84,10 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     let request_id = HeaderName::from_static(error::REQUEST_ID);
     let auth = Auth::new(&settings.auth);
     let timeout = Duration::from_millis(settings.request_timeout_ms);
-    let (api, document) = api(&auth).split_for_parts();
-    let document: Arc<str> = document.to_pretty_json().unwrap_or_default().into();
+    let (api, generated) = api(&auth).split_for_parts();
+    let document: Arc<str> = serde_json::to_string_pretty(&document(generated))
+        .unwrap_or_default()
+        .into();
     api.route(
         "/openapi.json",
         // Not in the document it serves, so not among `api`'s routes: guarded here.

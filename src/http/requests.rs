@@ -64,6 +64,16 @@ pub(crate) fn body_id<K>(
     }
 }
 
+/// A problem for each field left in a body once its known fields are taken
+/// out: a misspelt field is refused, not silently ignored.
+fn unknown_fields<'a>(
+    rest: &'a Map<String, Value>,
+    at: &'a str,
+) -> impl Iterator<Item = Problem> + 'a {
+    rest.keys()
+        .map(move |field| Problem::new(pointer(at, field), "unknown field"))
+}
+
 /// The value, or `None` with its problems added to `problems`.
 fn keep<T>(r: Result<T, EngineError>, problems: &mut Vec<Problem>) -> Option<T> {
     match r {
@@ -95,6 +105,7 @@ pub(crate) fn assign_request(body: Value, at: &str) -> Result<AssignRequest, Eng
         }
         Err(e) => return Err(e),
     };
+    problems.extend(unknown_fields(&map, at));
     match (org_id, unit_id) {
         (Some(org_id), Some(unit_id)) if problems.is_empty() => Ok(AssignRequest {
             org_id,
@@ -116,6 +127,10 @@ pub(crate) fn batch(body: Value) -> Result<Vec<BatchItem>, EngineError> {
     let Some(Value::Array(items)) = body.remove("items") else {
         return Err(not_items());
     };
+    let unknown: Vec<Problem> = unknown_fields(&body, "").collect();
+    if !unknown.is_empty() {
+        return Err(EngineError::Validation(unknown));
+    }
     if items.len() > MAX_BATCH {
         return Err(EngineError::validation(
             "/items",
@@ -125,13 +140,14 @@ pub(crate) fn batch(body: Value) -> Result<Vec<BatchItem>, EngineError> {
     Ok(items
         .into_iter()
         .map(|mut item| {
-            let Some(Value::String(key)) =
-                item.as_object_mut().and_then(|m| m.remove("experiment"))
-            else {
-                return Err(EngineError::validation(
-                    "/experiment",
-                    "must be an experiment key",
-                ));
+            let key = match item.as_object_mut().and_then(|m| m.remove("experiment")) {
+                Some(Value::String(key)) if Key::parse(&key).is_ok() => key,
+                _ => {
+                    return Err(EngineError::validation(
+                        "/experiment",
+                        "must be an experiment key",
+                    ))
+                }
             };
             Ok((key, assign_request(item, "")?))
         })
@@ -146,9 +162,14 @@ pub(crate) fn evaluation(body: Value) -> Result<(OrgId, Map<String, Value>), Eng
             "must be an object with org_id and attributes",
         ));
     };
-    let org: OrgId = body_id(&mut body, "org_id", "")?;
-    let attributes = attributes(&mut body, "")?;
-    Ok((org, attributes))
+    let mut problems = Vec::new();
+    let org: Option<OrgId> = keep(body_id(&mut body, "org_id", ""), &mut problems);
+    let attributes = keep(attributes(&mut body, ""), &mut problems);
+    problems.extend(unknown_fields(&body, ""));
+    match (org, attributes) {
+        (Some(org), Some(attributes)) if problems.is_empty() => Ok((org, attributes)),
+        _ => Err(EngineError::Validation(problems)),
+    }
 }
 
 /// Parses `{"enabled": true|false}` of an override.

@@ -374,7 +374,74 @@ async fn invalid_forced_pins_are_refused(backend: Backend) {
     assert_eq!(quiet.body["exposures"], false);
 }
 
+/// Request bodies are as strict as the document says: an unknown field is
+/// refused (a misspelt `atributes` would otherwise be ignored silently), in
+/// a batch in its item's slot; and `42.0`, an integer to JSON Schema, is the
+/// id `"42"`.
+async fn unknown_fields_are_refused_and_whole_floats_are_ids(backend: Backend) {
+    let (_store, app) = start!(backend);
+    business_only(&app).await;
+    app.put(
+        "/v1/experiments/code-review",
+        json!({"treatments": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}),
+    )
+    .await
+    .expect(201);
+    let refused = app
+        .post(
+            "/v1/experiments/code-review/assign",
+            json!({"org_id": 1, "unit_id": "u", "atributes": {"plan": "business"}}),
+        )
+        .await
+        .expect(422);
+    assert_eq!(refused.body["error"]["details"][0]["path"], "/atributes");
+    let refused = app
+        .post(
+            &format!("/v1/flags/{FLAG}/evaluate"),
+            json!({"org_id": 1, "plan": "business"}),
+        )
+        .await
+        .expect(422);
+    assert_eq!(refused.body["error"]["details"][0]["path"], "/plan");
+    app.post("/v1/assign", json!({"items": [], "extra": 1}))
+        .await
+        .expect(422);
+    let batch = app
+        .post(
+            "/v1/assign",
+            json!({"items": [
+                {"experiment": "code-review", "org_id": 1, "unit_id": "u", "attributes": {"plan": "business"}, "x": 1},
+                {"experiment": "", "org_id": 1, "unit_id": "u"},
+                {"experiment": "code-review", "org_id": 1, "unit_id": "u", "attributes": {"plan": "business"}}]}),
+        )
+        .await
+        .expect(200);
+    let results = &batch.body["results"];
+    assert_eq!(results[0]["error"]["details"][0]["path"], "/items/0/x");
+    assert_eq!(results[1]["error"]["code"], "validation_failed");
+    assert_eq!(results[2]["reason"], "assigned", "{}", batch.body);
+
+    let as_float = app
+        .post(
+            "/v1/experiments/code-review/assign",
+            json!({"org_id": 42.0, "unit_id": 7.0, "attributes": {"plan": "business"}}),
+        )
+        .await
+        .expect(200);
+    let as_integer = assign_unit(&app, json!(42), "7", "business").await;
+    assert_eq!(as_float.body["org_id"], "42");
+    assert_eq!(as_float.body["unit_id"], "7");
+    assert_eq!(as_float.body["bucket"], as_integer["bucket"]);
+    app.post(
+        "/v1/experiments/code-review/assign",
+        json!({"org_id": 42.5, "unit_id": "u"}),
+    )
+    .await
+    .expect(422);
+}
+
 on_both_stores!(
+    unknown_fields_are_refused_and_whole_floats_are_ids,
     forced_pins_answer_before_eligibility_and_bucket,
     invalid_forced_pins_are_refused,
     every_reason_in_the_documented_order,

@@ -7,11 +7,10 @@ use axum::{Extension, Json};
 use utoipa_axum::routes;
 
 use super::{versioned, write_status};
-use crate::domain::experiment::ExperimentConfig;
 use crate::http::auth::{Access, Actor, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams};
-use crate::http::openapi::ErrorBody;
+use crate::http::openapi::{ErrorBody, ExperimentInput};
 use crate::http::views::{self, ExperimentListEntry, ExperimentView, VersionView};
 use crate::http::{requests, AppState};
 
@@ -55,7 +54,7 @@ async fn get_experiment(
 #[utoipa::path(put, path = "/v1/experiments/{key}", tag = "experiments", security(("bearer" = [])),
     params(("key" = String, Path, description = "Experiment key"),
            ("If-Match" = Option<String>, Header, description = "Only if this is the current version")),
-    request_body = ExperimentConfig,
+    request_body = ExperimentInput,
     responses((status = 200, body = ExperimentView), (status = 201, body = ExperimentView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 412, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),

@@ -11,11 +11,10 @@ use utoipa::IntoParams;
 use utoipa_axum::routes;
 
 use super::{versioned, write_status};
-use crate::domain::flag::FlagConfig;
 use crate::http::auth::{Access, Actor, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{IfMatch, JsonBody, PathParams, QueryParams};
-use crate::http::openapi::{ErrorBody, EvaluateInput, OverrideInput};
+use crate::http::openapi::{ErrorBody, EvaluateInput, FlagInput, OverrideInput};
 use crate::http::views::{
     self, FlagEvaluation, FlagHistoryPage, FlagListEntry, FlagView, OverridePage, OverrideView,
 };
@@ -60,7 +59,7 @@ async fn get_flag(
 #[utoipa::path(put, path = "/v1/flags/{key}", tag = "flags", security(("bearer" = [])),
     params(("key" = String, Path, description = "Flag key"),
            ("If-Match" = Option<String>, Header, description = "Only if this is the current version")),
-    request_body = FlagConfig,
+    request_body = FlagInput,
     responses((status = 200, body = FlagView), (status = 201, body = FlagView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 412, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]

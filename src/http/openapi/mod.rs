@@ -1,10 +1,21 @@
 //! The OpenAPI 3.1 document, generated from the handlers (`#[utoipa::path]`
-//! on each) and the types they serve. Request bodies are validated by hand
+//! on each) and the types they serve, then completed with what every
+//! operation shares ([`complete`]). Request bodies are validated by hand
 //! (every problem reported with its JSON Pointer), so their shapes are
-//! described here by document-only types.
+//! described by document-only types ([`inputs`]).
+
+mod complete;
+mod inputs;
+mod shared;
+
+pub use complete::complete;
+pub use inputs::{
+    AssignInput, BatchInput, BatchItemInput, CohortInput, EntryInput, EvaluateInput,
+    ExperimentInput, FlagInput, ForcedPinInput, GroupInput, OverrideInput, ParticipantInput,
+    RoutingInput, RuleInput, TreatmentInput, VariableInput,
+};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -74,48 +85,6 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// An org, unit or participant id: a string of 1–256 bytes or a
-/// non-negative integer (`42` ≡ `"42"`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum IdInput {
-    Text(String),
-    Number(u64),
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EvaluateInput {
-    pub org_id: IdInput,
-    /// Attributes for rule conditions; `org_id` is always added.
-    pub attributes: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OverrideInput {
-    pub enabled: bool,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AssignInput {
-    pub org_id: IdInput,
-    pub unit_id: IdInput,
-    pub attributes: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchItem {
-    pub experiment: String,
-    pub org_id: IdInput,
-    pub unit_id: IdInput,
-    pub attributes: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchInput {
-    /// At most 1000.
-    pub items: Vec<BatchItem>,
-}
-
 /// One batch item's answer: the assignment, or `{"error": {...}}`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
@@ -127,11 +96,6 @@ pub enum BatchResult {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchAnswer {
     pub results: Vec<BatchResult>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ParticipantInput {
-    pub attributes: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,0 +1,392 @@
+//! What every operation has in common, added to the document the handlers'
+//! annotations produce, so no handler can forget it:
+//!
+//! * the parameters' schemas, by name (`key`, `org_id`, `limit`, …), with
+//!   the bounds the server checks;
+//! * the error statuses a request can meet before its handler decides
+//!   anything: 400 for a URL, header or body that cannot be read, 413 for a
+//!   body over the limit, 422 for U+0000 in the URL or a body breaking a
+//!   rule, 412 where `If-Match` is taken;
+//! * the headers every answer carries (`x-request-id`, `WWW-Authenticate`
+//!   on 401) and a description for each status;
+//! * `servers`, links from the operations that create a resource to those
+//!   that use it, and no security on the probes.
+
+use serde_json::{json, Map, Value};
+
+/// No U+0000 anywhere in a string (§1).
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+fn schema(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// Adds what every operation has in common to `doc`.
+pub fn complete(doc: &mut Value) {
+    doc["servers"] = json!([{
+        "url": "http://127.0.0.1:8080",
+        "description": "A local allot on its default address"
+    }]);
+    let components = &mut doc["components"];
+    for (name, value) in super::shared::schemas() {
+        components["schemas"][name] = value;
+    }
+    components["headers"] = headers();
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(operations) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in operations.values_mut() {
+            complete_operation(path, operation);
+        }
+    }
+    let operations: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(method, op)| {
+                    Some((
+                        op["operationId"].as_str()?.to_owned(),
+                        format!("{method} {path}"),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    add_links(paths, &operations);
+}
+
+fn headers() -> Value {
+    json!({
+        "RequestId": {
+            "description": "The request's id: the client's own `x-request-id`, if it sent one, else a generated UUID. Error bodies carry it too (`request_id`).",
+            "required": true,
+            "schema": {"type": "string"}
+        },
+        "WwwAuthenticate": {
+            "description": "`Bearer`: the scheme the server expects.",
+            "required": true,
+            "schema": {"type": "string"}
+        },
+        "ETag": {
+            "description": "The version as an entity tag, `\"<version>\"`; send it back in `If-Match` to change only this version.",
+            "required": true,
+            "schema": {"type": "string", "pattern": "^\"[0-9]+\"$"}
+        },
+        "Allow": {
+            "description": "The methods the path answers.",
+            "required": true,
+            "schema": {"type": "string"}
+        }
+    })
+}
+
+/// The schema of a parameter, by its name: the same name means the same
+/// thing on every path.
+fn parameter_schema(name: &str) -> Option<(Value, &'static str)> {
+    let string_id = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": NO_NUL});
+    Some(match name {
+        "key" => (
+            schema("Key"),
+            "The flag or experiment key: 1 to 200 of `A-Z a-z 0-9 . _ : -`.",
+        ),
+        "org_id" => (string_id, "The org id (1 to 256 bytes)."),
+        "participant_id" => (
+            string_id,
+            "The participant's id, as the study knows it (1 to 256 bytes).",
+        ),
+        "cohort_id" => (
+            json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": NO_NUL}),
+            "A cohort's `id` (a UUID, from the cohort listing).",
+        ),
+        "limit" => (
+            json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            "Page size, 1 to 1000.",
+        ),
+        "after" => (
+            json!({"type": "string", "pattern": NO_NUL}),
+            "The `next` of the previous page: only entries after it.",
+        ),
+        "before" => (
+            json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}),
+            "The `next_before` of the previous page: only older entries.",
+        ),
+        "phase" => (
+            json!({"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX}),
+            "The phase to export (phases count from 1; one that does not exist is 404); default: the current one.",
+        ),
+        "If-Match" => (
+            json!({"type": "string", "pattern": "^ *(\\*|(W/)?\"[0-9]{1,18}\"|[0-9]{1,18}) *$"}),
+            "Change only if this is the current version: `\"3\"` (the quotes are optional, so is `W/`), or `*` for any existing version. A stale version is 412.",
+        ),
+        "Accept" => (
+            json!({"type": "string", "enum": ["text/csv", "application/x-ndjson"], "default": "text/csv"}),
+            "The export's format.",
+        ),
+        _ => return None,
+    })
+}
+
+/// The operations whose successful answers carry the version as `ETag`.
+const VERSIONED: &[&str] = &["get_flag", "put_flag", "get_experiment", "put_experiment"];
+
+fn error_description(status: &str) -> &'static str {
+    match status {
+        "400" => "`bad_request`: the URL, a header or the body cannot be read (not JSON, wrong content type, bad query string).",
+        "401" => "`unauthorized`: the bearer token is missing or unknown.",
+        "403" => "`forbidden`: the token's role may not call this.",
+        "404" => "`not_found`: no such flag, experiment, cohort or participant.",
+        "405" => "`method_not_allowed`: the path does not answer this method.",
+        "409" => "`conflict`: the change would break existing state.",
+        "412" => "`version_mismatch`: `If-Match` names a version that is not the current one.",
+        "413" => "`payload_too_large`: the body is over the configured limit (default 1 MiB).",
+        "422" => "`validation_failed`: well-formed, but breaks a rule of the contract; `details` names each problem by JSON Pointer.",
+        "503" => "`unavailable`: the store cannot be reached, or this experiment's stored configuration cannot be used.",
+        _ => "An error.",
+    }
+}
+
+fn success_description(status: &str) -> &'static str {
+    match status {
+        "200" => "OK.",
+        "201" => "Created.",
+        "204" => "Done; no body.",
+        _ => "Success.",
+    }
+}
+
+fn complete_operation(path: &str, operation: &mut Value) {
+    let probe = matches!(path, "/healthz" | "/readyz");
+    if probe {
+        operation["security"] = json!([]);
+    }
+    if operation.get("description").is_none() {
+        if let Some(summary) = operation.get("summary").cloned() {
+            operation["description"] = summary;
+        }
+    }
+    let mut has_path = false;
+    let mut has_query = false;
+    let mut has_if_match = false;
+    if let Some(parameters) = operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for parameter in parameters {
+            let name = parameter["name"].as_str().unwrap_or_default().to_owned();
+            match parameter["in"].as_str() {
+                Some("path") => has_path = true,
+                Some("query") => has_query = true,
+                _ => {}
+            }
+            has_if_match |= name == "If-Match";
+            if let Some((schema, description)) = parameter_schema(&name) {
+                parameter["schema"] = schema;
+                if parameter.get("description").is_none_or(|d| d == "") {
+                    parameter["description"] = json!(description);
+                }
+            }
+        }
+    }
+    let has_body = operation.get("requestBody").is_some();
+    let mut errors: Vec<&str> = Vec::new();
+    if has_path || has_query || has_body || has_if_match {
+        errors.push("400");
+    }
+    if !probe {
+        errors.push("401");
+    }
+    if has_body {
+        errors.push("413");
+    }
+    if has_path || has_query || has_body {
+        errors.push("422");
+    }
+    if has_if_match {
+        errors.push("412");
+    }
+    let operation_id = operation["operationId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let responses = &mut operation["responses"];
+    for status in errors {
+        if responses.get(status).is_none() {
+            responses[status] = json!({
+                "content": {"application/json": {"schema": schema("ErrorBody")}}
+            });
+        }
+    }
+    let Some(responses) = responses.as_object_mut() else {
+        return;
+    };
+    for (status, response) in responses.iter_mut() {
+        if response.get("description").is_none_or(|d| d == "") {
+            response["description"] = json!(if status.starts_with('2') {
+                success_description(status)
+            } else {
+                error_description(status)
+            });
+        }
+        let headers = response["headers"].as_object_mut().map(std::mem::take);
+        let mut headers = headers.unwrap_or_default();
+        headers.insert(
+            "x-request-id".into(),
+            json!({"$ref": "#/components/headers/RequestId"}),
+        );
+        if status.starts_with('2') && VERSIONED.contains(&operation_id.as_str()) {
+            headers.insert("ETag".into(), json!({"$ref": "#/components/headers/ETag"}));
+        }
+        if status == "401" {
+            headers.insert(
+                "WWW-Authenticate".into(),
+                json!({"$ref": "#/components/headers/WwwAuthenticate"}),
+            );
+        }
+        response["headers"] = Value::Object(sorted(headers));
+    }
+}
+
+fn sorted(map: Map<String, Value>) -> Map<String, Value> {
+    let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.into_iter().collect()
+}
+
+/// The parameters of a link, each taken from the request that made the
+/// resource (or its answer).
+type Parameters = &'static [(&'static str, &'static str)];
+
+const KEY: Parameters = &[("key", "$request.path.key")];
+const PARTICIPANT: Parameters = &[
+    ("key", "$request.path.key"),
+    ("participant_id", "$request.path.participant_id"),
+];
+
+/// Operations linked to, each with its parameters.
+type Targets = &'static [(&'static str, Parameters)];
+
+/// From an operation's successful answers, the operations it links to.
+const LINKS: &[(&str, &[&str], Targets)] = &[
+    (
+        "put_flag",
+        &["200", "201"],
+        &[
+            ("get_flag", KEY),
+            ("delete_flag", KEY),
+            ("evaluate_flag", KEY),
+            ("list_overrides", KEY),
+            ("put_override", KEY),
+            ("flag_history", KEY),
+        ],
+    ),
+    (
+        "put_experiment",
+        &["200", "201"],
+        &[
+            ("get_experiment", KEY),
+            ("delete_experiment", KEY),
+            ("list_versions", KEY),
+            ("get_results", KEY),
+            ("export_exposures", KEY),
+            ("assign", KEY),
+            ("list_cohorts", KEY),
+            ("list_routing_events", KEY),
+            ("register_participant", KEY),
+        ],
+    ),
+    (
+        "register_participant",
+        &["200", "201"],
+        &[
+            ("get_participant", PARTICIPANT),
+            ("route_participant", PARTICIPANT),
+            ("accept_participant", PARTICIPANT),
+            ("decline_participant", PARTICIPANT),
+        ],
+    ),
+    (
+        "put_override",
+        &["200", "201"],
+        &[(
+            "delete_override",
+            &[
+                ("key", "$request.path.key"),
+                ("org_id", "$request.path.org_id"),
+            ],
+        )],
+    ),
+    (
+        "list_cohorts",
+        &["200"],
+        &[(
+            "list_cohort_participants",
+            &[
+                ("key", "$request.path.key"),
+                ("cohort_id", "$response.body#/0/id"),
+            ],
+        )],
+    ),
+];
+
+/// Links from the operations that create a resource to those that use it,
+/// so a client (and a stateful fuzzer) can follow the API from one answer
+/// to the next request.
+fn add_links(paths: &mut Map<String, Value>, operations: &[(String, String)]) {
+    for (from, statuses, links) in LINKS {
+        let Some(at) = locate(operations, from) else {
+            continue;
+        };
+        let Some(operation) = operation_mut(paths, &at) else {
+            continue;
+        };
+        let mut out = Map::new();
+        for (to, parameters) in *links {
+            if locate(operations, to).is_some() {
+                let parameters: Map<String, Value> = parameters
+                    .iter()
+                    .map(|(name, from)| ((*name).to_owned(), json!(from)))
+                    .collect();
+                out.insert(
+                    link_name(to),
+                    json!({"operationId": to, "parameters": parameters}),
+                );
+            }
+        }
+        for status in *statuses {
+            if let Some(response) = operation["responses"].get_mut(*status) {
+                response["links"] = Value::Object(out.clone());
+            }
+        }
+    }
+}
+
+fn locate(operations: &[(String, String)], id: &str) -> Option<String> {
+    operations
+        .iter()
+        .find(|(op, _)| op == id)
+        .map(|(_, at)| at.clone())
+}
+
+fn operation_mut<'a>(paths: &'a mut Map<String, Value>, at: &str) -> Option<&'a mut Value> {
+    let (method, path) = at.split_once(' ')?;
+    paths.get_mut(path)?.get_mut(method)
+}
+
+/// `get_flag` → `GetFlag`: link names in the form generators expect.
+fn link_name(operation_id: &str) -> String {
+    operation_id
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_uppercase().chain(chars).collect()
+            })
+        })
+        .collect()
+}
