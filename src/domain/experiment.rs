@@ -26,6 +26,7 @@ pub const MAX_FORCED: usize = 1000;
 /// Served with an experiment besides [`SERVED`]: ignored on write.
 const LAYOUT: &str = "layout";
 
+/// `running` answers assignments; `paused` answers `treatment: null` (reason `experiment_paused`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExperimentStatus {
@@ -43,6 +44,7 @@ pub enum HashBy {
     Org,
 }
 
+/// A treatment as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Treatment {
     pub name: Key,

@@ -16,6 +16,7 @@ pub struct FlagConfig {
     pub rules: Vec<RuleConfig>,
 }
 
+/// A targeting rule as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RuleConfig {
     pub name: Option<String>,

@@ -18,7 +18,7 @@ pub const MAX_ID_BYTES: usize = 256;
 /// 1–200 characters of `A–Z a–z 0–9 . _ : -`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,200}$")]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,200}$", example = "code-review")]
 pub struct Key(String);
 
 /// As the string it is, so messages quote a key as `"code-review"`.

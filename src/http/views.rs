@@ -25,6 +25,7 @@ use crate::store::{EventRecord, FlagEventRecord, OverrideRecord};
 
 /// A flag as served.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"key": "organizations:code-review-experiments-enabled", "description": "orgs in code-review experiments", "enabled": true, "rules": [{"name": "everyone else", "rollout": 10}], "version": 3, "created_at": "2026-11-20T09:00:00Z", "updated_at": "2026-11-22T10:00:00Z"}))]
 pub struct FlagView {
     pub key: String,
     #[serde(flatten)]
@@ -84,6 +85,7 @@ impl From<Result<ServedFlag, Unusable>> for FlagListEntry {
     }
 }
 
+/// An explicit per-org override of a flag.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OverrideView {
     pub flag: String,
@@ -104,7 +106,9 @@ impl From<OverrideRecord> for OverrideView {
     }
 }
 
+/// A page of a flag's per-org overrides, by org id.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"overrides": [{"flag": "organizations:code-review-experiments-enabled", "org_id": "42", "enabled": true, "updated_at": "2026-11-22T10:00:00Z"}], "next": null}))]
 pub struct OverridePage {
     pub overrides: Vec<OverrideView>,
     /// Pass as `after` to get the next page; null on the last page.
@@ -121,7 +125,9 @@ impl From<Page<OverrideRecord, String>> for OverridePage {
     }
 }
 
+/// Whether an org is eligible, and why (§2).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"flag": "organizations:code-review-experiments-enabled", "org_id": "42", "enabled": true, "reason": "rule", "rule": "early adopters", "version": 3}))]
 pub struct FlagEvaluation {
     pub flag: String,
     pub org_id: String,
@@ -147,6 +153,7 @@ impl From<Evaluation> for FlagEvaluation {
 
 /// An experiment as served: its config, identity and current layout.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"key": "code-review", "description": "code-review strategy", "status": "running", "eligibility_flag": null, "salt": "code-review", "coverage": 1, "sticky": false, "hash_by": "unit", "treatments": [{"name": "noop", "weight": 1, "payload": {"model": "a"}}, {"name": "cost-optimized", "weight": 1, "payload": null}], "cohorts": [], "variables": [], "routing": null, "exposures": true, "forced": [], "version": 1, "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z", "layout": [{"treatment": "noop", "start": 0, "end": 5000}, {"treatment": "cost-optimized", "start": 5000, "end": 10000}]}))]
 pub struct ExperimentView {
     pub key: String,
     #[serde(flatten)]
@@ -189,7 +196,9 @@ impl From<Result<ServedExperiment, Unusable>> for ExperimentListEntry {
     }
 }
 
+/// One accepted version of an experiment, its phase and what it moved (§3).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"version": 2, "created_at": "2026-11-22T10:00:00Z", "actor": "deploy-bot", "deleted": false, "config": {"description": "", "status": "running", "eligibility_flag": null, "salt": "code-review", "coverage": 1, "sticky": false, "hash_by": "unit", "treatments": [{"name": "noop", "weight": 1, "payload": null}, {"name": "cost-optimized", "weight": 1, "payload": null}, {"name": "perf", "weight": 1, "payload": null}], "cohorts": [], "variables": [], "routing": null, "exposures": true, "forced": []}, "layout": [{"treatment": "noop", "start": 0, "end": 3334}], "phase": 2, "moved": {"buckets": 3333, "share": 0.3333, "ranges": [{"start": 3334, "end": 5000, "from": "noop", "to": "perf"}]}}))]
 pub struct VersionView {
     pub version: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -264,6 +273,7 @@ impl From<Moved> for MovedView {
 
 /// The answer for one unit.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"experiment": "code-review", "version": 1, "org_id": "42", "unit_id": "pr-1234", "treatment": "cost-optimized", "payload": null, "bucket": 8725, "reason": "assigned"}))]
 pub struct Assignment {
     pub experiment: String,
     pub version: i64,
@@ -294,7 +304,9 @@ impl From<assign::Assignment> for Assignment {
     }
 }
 
+/// The cohort a participant is in.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b", "alias": "arm-pro-ai", "name": "Pro-AI Study Arm"}))]
 pub struct CohortRef {
     pub id: String,
     #[schema(required = true)]
@@ -304,6 +316,7 @@ pub struct CohortRef {
 
 /// A participant as every routing call answers it.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"participant_id": "p-17", "status": "assigned", "cohort": {"id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b", "alias": "arm-pro-ai", "name": "Pro-AI Study Arm"}, "group": "High Scorers", "entry": "high", "variables": {"persona": "pro_ai"}, "waiting_since": null, "updated_at": "2026-11-22T10:00:00Z"}))]
 pub struct ParticipantView {
     pub participant_id: String,
     pub status: ParticipantStatus,
@@ -341,13 +354,16 @@ impl From<RoutedParticipant> for ParticipantView {
     }
 }
 
+/// Seats taken in a cohort: `assigned` (completed included) and `pending`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Members {
     pub assigned: u32,
     pub pending: u32,
 }
 
+/// A cohort with its members (§5).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b", "alias": "arm-pro-ai", "name": "Pro-AI Study Arm", "description": "", "capacity": 50, "members": {"assigned": 12, "pending": 2}, "overflow_of": null}))]
 pub struct CohortView {
     pub id: String,
     #[schema(required = true)]
@@ -378,6 +394,7 @@ impl From<Cohort> for CohortView {
     }
 }
 
+/// One status change of a participant, with its cursor `id`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     /// Cursor: pass as `before` for older events.
@@ -388,7 +405,9 @@ pub struct EventView {
     pub event: lifecycle::Event,
 }
 
+/// A page of the routing audit log, newest first.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"events": [{"id": 7, "at": "2026-11-22T10:00:00Z", "participant_id": "p-17", "status": "assigned", "previous": "waiting", "group": "High Scorers", "entry": "high", "cohort_id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b", "reason": "formed", "detail": null}], "next_before": null}))]
 pub struct EventPage {
     pub events: Vec<EventView>,
     /// Pass as `before` for the next (older) page; null on the last page.
@@ -444,6 +463,10 @@ pub struct FlagEventView {
 
 /// A page of a flag's history, newest first.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"events": [
+    {"id": 7, "at": "2026-11-22T10:00:00Z", "actor": "deploy-bot", "action": "override_set",
+     "version": 3, "org_id": "42", "enabled": true, "config": null}],
+    "next_before": 6}))]
 pub struct FlagHistoryPage {
     pub events: Vec<FlagEventView>,
     /// Pass as `before` for the next (older) page; null on the last page.

@@ -221,7 +221,8 @@ async fn invalid_flags_are_refused_and_change_nothing(backend: Backend) {
         )
         .await
         .expect_error(422, "validation_failed");
-    assert_eq!(eval.detail_paths(), vec!["/org_id"]);
+    // Every problem of the body is named, not only the first.
+    assert_eq!(eval.detail_paths(), vec!["/org_id", "/attributes"]);
     app.post(
         &format!("/v1/flags/{FLAG}/evaluate"),
         json!({"org_id": 1, "attributes": "x"}),

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use super::matching::form_all;
 use super::{CohortDef, CompiledRouting};
 
+/// Where a participant is in the study's lifecycle (§5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParticipantStatus {

@@ -39,6 +39,7 @@ pub struct VariableDef {
     pub cohort_values: Map<String, Value>,
 }
 
+/// Participant routing as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RoutingConfig {
     pub groups: Vec<GroupDef>,
@@ -72,6 +73,7 @@ pub fn waiting_cutoff(timeout_seconds: Option<u64>, now: OffsetDateTime) -> Opti
     now.checked_sub(Duration::seconds(seconds))
 }
 
+/// A routing group as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GroupDef {
     pub name: String,
@@ -80,6 +82,7 @@ pub struct GroupDef {
     pub composition: Vec<EntryDef>,
 }
 
+/// A composition entry as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EntryDef {
     pub id: Key,

@@ -32,6 +32,15 @@ pub fn complete(doc: &mut Value) {
         components["schemas"][name] = value;
     }
     components["headers"] = headers();
+    // An enumeration's example is its first value.
+    if let Some(schemas) = components["schemas"].as_object_mut() {
+        for schema in schemas.values_mut() {
+            let first = schema["enum"].get(0).cloned();
+            if let (Some(first), None) = (first, schema.get("examples")) {
+                schema["examples"] = json!([first]);
+            }
+        }
+    }
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };

@@ -53,10 +53,12 @@ impl Modify for BearerAuth {
 
 /// Every non-2xx answer.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_failed", "message": "/treatments/1/weight must be a finite number >= 0", "details": [{"path": "/treatments/1/weight", "message": "must be a finite number >= 0"}], "request_id": "4f1c2b7e-2d5a-4a8e-9d0b-6c3f1e2a7b90"}}))]
 pub struct ErrorBody {
     pub error: ErrorObject,
 }
 
+/// What went wrong: a code per status, a sentence, one detail per problem and the request id.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorObject {
     /// What went wrong, one code per status (§1).
@@ -93,18 +95,24 @@ pub enum BatchResult {
     Failed(ErrorBody),
 }
 
+/// The answers of a batch, in request order: each an assignment or `{"error": {...}}`.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"results": [{"experiment": "code-review", "version": 1, "org_id": "42", "unit_id": "pr-1234", "treatment": "cost-optimized", "payload": null, "bucket": 8725, "reason": "assigned"}, {"error": {"code": "not_found", "message": "no experiment \"gone\"", "details": [], "request_id": "4f1c2b7e-2d5a-4a8e-9d0b-6c3f1e2a7b90"}}]}))]
 pub struct BatchAnswer {
     pub results: Vec<BatchResult>,
 }
 
+/// The process serves.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
 pub struct Health {
     /// `ok`
     pub status: String,
 }
 
+/// Whether this replica should receive traffic (§7).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "store": "ok", "config_age_ms": 120, "reason": null}))]
 pub struct Readiness {
     /// `ready` or `not_ready`
     pub status: String,

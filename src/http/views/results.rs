@@ -9,6 +9,17 @@ use crate::engine::results::{NotInExperiment, PhaseResults, Results};
 
 /// An experiment's results, one entry per phase, newest first.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"experiment": "code-review", "phases": [{
+    "phase": 2, "from_version": 3, "to_version": null, "started_at": "2026-11-22T10:00:00Z",
+    "units": 10023,
+    "treatments": [
+        {"name": "noop", "buckets": 5000, "expected_share": 0.5, "units": 5012, "observed_share": 0.50005},
+        {"name": "cost-optimized", "buckets": 5000, "expected_share": 0.5, "units": 5011, "observed_share": 0.49995}],
+    "sticky_units": 0,
+    "not_in_experiment": {"org_not_eligible": 120, "not_in_coverage": 0, "experiment_paused": 0, "no_active_treatments": 0},
+    "moved_units": 12,
+    "srm": {"chi_square": 0.0001, "df": 1, "p_value": 0.992, "mismatch": false},
+    "dropped": 0}]}))]
 pub struct ResultsView {
     pub experiment: String,
     pub phases: Vec<PhaseResultsView>,
