@@ -86,11 +86,6 @@ fn headers() -> Value {
             "description": "The version as an entity tag, `\"<version>\"`; send it back in `If-Match` to change only this version.",
             "required": true,
             "schema": {"type": "string", "pattern": "^\"[0-9]+\"$"}
-        },
-        "Allow": {
-            "description": "The methods the path answers.",
-            "required": true,
-            "schema": {"type": "string"}
         }
     })
 }

@@ -26,7 +26,7 @@ use crate::domain::problem::Problem;
     info(
         title = "allot",
         description = "Deterministic experiment assignment and participant-to-cohort routing.",
-        license(name = "MIT")
+        license(name = "MIT", identifier = "MIT")
     ),
     modifiers(&BearerAuth),
     tags(

@@ -114,9 +114,12 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
             "FieldCondition",
             json!({
                 "description": "What a field must hold: an object whose keys all start with `$` applies those operators; any other value (objects included) must equal the field.",
+                // (Spelt out rather than `allOf` with `Json`: some
+                // validators follow `allOf` into `Json`'s `items` forever.)
                 "anyOf": [
-                    {"allOf": [schema("Json"), {"not": {"type": "object"}}]},
-                    {"allOf": [schema("Json"), {"type": "object", "not": {"minProperties": 1, "propertyNames": {"pattern": "^\\$"}}}]},
+                    {"type": ["null", "boolean", "number", "string", "array"], "pattern": NO_NUL, "items": schema("Json")},
+                    {"type": "object", "propertyNames": {"pattern": NO_NUL}, "additionalProperties": schema("Json"),
+                     "not": {"minProperties": 1, "propertyNames": {"pattern": "^\\$"}}},
                     schema("OperatorCondition")
                 ]
             }),
