@@ -1264,6 +1264,20 @@ mod js {
     }
 }
 
+/// The document schema of a stored condition: the OpenAPI document's
+/// `Condition` (written out by `http::openapi`, since JSON Schema states the
+/// recursive language better than a Rust type can).
+pub fn stored_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    use utoipa::openapi::{Ref, RefOr};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(RefOr::Ref(Ref::from_schema_name("Condition")))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

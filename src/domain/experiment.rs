@@ -58,6 +58,7 @@ pub struct Treatment {
 pub struct ExperimentConfig {
     pub description: String,
     pub status: ExperimentStatus,
+    #[schema(required = true)]
     pub eligibility_flag: Option<Key>,
     pub salt: String,
     #[serde(serialize_with = "super::number::compact")]
@@ -67,6 +68,7 @@ pub struct ExperimentConfig {
     pub treatments: Vec<Treatment>,
     pub cohorts: Vec<CohortDef>,
     pub variables: Vec<VariableDef>,
+    #[schema(required = true)]
     pub routing: Option<RoutingConfig>,
     /// Record this experiment's exposures (§8).
     pub exposures: bool,
@@ -79,6 +81,7 @@ pub struct ExperimentConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ForcedPin {
     pub org_id: String,
+    #[schema(required = true)]
     pub unit_id: Option<String>,
     pub treatment: String,
 }

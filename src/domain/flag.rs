@@ -19,8 +19,11 @@ pub struct FlagConfig {
 /// A targeting rule as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RuleConfig {
+    #[schema(required = true)]
     pub name: Option<String>,
+    /// Absent when the rule matches everything.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::domain::condition::stored_schema)]
     pub condition: Option<Value>,
     #[serde(serialize_with = "super::number::compact")]
     pub rollout: f64,

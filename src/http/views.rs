@@ -207,7 +207,11 @@ pub struct VersionView {
     pub actor: Option<String>,
     /// This version deleted the experiment (its config is null).
     pub deleted: bool,
+    /// The experiment document of this version; null for a deletion.
+    #[schema(value_type = Option<crate::domain::experiment::ExperimentConfig>, required = true)]
     pub config: Value,
+    /// The layout of this version (empty for a deletion).
+    #[schema(value_type = Vec<crate::domain::layout::Range>)]
     pub layout: Value,
     /// The phase the version belongs to: a version that changes the layout,
     /// the salt or `hash_by` starts the next one (§3).
@@ -446,7 +450,7 @@ pub struct FlagEventView {
     /// The name of the token used; null with auth off.
     #[schema(required = true)]
     pub actor: Option<String>,
-    /// `created`, `updated`, `deleted`, `override_set` or `override_removed`.
+    #[schema(value_type = FlagAction)]
     pub action: String,
     /// The flag's version after the change (override changes keep it).
     pub version: i64,
@@ -457,8 +461,20 @@ pub struct FlagEventView {
     #[schema(required = true)]
     pub enabled: Option<bool>,
     /// The stored document (`created`, `updated`), else null.
-    #[schema(required = true)]
+    #[schema(value_type = Option<crate::domain::flag::FlagConfig>, required = true)]
     pub config: Option<Value>,
+}
+
+/// What a flag history event records (for the document: the store keeps
+/// the action as text).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagAction {
+    Created,
+    Updated,
+    Deleted,
+    OverrideSet,
+    OverrideRemoved,
 }
 
 /// A page of a flag's history, newest first.

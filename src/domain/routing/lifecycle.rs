@@ -147,9 +147,13 @@ impl Cohort {
 pub struct Event {
     pub participant_id: String,
     pub status: ParticipantStatus,
+    #[schema(required = true)]
     pub previous: Option<ParticipantStatus>,
+    #[schema(required = true)]
     pub group: Option<String>,
+    #[schema(required = true)]
     pub entry: Option<String>,
+    #[schema(required = true)]
     pub cohort_id: Option<String>,
     pub reason: RoutingReason,
 }

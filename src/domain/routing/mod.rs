@@ -28,6 +28,7 @@ pub struct CohortDef {
     pub description: String,
     /// Most members (assigned + pending) one cohort of this alias holds;
     /// `None` is no limit.
+    #[schema(required = true)]
     pub capacity: Option<u32>,
 }
 
@@ -48,7 +49,9 @@ pub struct RoutingConfig {
     // the overflow-free way to use it.
     /// A participant waiting longer than this many seconds (1 to 31536000)
     /// goes to the fallback cohort, or to `timed_out`; null waits forever.
+    #[schema(required = true)]
     pub wait_timeout_seconds: Option<u64>,
+    #[schema(required = true)]
     pub fallback_cohort: Option<Key>,
 }
 
@@ -77,6 +80,7 @@ pub fn waiting_cutoff(timeout_seconds: Option<u64>, now: OffsetDateTime) -> Opti
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GroupDef {
     pub name: String,
+    #[schema(required = true)]
     pub target_cohort: Option<Key>,
     pub require_acceptance: bool,
     pub composition: Vec<EntryDef>,
@@ -86,7 +90,9 @@ pub struct GroupDef {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EntryDef {
     pub id: Key,
+    /// Absent when the entry takes everyone.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::domain::condition::stored_schema)]
     pub condition: Option<Value>,
     pub min_count: u32,
     pub max_count: u32,

@@ -44,6 +44,25 @@ pub fn complete(doc: &mut Value) {
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
+    // The route that serves this document is added outside the handlers'
+    // router (it serves what they generate), so it is described here.
+    paths.insert(
+        "/openapi.json".into(),
+        json!({"get": {
+            "tags": ["operations"],
+            "operationId": "get_openapi_document",
+            "summary": "This document: the OpenAPI 3.1 description of every endpoint",
+            "responses": {"200": {
+                "description": "The document (the same as `allot openapi` prints).",
+                "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "required": ["openapi", "info", "paths"],
+                    "properties": {"openapi": {"type": "string"}, "info": {"type": "object"}, "paths": {"type": "object"}},
+                    "examples": [{"openapi": "3.1.0", "info": {"title": "allot", "version": "0.1.0"}, "paths": {}}]
+                }}}
+            }}
+        }}),
+    );
     for (path, item) in paths.iter_mut() {
         let Some(operations) = item.as_object_mut() else {
             continue;
@@ -165,7 +184,8 @@ fn success_description(status: &str) -> &'static str {
 }
 
 fn complete_operation(path: &str, operation: &mut Value) {
-    let probe = matches!(path, "/healthz" | "/readyz");
+    // Open to everyone (§1): the probes and the document.
+    let probe = matches!(path, "/healthz" | "/readyz" | "/openapi.json");
     if probe {
         operation["security"] = json!([]);
     }

@@ -106,22 +106,57 @@ pub struct BatchAnswer {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok"}))]
 pub struct Health {
-    /// `ok`
-    pub status: String,
+    pub status: HealthStatus,
 }
 
-/// Whether this replica should receive traffic (§7).
+/// `ok`
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "ready", "store": "ok", "config_age_ms": 120, "reason": null}))]
-pub struct Readiness {
-    /// `ready` or `not_ready`
-    pub status: String,
-    /// When ready: `ok`, or `unreachable` while the store does not answer
-    /// (the replica keeps serving its loaded configuration).
-    pub store: Option<String>,
-    /// When ready: milliseconds since the configuration was last confirmed
-    /// current with the store.
-    pub config_age_ms: Option<u64>,
-    /// When not ready: why.
-    pub reason: Option<String>,
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+}
+
+/// This replica should receive traffic (§7).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "store": "ok", "config_age_ms": 120}))]
+pub struct Ready {
+    pub status: ReadyStatus,
+    /// `ok`, or `unreachable` while the store does not answer (the replica
+    /// keeps serving its loaded configuration).
+    pub store: StoreState,
+    /// Milliseconds since the configuration was last confirmed current
+    /// with the store.
+    pub config_age_ms: u64,
+}
+
+/// Whether the store answered the readiness check.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreState {
+    Ok,
+    Unreachable,
+}
+
+/// This replica should not receive traffic (§7): it is shutting down, or
+/// its configuration is older than `readiness_max_config_age_secs`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "not_ready", "reason": "shutting down"}))]
+pub struct NotReady {
+    pub status: NotReadyStatus,
+    /// Why, in a sentence.
+    pub reason: String,
+}
+
+/// `ready`
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ready,
+}
+
+/// `not_ready`
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotReadyStatus {
+    NotReady,
 }

@@ -81,11 +81,17 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
             "Json",
             json!({
                 "description": "Any JSON value. Strings and object keys hold no U+0000; numbers are finite.",
-                "type": ["null", "boolean", "number", "string", "array", "object"],
+                // No `type`: each keyword applies to the values it can
+                // (strings, arrays, objects). Object members are checked
+                // with `unevaluatedProperties`, not `additionalProperties`,
+                // and arrays are not given a type: generators that write
+                // types (openapi-typescript) then read this as "any value"
+                // instead of a self-referencing array type TypeScript
+                // refuses.
                 "pattern": NO_NUL,
                 "items": schema("Json"),
                 "propertyNames": {"pattern": NO_NUL},
-                "additionalProperties": schema("Json"),
+                "unevaluatedProperties": schema("Json"),
                 "examples": [{"model": "a"}]
             }),
         ),

@@ -35,7 +35,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// answering from its loaded configuration. 503 once shutdown began, or when
 /// the configuration is older than `readiness_max_config_age_secs`.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = crate::http::openapi::Readiness), (status = 503, body = crate::http::openapi::Readiness)))]
+    responses((status = 200, body = crate::http::openapi::Ready), (status = 503, body = crate::http::openapi::NotReady)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let not_ready = |reason: String| {
         (
