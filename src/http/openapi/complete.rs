@@ -115,7 +115,9 @@ fn parameter_schema(name: &str) -> Option<(Value, &'static str)> {
     let string_id = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": NO_NUL});
     Some(match name {
         "key" => (
-            schema("Key"),
+            // (`Key` written out: its schema example would be tried on
+            // every path, deletions included, besides the parameter's.)
+            json!({"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,200}$"}),
             "The flag or experiment key: 1 to 200 of `A-Z a-z 0-9 . _ : -`.",
         ),
         "org_id" => (string_id, "The org id (1 to 256 bytes)."),
@@ -156,6 +158,29 @@ fn parameter_schema(name: &str) -> Option<(Value, &'static str)> {
 }
 
 /// The operations whose successful answers carry the version as `ETag`.
+/// A path parameter's example, by name and path: the README's flag and
+/// experiment, and the study of the routing examples; a deletion's is a
+/// key of its own, so trying the examples does not delete what the others
+/// name.
+fn parameter_example(path: &str, operation_id: &str, name: &str) -> Option<&'static str> {
+    Some(match name {
+        "key" if operation_id == "delete_flag" => "organizations:retired-flag",
+        "key" if operation_id == "delete_experiment" => "retired-experiment",
+        "key" if path.starts_with("/v1/flags") => "organizations:code-review-experiments-enabled",
+        "key"
+            if ["/participants", "/cohorts", "/routing"]
+                .iter()
+                .any(|part| path.contains(part)) =>
+        {
+            "discussion-study"
+        }
+        "key" => "code-review",
+        "org_id" => "42",
+        "participant_id" => "p-17",
+        _ => return None,
+    })
+}
+
 const VERSIONED: &[&str] = &["get_flag", "put_flag", "get_experiment", "put_experiment"];
 
 fn error_description(status: &str) -> &'static str {
@@ -194,6 +219,11 @@ fn complete_operation(path: &str, operation: &mut Value) {
             operation["description"] = summary;
         }
     }
+    let operation_id = operation["operationId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let operation_id = operation_id.as_str();
     let mut has_path = false;
     let mut has_query = false;
     let mut has_if_match = false;
@@ -215,6 +245,9 @@ fn complete_operation(path: &str, operation: &mut Value) {
                     parameter["description"] = json!(description);
                 }
             }
+            if let Some(example) = parameter_example(path, operation_id, &name) {
+                parameter["example"] = json!(example);
+            }
         }
     }
     let has_body = operation.get("requestBody").is_some();
@@ -234,10 +267,6 @@ fn complete_operation(path: &str, operation: &mut Value) {
     if has_if_match {
         errors.push("412");
     }
-    let operation_id = operation["operationId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
     let responses = &mut operation["responses"];
     for status in errors {
         if responses.get(status).is_none() {
@@ -263,7 +292,7 @@ fn complete_operation(path: &str, operation: &mut Value) {
             "x-request-id".into(),
             json!({"$ref": "#/components/headers/RequestId"}),
         );
-        if status.starts_with('2') && VERSIONED.contains(&operation_id.as_str()) {
+        if status.starts_with('2') && VERSIONED.contains(&operation_id) {
             headers.insert("ETag".into(), json!({"$ref": "#/components/headers/ETag"}));
         }
         if status == "401" {
