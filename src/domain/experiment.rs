@@ -79,6 +79,7 @@ pub struct ExperimentConfig {
 /// A QA pin: this org's unit, or with `unit_id: null` every unit of the
 /// org, gets `treatment` (listed, its weight may be 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"org_id": "42", "unit_id": "pr-1234", "treatment": "perf"}))]
 pub struct ForcedPin {
     pub org_id: String,
     #[schema(required = true)]

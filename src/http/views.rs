@@ -52,6 +52,7 @@ impl From<ServedFlag> for FlagView {
 /// An entry of a listing whose stored document cannot be used (§3): its
 /// key and version, and why.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"key": "legacy-review", "version": 4, "unavailable": "/treatments/0/weight must be a finite number >= 0"}))]
 pub struct UnusableView {
     pub key: String,
     pub version: i64,

@@ -124,6 +124,13 @@ fn answers_require_every_field_they_always_send() {
         }
     }
     assert!(checked > 100, "only {checked} answer fields found");
+    // And every schema has an example (CI checks each against its schema).
+    for (name, schema) in schemas.as_object().unwrap() {
+        assert!(
+            schema.get("example").is_some() || schema["examples"].get(0).is_some(),
+            "{name} has no example"
+        );
+    }
     let mut codes: Vec<&str> = schemas["ErrorCode"]["enum"]
         .as_array()
         .unwrap()

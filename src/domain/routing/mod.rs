@@ -22,6 +22,7 @@ use super::problem::{pointer, Problem};
 
 /// A cohort defined in the experiment document.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"alias": "arm-pro-ai", "name": "Pro-AI Study Arm", "description": "", "capacity": 50}))]
 pub struct CohortDef {
     pub alias: Key,
     pub name: String,
@@ -34,6 +35,7 @@ pub struct CohortDef {
 
 /// A variable resolved per cohort: `cohort_values[alias]`, else `default`.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "persona", "default": "control", "cohort_values": {"arm-pro-ai": "pro_ai"}}))]
 pub struct VariableDef {
     pub name: Key,
     pub default: Value,
@@ -42,6 +44,11 @@ pub struct VariableDef {
 
 /// Participant routing as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "groups": [{"name": "High Scorers", "target_cohort": "arm-pro-ai", "require_acceptance": false,
+                "composition": [{"id": "high", "condition": {"score": {"$gte": 7}}, "min_count": 1, "max_count": 5}]}],
+    "balance": false, "wait_timeout_seconds": 600, "fallback_cohort": null
+}))]
 pub struct RoutingConfig {
     pub groups: Vec<GroupDef>,
     pub balance: bool,

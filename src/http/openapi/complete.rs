@@ -41,6 +41,7 @@ pub fn complete(doc: &mut Value) {
             }
         }
     }
+    derive_examples(doc);
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
@@ -87,6 +88,200 @@ pub fn complete(doc: &mut Value) {
         })
         .collect();
     add_links(paths, &operations);
+}
+
+/// Gives each schema without an example the part of an enclosing
+/// schema's example it describes (a property's value, an array's first
+/// item, the variant of a `oneOf` it fits, the fields of an `allOf` part),
+/// until nothing changes: a nested schema is exemplified by the same data
+/// as the answer that holds it, and cannot drift from it.
+fn derive_examples(doc: &mut Value) {
+    // The operations' answers with an example of their own.
+    let answers: Vec<(Value, Value)> = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(Value::as_object)
+        .flat_map(|item| item.values())
+        .filter_map(|operation| operation["responses"].as_object())
+        .flat_map(|responses| responses.values())
+        .filter_map(|response| response["content"]["application/json"].as_object())
+        .filter_map(|content| {
+            Some((
+                content.get("schema")?.clone(),
+                content.get("example")?.clone(),
+            ))
+        })
+        .collect();
+    let Some(schemas) = doc["components"]["schemas"].as_object_mut() else {
+        return;
+    };
+    loop {
+        let mut found: Vec<(String, Value)> = Vec::new();
+        for (schema, example) in &answers {
+            parts_of(schema, example, schemas, &mut found);
+        }
+        for schema in schemas.values() {
+            if let Some(example) = example_of(schema) {
+                parts_of(schema, &example, schemas, &mut found);
+            }
+        }
+        // A choice between schemas is exemplified by its first variant.
+        for (name, schema) in schemas.iter() {
+            let first = schema["oneOf"].get(0).or_else(|| schema["anyOf"].get(0));
+            if let Some(example) = first
+                .and_then(|v| v["$ref"].as_str())
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                .and_then(|variant| schemas.get(variant))
+                .and_then(example_of)
+            {
+                found.push((name.clone(), example));
+            }
+        }
+        let mut changed = false;
+        for (name, example) in found {
+            if let Some(target) = schemas.get_mut(&name) {
+                if example_of(target).is_none() {
+                    let example = only_own_fields(example, target);
+                    target["examples"] = json!([example]);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}
+
+fn example_of(schema: &Value) -> Option<Value> {
+    schema
+        .get("example")
+        .or_else(|| schema["examples"].get(0))
+        .cloned()
+}
+
+/// Each named schema `schema` refers to, with the part of `value` it
+/// describes.
+fn parts_of(
+    schema: &Value,
+    value: &Value,
+    schemas: &Map<String, Value>,
+    found: &mut Vec<(String, Value)>,
+) {
+    if value.is_null() {
+        return;
+    }
+    if let Some(name) = schema["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+    {
+        found.push((name.to_owned(), value.clone()));
+        return;
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        parts_of(part, value, schemas, found);
+    }
+    for key in ["oneOf", "anyOf"] {
+        for variant in schema[key].as_array().into_iter().flatten() {
+            if fits(variant, value, schemas) {
+                parts_of(variant, value, schemas, found);
+            }
+        }
+    }
+    if let (Some(properties), Some(object)) = (schema["properties"].as_object(), value.as_object())
+    {
+        for (name, sub) in properties {
+            if let Some(v) = object.get(name) {
+                parts_of(sub, v, schemas, found);
+            }
+        }
+        if schema["additionalProperties"].is_object() {
+            for (name, v) in object {
+                if !properties.contains_key(name) {
+                    parts_of(&schema["additionalProperties"], v, schemas, found);
+                }
+            }
+        }
+    } else if let (Some(extra), Some(object)) = (
+        schema.get("additionalProperties").filter(|a| a.is_object()),
+        value.as_object(),
+    ) {
+        for v in object.values() {
+            parts_of(extra, v, schemas, found);
+        }
+    }
+    if let (Some(items), Some(first)) = (
+        schema.get("items").filter(|i| i.is_object()),
+        value.as_array().and_then(|a| a.first()),
+    ) {
+        parts_of(items, first, schemas, found);
+    }
+}
+
+/// Whether `value` can be an instance of the variant `schema`: its
+/// required fields are there, and it is of the variant's type.
+fn fits(schema: &Value, value: &Value, schemas: &Map<String, Value>) -> bool {
+    let schema = match schema["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+    {
+        Some(name) => match schemas.get(name) {
+            Some(s) => s,
+            None => return false,
+        },
+        None => schema,
+    };
+    if schema["type"] == "null" {
+        return value.is_null();
+    }
+    let mut required: Vec<&str> = Vec::new();
+    let parts: Vec<&Value> = match schema["allOf"].as_array() {
+        Some(parts) => parts
+            .iter()
+            .map(|p| {
+                p["$ref"]
+                    .as_str()
+                    .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                    .and_then(|name| schemas.get(name))
+                    .unwrap_or(p)
+            })
+            .collect(),
+        None => vec![schema],
+    };
+    for part in parts {
+        required.extend(
+            part["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str),
+        );
+    }
+    if required.is_empty() {
+        return !value.is_object() || schema["type"] == "object" || schema.get("type").is_none();
+    }
+    value
+        .as_object()
+        .is_some_and(|object| required.iter().all(|field| object.contains_key(*field)))
+}
+
+/// `example` without the fields `target` does not list (an `allOf` part
+/// gets only its own).
+fn only_own_fields(example: Value, target: &Value) -> Value {
+    match (example, target["properties"].as_object()) {
+        (Value::Object(object), Some(properties))
+            if target.get("additionalProperties").is_none() =>
+        {
+            Value::Object(
+                object
+                    .into_iter()
+                    .filter(|(k, _)| properties.contains_key(k))
+                    .collect(),
+            )
+        }
+        (example, _) => example,
+    }
 }
 
 fn headers() -> Value {
