@@ -1037,15 +1037,17 @@ impl Store for Backend {
         exposures: &[ExposureRecord],
         counts: &[CountIncrement],
     ) -> Result<(), StoreError> {
-        // Rows and counters in one order, so that concurrent flushes from
-        // several replicas wait for one another instead of deadlocking.
+        // Rows and counters in one order (the ledger key's), so that
+        // concurrent flushes from several replicas wait for one another
+        // instead of deadlocking, and neighbouring rows land on the same
+        // index pages.
         let mut sorted: Vec<&ExposureRecord> = exposures.iter().collect();
         sorted.sort_unstable_by(|a, b| {
-            (&*a.experiment, a.phase, &a.org_id, &a.unit_id).cmp(&(
+            (&*a.experiment, &a.org_id, &a.unit_id, a.phase).cmp(&(
                 &*b.experiment,
-                b.phase,
                 &b.org_id,
                 &b.unit_id,
+                b.phase,
             ))
         });
         let mut totals: BTreeMap<(String, i64, String, String), i64> = BTreeMap::new();
