@@ -6,12 +6,14 @@
 #
 #   bash bench/http.sh                 # 10 s per run, 64 connections, 2 wrk threads
 #   DURATION=30s CONNECTIONS=128 bash bench/http.sh
+#   EXPOSURES=false bash bench/http.sh # the experiment without its ledger
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
+EXPOSURES=${EXPOSURES:-true}
 ALLOT=127.0.0.1:18181
 CEILING=127.0.0.1:18182
 
@@ -37,7 +39,7 @@ json() { curl -fs -X PUT -H 'content-type: application/json' "$@" >/dev/null; }
 json "http://$ALLOT/v1/flags/organizations:code-review-experiments-enabled" \
     -d '{"rules": [{"name": "early adopters", "condition": {"plan": {"$in": ["business", "enterprise"]}}, "rollout": 100}, {"name": "everyone else", "rollout": 10}]}'
 json "http://$ALLOT/v1/experiments/code-review" \
-    -d '{"eligibility_flag": "organizations:code-review-experiments-enabled", "salt": "code-review", "treatments": [{"name": "noop", "weight": 1}, {"name": "cost-optimized", "weight": 1}]}'
+    -d '{"eligibility_flag": "organizations:code-review-experiments-enabled", "salt": "code-review", "treatments": [{"name": "noop", "weight": 1}, {"name": "cost-optimized", "weight": 1}], "exposures": '"$EXPOSURES"'}'
 
 cat >"$work/single.lua" <<'LUA'
 wrk.method = "POST"
@@ -71,7 +73,7 @@ run() {
     echo "$out" | rps
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); wrk -t$THREADS -c$CONNECTIONS -d$DURATION; exposures: $EXPOSURES"
 ceiling=$(run "ceiling (bare axum, same JSON)" "http://$CEILING/v1/experiments/code-review/assign" "$work/single.lua")
 single=$(run "allot single assign" "http://$ALLOT/v1/experiments/code-review/assign" "$work/single.lua")
 batch=$(DURATION=$DURATION run "allot batch assign (1000 items)" "http://$ALLOT/v1/assign" "$work/batch.lua")
