@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 
 use allot::domain::ids::Key;
 use allot::engine::Engine;
-use allot::store::{self, ExposureRecord, PoolOptions};
+use allot::store::{self, ExposureRecord, Holdings, PoolOptions};
 
 /// The process's peak resident memory so far, in KiB (Linux).
 fn peak_rss_kib() -> u64 {
@@ -92,7 +92,17 @@ async fn main() {
                 first_seen: now,
             })
             .collect();
-        store.record_exposures(&records, &[]).await.expect("write");
+        // As the flusher writes: this replica holds nothing afterwards.
+        let holdings = Holdings {
+            replica: Arc::from("ledger-bench"),
+            held: Vec::new(),
+            now_ms: 0,
+            stale_before_ms: 0,
+        };
+        store
+            .record_exposures(&records, &[], &holdings)
+            .await
+            .expect("write");
         written += n;
     }
     let took = started.elapsed();

@@ -212,7 +212,7 @@ impl Application {
             Err(e) => tracing::error!(
                 error = %e,
                 lost = state.engine.buffered_exposures(),
-                "cannot write the last exposures at shutdown: they are lost, and uncounted in the results"
+                "cannot write the last exposures at shutdown: they are lost; another replica (or the next start) counts what the last checkpoint held as dropped once exposure_lease_ms has passed"
             ),
         }
         if let Some(upkeep) = upkeep {

@@ -52,6 +52,9 @@ pub struct Settings {
     pub exposure_buffer: usize,
     /// Units each generation of the recorded-units cache remembers.
     pub exposure_cache: usize,
+    /// A replica whose checkpoint of buffered exposures is older than this
+    /// is taken for dead, and what it held is counted as dropped.
+    pub exposure_lease_ms: u64,
     pub db_max_connections: u32,
     pub db_acquire_timeout_ms: u64,
     pub log_format: LogFormat,
@@ -409,6 +412,10 @@ impl Settings {
                 "exposure_flush_ms, exposure_buffer and exposure_cache must be at least 1",
             );
         }
+        // Four renewals per lease, checkpoints at most every 100 ms.
+        if self.exposure_lease_ms < 400 {
+            return invalid("exposure_lease_ms must be at least 400");
+        }
         let tokens = &self.auth.tokens;
         for (i, t) in tokens.iter().enumerate() {
             if t.name.is_empty() || t.token.is_empty() {
@@ -432,6 +439,7 @@ impl Settings {
         crate::engine::exposures::LedgerOptions {
             buffer: self.exposure_buffer,
             cache: self.exposure_cache,
+            lease: std::time::Duration::from_millis(self.exposure_lease_ms),
         }
     }
 

@@ -19,18 +19,30 @@
 //!   counted as dropped for its phase, and so is every record a failed
 //!   flush cannot put back; the counts reach the store with the next flush
 //!   that succeeds and are shown in the results (`dropped`).
+//! - **Nor with a replica that dies**: what the buffer holds per phase is
+//!   checkpointed to the store (`exposure_holdings`) every
+//!   [`CHECKPOINT_EVERY`] while it changes, with the counts of answers
+//!   without a treatment, and renewed four times per lease. A replica's
+//!   checkpoints and flushes also claim the holdings of replicas that did
+//!   not renew theirs within the lease (`exposure_lease_ms`): those count as
+//!   dropped. What a replica takes in after its last checkpoint before it
+//!   dies (at most [`CHECKPOINT_EVERY`] of answers) is beyond counting; a
+//!   replica cut off from the store for longer than the lease has its
+//!   records counted as dropped and may still write them later (an
+//!   overcount, never an undercount).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
 use super::snapshot::{ExperimentEntry, Snapshot};
 use crate::domain::experiment::AssignmentReason;
-use crate::store::{CountIncrement, ExposureRecord, Store, StoreError};
+use crate::store::{CountIncrement, ExposureRecord, Holdings, Store, StoreError, DROPPED};
 
 /// The answers without a treatment, counted per phase, in cell order.
 const NULL_REASONS: [AssignmentReason; 4] = [
@@ -40,8 +52,9 @@ const NULL_REASONS: [AssignmentReason; 4] = [
     AssignmentReason::NoActiveTreatments,
 ];
 
-/// The counter kind of records lost before reaching the ledger.
-pub const DROPPED: &str = "dropped";
+/// How often a replica checkpoints what its buffer holds, while that
+/// changes (or every flush interval, if that is shorter).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Shards of the cache of recorded units, so that answers on different
 /// threads rarely wait for one another.
@@ -49,6 +62,9 @@ const SHARDS: usize = 16;
 
 /// A phase's counter: (experiment, phase, kind).
 type Counter = (Arc<str>, i64, &'static str);
+
+/// Records held per (experiment, phase).
+type Held = HashMap<(Arc<str>, i64), u64>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -63,6 +79,9 @@ pub struct LedgerOptions {
     pub buffer: usize,
     /// Units each generation of the cache remembers (`exposure_cache`).
     pub cache: usize,
+    /// How long a replica's checkpoint stands for it (`exposure_lease_ms`):
+    /// holdings older than this are of a replica that died.
+    pub lease: Duration,
 }
 
 impl Default for LedgerOptions {
@@ -70,6 +89,7 @@ impl Default for LedgerOptions {
         Self {
             buffer: 100_000,
             cache: 1_000_000,
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -106,12 +126,39 @@ struct Generations {
     previous: HashSet<u64>,
 }
 
+/// The records not written yet, and how many per phase.
+#[derive(Debug, Default)]
+struct Buffer {
+    records: Vec<ExposureRecord>,
+    held: Held,
+}
+
+impl Buffer {
+    fn push(&mut self, record: ExposureRecord) {
+        *self
+            .held
+            .entry((Arc::clone(&record.experiment), record.phase))
+            .or_default() += 1;
+        self.records.push(record);
+    }
+}
+
+/// The holdings the store last took from this replica, and when.
+#[derive(Debug, Default)]
+struct Checkpointed {
+    held: Held,
+    at: Option<Instant>,
+}
+
 #[derive(Debug)]
 pub struct Ledger {
     options: LedgerOptions,
     hasher: RandomState,
     seen: [Mutex<Generations>; SHARDS],
-    buffer: Mutex<Vec<ExposureRecord>>,
+    /// This process, in the store's holdings.
+    replica: Arc<str>,
+    buffer: Mutex<Buffer>,
+    checkpointed: Mutex<Checkpointed>,
     /// Counts waiting for the next successful flush: (experiment, phase,
     /// kind) → count. Kinds are answer reasons and [`DROPPED`].
     pending: Mutex<HashMap<Counter, u64>>,
@@ -131,7 +178,9 @@ impl Ledger {
             options,
             hasher: RandomState::new(),
             seen: Default::default(),
-            buffer: Mutex::new(Vec::new()),
+            replica: Arc::from(uuid::Uuid::new_v4().to_string()),
+            buffer: Mutex::default(),
+            checkpointed: Mutex::default(),
             pending: Mutex::default(),
             cells: Mutex::default(),
             flushing: tokio::sync::Mutex::new(()),
@@ -198,11 +247,11 @@ impl Ledger {
         };
         let buffered = {
             let mut buffer = lock(&self.buffer);
-            if buffer.len() >= self.options.buffer {
+            if buffer.records.len() >= self.options.buffer {
                 false
             } else {
                 buffer.push(record);
-                if buffer.len() == self.options.buffer / 2 {
+                if buffer.records.len() == self.options.buffer / 2 {
                     self.wake.notify_one();
                 }
                 true
@@ -272,18 +321,9 @@ impl Ledger {
         cells.retain(|c| Arc::strong_count(c) > 1);
     }
 
-    /// Writes what is buffered and counted to the store, in one
-    /// transaction. On failure everything that fits goes back into the
-    /// buffer for the next flush, and the rest is counted as dropped.
-    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
-        let _one = self.flushing.lock().await;
-        self.harvest();
-        let records = {
-            let mut buffer = lock(&self.buffer);
-            self.in_flight.store(buffer.len(), Ordering::Relaxed);
-            std::mem::take(&mut *buffer)
-        };
-        let counts: Vec<CountIncrement> = lock(&self.pending)
+    /// The counts waiting for a flush, taken out.
+    fn take_counts(&self) -> Vec<CountIncrement> {
+        lock(&self.pending)
             .drain()
             .map(|((experiment, phase, kind), count)| CountIncrement {
                 experiment,
@@ -292,22 +332,111 @@ impl Ledger {
                 treatment: String::new(),
                 count,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Whether the store must hear of `held`: it changed since the last
+    /// checkpoint, or a quarter of the lease went by (which also claims
+    /// the holdings of replicas that died).
+    fn checkpoint_due(&self, held: &Held) -> bool {
+        let last = lock(&self.checkpointed);
+        last.held != *held
+            || last
+                .at
+                .is_none_or(|at| at.elapsed() >= self.options.lease / 4)
+    }
+
+    fn holdings(&self, held: &Held) -> Holdings {
+        let now_ms = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(i64::MAX);
+        let lease = i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX);
+        Holdings {
+            replica: Arc::clone(&self.replica),
+            held: held
+                .iter()
+                .map(|((experiment, phase), n)| (Arc::clone(experiment), *phase, *n))
+                .collect(),
+            now_ms,
+            stale_before_ms: now_ms.saturating_sub(lease),
+        }
+    }
+
+    fn checkpointed(&self, held: Held, claimed: u64) {
+        *lock(&self.checkpointed) = Checkpointed {
+            held,
+            at: Some(Instant::now()),
+        };
+        if claimed > 0 {
+            metrics::counter!("allot_exposures_dropped_total").increment(claimed);
+            tracing::warn!(
+                records = claimed,
+                "exposures held by a replica that stopped without writing them are counted as dropped"
+            );
+        }
+    }
+
+    /// Writes what is buffered and counted to the store, in one
+    /// transaction. On failure everything that fits goes back into the
+    /// buffer for the next flush, and the rest is counted as dropped.
+    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let _one = self.flushing.lock().await;
+        self.harvest();
+        let records = {
+            let mut buffer = lock(&self.buffer);
+            self.in_flight
+                .store(buffer.records.len(), Ordering::Relaxed);
+            buffer.held.clear();
+            std::mem::take(&mut buffer.records)
+        };
+        let counts = self.take_counts();
         metrics::gauge!("allot_exposure_cache_entries").set(self.cached() as f64);
-        if records.is_empty() && counts.is_empty() {
+        // Once this flush is written the replica holds nothing but what
+        // arrives meanwhile, which the next checkpoint declares.
+        let held = Held::new();
+        if records.is_empty() && counts.is_empty() && !self.checkpoint_due(&held) {
             metrics::gauge!("allot_exposure_buffer_records").set(0.0);
             return Ok(0);
         }
-        match store.record_exposures(&records, &counts).await {
-            Ok(()) => {
+        match store
+            .record_exposures(&records, &counts, &self.holdings(&held))
+            .await
+        {
+            Ok(claimed) => {
                 self.in_flight.store(0, Ordering::Relaxed);
+                self.checkpointed(held, claimed);
                 metrics::counter!("allot_exposures_flushed_total").increment(records.len() as u64);
                 metrics::gauge!("allot_exposure_buffer_records")
-                    .set(lock(&self.buffer).len() as f64);
+                    .set(lock(&self.buffer).records.len() as f64);
                 Ok(records.len())
             }
             Err(e) => {
                 self.restore(records, counts);
+                Err(e)
+            }
+        }
+    }
+
+    /// Declares to the store what the buffer holds, with the counts of
+    /// answers without a treatment, if either changed (or the lease needs
+    /// renewing); the records stay buffered for the next flush.
+    pub async fn checkpoint(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let _one = self.flushing.lock().await;
+        self.harvest();
+        let held = lock(&self.buffer).held.clone();
+        let counts = self.take_counts();
+        if counts.is_empty() && !self.checkpoint_due(&held) {
+            return Ok(());
+        }
+        match store
+            .record_exposures(&[], &counts, &self.holdings(&held))
+            .await
+        {
+            Ok(claimed) => {
+                self.checkpointed(held, claimed);
+                Ok(())
+            }
+            Err(e) => {
+                self.restore(Vec::new(), counts);
                 Err(e)
             }
         }
@@ -324,13 +453,15 @@ impl Ledger {
         {
             let mut buffer = lock(&self.buffer);
             self.in_flight.store(0, Ordering::Relaxed);
-            let room = self.options.buffer.saturating_sub(buffer.len());
+            let room = self.options.buffer.saturating_sub(buffer.records.len());
             let mut records = records.into_iter();
-            buffer.extend(records.by_ref().take(room));
+            for r in records.by_ref().take(room) {
+                buffer.push(r);
+            }
             for r in records {
                 *lost.entry((r.experiment, r.phase)).or_default() += 1;
             }
-            metrics::gauge!("allot_exposure_buffer_records").set(buffer.len() as f64);
+            metrics::gauge!("allot_exposure_buffer_records").set(buffer.records.len() as f64);
         }
         for ((experiment, phase), n) in lost {
             self.count_dropped(&experiment, phase, n);
@@ -340,6 +471,6 @@ impl Ledger {
     /// Records not written yet: in the buffer, or in a flush under way
     /// (which puts them back if it fails).
     pub fn buffered(&self) -> usize {
-        lock(&self.buffer).len() + self.in_flight.load(Ordering::Relaxed)
+        lock(&self.buffer).records.len() + self.in_flight.load(Ordering::Relaxed)
     }
 }

@@ -12,6 +12,7 @@ use futures_util::stream::{self, Stream};
 use time::OffsetDateTime;
 
 use super::experiments::ExperimentVersion;
+use super::exposures::CHECKPOINT_EVERY;
 use super::{Engine, EngineError, Missing};
 use crate::domain::layout::Range;
 use crate::domain::results::{self, Arm, Observed, Srm};
@@ -159,20 +160,29 @@ impl Engine {
     }
 
     /// Flushes this replica's exposures every `interval`, or sooner when
-    /// the buffer fills up.
+    /// the buffer fills up, and checkpoints what it holds in between
+    /// (every [`CHECKPOINT_EVERY`] at most).
     pub fn spawn_exposure_flusher(
         self: &std::sync::Arc<Self>,
         interval: Duration,
     ) -> tokio::task::JoinHandle<()> {
         let engine = std::sync::Arc::clone(self);
+        let tick = interval.min(CHECKPOINT_EVERY);
         tokio::spawn(async move {
+            let mut flushed = tokio::time::Instant::now();
             loop {
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = engine.ledger.wake.notified() => {}
-                }
-                if let Err(e) = engine.flush_exposures().await {
-                    tracing::warn!(error = %e, buffered = engine.ledger.buffered(), "writing exposures failed; kept for the next flush");
+                let full = tokio::select! {
+                    () = tokio::time::sleep(tick) => flushed.elapsed() >= interval,
+                    () = engine.ledger.wake.notified() => true,
+                };
+                if full {
+                    flushed = tokio::time::Instant::now();
+                    if let Err(e) = engine.flush_exposures().await {
+                        tracing::warn!(error = %e, buffered = engine.ledger.buffered(), "writing exposures failed; kept for the next flush");
+                    }
+                } else if let Err(e) = engine.ledger.checkpoint(engine.store.as_ref()).await {
+                    super::count_store_error(&e);
+                    tracing::warn!(error = %e, "checkpointing the exposure buffer failed; retried on the next tick");
                 }
             }
         })

@@ -197,6 +197,26 @@ pub struct ExposureRecord {
     pub first_seen: OffsetDateTime,
 }
 
+/// The counter kind of ledger records lost before reaching the store: to a
+/// full buffer, a failed flush, or a replica that died holding them.
+pub const DROPPED: &str = "dropped";
+
+/// What one replica holds of the ledger in memory (§8), written with each of
+/// its flushes and checkpoints so that the records of a replica that dies
+/// before writing them are counted as dropped by another.
+#[derive(Debug, Clone)]
+pub struct Holdings {
+    /// The replica (a UUID per process).
+    pub replica: Arc<str>,
+    /// Records held per (experiment, phase); empty deletes the replica's rows.
+    pub held: Vec<(Arc<str>, i64, u64)>,
+    /// Now, in milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// Other replicas' rows last renewed before this (milliseconds since the
+    /// epoch) are of replicas that died: their records count as dropped.
+    pub stale_before_ms: i64,
+}
+
 /// An amount to add to one of a phase's counters: answers without a
 /// treatment by reason, or records dropped (`treatment` empty).
 #[derive(Debug, Clone)]
@@ -540,12 +560,16 @@ pub trait Store: Send + Sync + 'static {
     /// unit: a row already there is kept) and `counts` to the counters, in
     /// one transaction. The counters of the rows actually added (per
     /// treatment: `assigned`, `sticky`, `moved`) are kept in the same
-    /// transaction.
+    /// transaction. The same transaction replaces the replica's
+    /// `holdings`, and adds to the `dropped` counters what replicas that
+    /// stopped renewing theirs held (deleting their rows); it answers that
+    /// number of records.
     async fn record_exposures(
         &self,
         exposures: &[ExposureRecord],
         counts: &[CountIncrement],
-    ) -> Result<(), StoreError>;
+        holdings: &Holdings,
+    ) -> Result<u64, StoreError>;
     /// Every counter of every phase of the experiment `key`.
     async fn exposure_counts(&self, key: &str) -> Result<Vec<CountRecord>, StoreError>;
     /// Up to `limit` ledger rows of a phase, by (org, unit), after `after`.

@@ -37,9 +37,9 @@ use crate::store::rows::{
 use crate::store::sql::{CHANGES_KEPT, CHANNEL, MAX_DELTA};
 use crate::store::{
     CatchUp, Change, ChangeFeed, CountIncrement, CountRecord, Delta, EventRecord, ExperimentRecord,
-    ExperimentWritten, ExposureRecord, FlagEventRecord, FlagRecord, FlagWritten, LedgerRow, Loaded,
-    OverrideRecord, Plan, Planner, RoutePlanner, RouteScope, Routed, StaleConfig, Store,
-    StoreError, VersionRecord,
+    ExperimentWritten, ExposureRecord, FlagEventRecord, FlagRecord, FlagWritten, Holdings,
+    LedgerRow, Loaded, OverrideRecord, Plan, Planner, RoutePlanner, RouteScope, Routed,
+    StaleConfig, Store, StoreError, VersionRecord, DROPPED,
 };
 
 type Tx<'t> = sqlx::Transaction<'t, Db>;
@@ -1036,7 +1036,8 @@ impl Store for Backend {
         &self,
         exposures: &[ExposureRecord],
         counts: &[CountIncrement],
-    ) -> Result<(), StoreError> {
+        holdings: &Holdings,
+    ) -> Result<u64, StoreError> {
         // Rows and counters in one order (the ledger key's), so that
         // concurrent flushes from several replicas wait for one another
         // instead of deadlocking, and neighbouring rows land on the same
@@ -1095,6 +1096,42 @@ impl Store for Backend {
                     .or_default() += 1;
             }
         }
+        // What dead replicas held counts as dropped; then this replica's
+        // own holdings, which no other replica writes (it claims them only
+        // once they are stale, and deletes them as it claims them).
+        let claimed: Vec<(String, i64, i64)> = sqlx::query_as(
+            "DELETE FROM exposure_holdings WHERE replica <> $1 AND renewed_ms < $2 \
+             RETURNING experiment, phase, held",
+        )
+        .bind(&*holdings.replica)
+        .bind(holdings.stale_before_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut lost = 0_u64;
+        for (experiment, phase, held) in claimed {
+            lost += u64::try_from(held).unwrap_or(0);
+            *totals
+                .entry((experiment, phase, DROPPED.to_owned(), String::new()))
+                .or_default() += held;
+        }
+        sqlx::query("DELETE FROM exposure_holdings WHERE replica = $1")
+            .bind(&*holdings.replica)
+            .execute(&mut *tx)
+            .await?;
+        // Four binds a row, well under either dialect's limit per statement.
+        for chunk in holdings.held.chunks(1_000) {
+            let mut q = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO exposure_holdings (replica, experiment, phase, held, renewed_ms) ",
+            );
+            q.push_values(chunk, |mut row, (experiment, phase, held)| {
+                row.push_bind(&*holdings.replica)
+                    .push_bind(&**experiment)
+                    .push_bind(*phase)
+                    .push_bind(i64::try_from(*held).unwrap_or(i64::MAX))
+                    .push_bind(holdings.now_ms);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
         for ((experiment, phase, kind, treatment), count) in totals {
             sqlx::query(
                 "INSERT INTO exposure_counts (experiment, phase, kind, treatment, count) VALUES ($1, $2, $3, $4, $5) \
@@ -1109,7 +1146,7 @@ impl Store for Backend {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(lost)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]

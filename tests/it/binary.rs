@@ -295,15 +295,17 @@ async fn sigterm_writes_the_buffered_exposures() {
         .unwrap();
     assert_eq!(assigned.status(), 200);
     let url = format!("sqlite://{}", dir.path().join("allot.db").display());
-    let rows = async || -> i64 {
+    let scalar = async |sql: &str| -> i64 {
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM exposures")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
         pool.close().await;
         n
     };
+    let rows = async || scalar("SELECT COUNT(*) FROM exposures").await;
+    let held = async || scalar("SELECT COALESCE(SUM(held), 0) FROM exposure_holdings").await;
+    // What it holds is checkpointed, not written (it would count as dropped
+    // if the process died now).
+    crate::helpers::until("the buffer is checkpointed", async || held().await == 120).await;
     assert_eq!(rows().await, 0, "nothing is written before the flush");
     assert!(Command::new("kill")
         .arg("-TERM")
@@ -318,6 +320,7 @@ async fn sigterm_writes_the_buffered_exposures() {
     .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
     assert_eq!(rows().await, 120);
+    assert_eq!(held().await, 0, "nothing is held after a clean exit");
     assert!(started
         .lines
         .map_while(Result::ok)

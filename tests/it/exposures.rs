@@ -663,12 +663,122 @@ async fn the_analysis_endpoints_refuse_hostile_input(backend: Backend) {
     assert_eq!(a.lines().count(), 31);
 }
 
+/// A replica killed (SIGKILL: no flush at shutdown) with exposures in its
+/// buffer loses them, but not silently: its checkpoints told the store how
+/// many it held per phase, and once its lease runs out the replica that
+/// takes over counts them as `dropped`. Its answers without a treatment were
+/// checkpointed as well, so they are not lost. The units come back into the
+/// ledger when they are answered again.
+async fn a_killed_replica_s_buffer_is_counted_as_dropped(backend: Backend) {
+    use std::process::Stdio;
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let mut child = crate::helpers::allot()
+        .env("ALLOT_LISTEN", "127.0.0.1:0")
+        .env("ALLOT_LOG_FORMAT", "json")
+        .env("ALLOT_DATABASE_URL", &store.url)
+        .env("ALLOT_EXPOSURE_FLUSH_MS", "3600000")
+        .env("ALLOT_EXPOSURE_LEASE_MS", "1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{}", crate::helpers::serving(&mut child).addr());
+    let client = reqwest::Client::new();
+    let created = client
+        .put(format!("{base}/v1/experiments/killed"))
+        .json(
+            &json!({"treatments": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}],
+                      "coverage": 0.5}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let items: Vec<Value> = (0..200)
+        .map(|i| json!({"experiment": "killed", "org_id": 1, "unit_id": format!("u{i}")}))
+        .collect();
+    let answers: Value = client
+        .post(format!("{base}/v1/assign"))
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reasons = |reason: &str| {
+        answers["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["reason"] == reason)
+            .count()
+    };
+    let (assigned, outside) = (reasons("assigned"), reasons("not_in_coverage"));
+    assert_eq!(assigned + outside, 200);
+    assert!(assigned > 50 && outside > 50, "{assigned} {outside}");
+    let held = "SELECT CAST(COALESCE(SUM(held), 0) AS BIGINT) FROM exposure_holdings WHERE experiment = 'killed'";
+    let counted = "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM exposure_counts \
+                   WHERE experiment = 'killed' AND kind = 'not_in_coverage'";
+    crate::helpers::until("the replica checkpoints what it holds", async || {
+        store.scalar(held).await == i64::try_from(assigned).unwrap()
+            && store.scalar(counted).await == i64::try_from(outside).unwrap()
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        ledger_rows(&store, "killed").await,
+        0,
+        "nothing was flushed"
+    );
+
+    let mut settings = store.settings();
+    settings.exposure_lease_ms = 1000;
+    let app = TestApp::spawn_with(settings).await;
+    let phase = async || {
+        let results = app.get("/v1/experiments/killed/results").await.expect(200);
+        results.body["phases"][0].clone()
+    };
+    crate::helpers::until("the dead replica's holdings are counted", async || {
+        phase().await["dropped"] == assigned
+    })
+    .await;
+    let after = phase().await;
+    assert_eq!(after["units"], 0, "{after}");
+    assert_eq!(
+        after["not_in_experiment"]["not_in_coverage"], outside,
+        "{after}"
+    );
+    assert_eq!(
+        store.scalar("SELECT COUNT(*) FROM exposure_holdings").await,
+        0
+    );
+    // Answered again, the units are recorded; what was dropped stays counted.
+    let units: Vec<(String, String)> = (0..200)
+        .map(|i| ("1".to_owned(), format!("u{i}")))
+        .collect();
+    assign_all(&app, "killed", &units).await;
+    let again = phase().await;
+    assert_eq!(again["units"], assigned, "{again}");
+    assert_eq!(again["dropped"], assigned, "{again}");
+    app.stop().await;
+    assert_eq!(
+        store.scalar("SELECT COUNT(*) FROM exposure_holdings").await,
+        0,
+        "a replica that stops cleanly leaves no holdings"
+    );
+}
+
 on_both_stores!(
     the_analysis_endpoints_refuse_hostile_input,
     results_match_the_reference,
     forced_opted_out_and_outside_answers_add_no_rows,
     exports_stream_a_phase_as_csv_and_ndjson,
     a_full_buffer_counts_its_drops,
+    a_killed_replica_s_buffer_is_counted_as_dropped,
     two_replicas_record_each_unit_once,
     phases_of_older_versions_are_filled_in_at_start,
 );
