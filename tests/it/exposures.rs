@@ -674,17 +674,27 @@ async fn a_killed_replica_s_buffer_is_counted_as_dropped(backend: Backend) {
     let Some(store) = TestStore::new(backend).await else {
         return;
     };
-    let mut child = crate::helpers::allot()
-        .env("ALLOT_LISTEN", "127.0.0.1:0")
-        .env("ALLOT_LOG_FORMAT", "json")
-        .env("ALLOT_DATABASE_URL", &store.url)
-        .env("ALLOT_EXPOSURE_FLUSH_MS", "3600000")
-        .env("ALLOT_EXPOSURE_LEASE_MS", "1000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://{}", crate::helpers::serving(&mut child).addr());
+    /// Kills the child however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        crate::helpers::allot()
+            .env("ALLOT_LISTEN", "127.0.0.1:0")
+            .env("ALLOT_LOG_FORMAT", "json")
+            .env("ALLOT_DATABASE_URL", &store.url)
+            .env("ALLOT_EXPOSURE_FLUSH_MS", "3600000")
+            .env("ALLOT_EXPOSURE_LEASE_MS", "1000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://{}", crate::helpers::serving(&mut child.0).addr());
     let client = reqwest::Client::new();
     let created = client
         .put(format!("{base}/v1/experiments/killed"))
@@ -727,8 +737,8 @@ async fn a_killed_replica_s_buffer_is_counted_as_dropped(backend: Backend) {
             && store.scalar(counted).await == i64::try_from(outside).unwrap()
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // SIGKILL: no flush at shutdown.
+    drop(child);
     assert_eq!(
         ledger_rows(&store, "killed").await,
         0,
