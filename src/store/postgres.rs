@@ -5,7 +5,7 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use super::sql::{Dialect, CHANNEL};
-use super::{ChangeFeed, PoolOptions, Signal, StoreError};
+use super::{ChangeFeed, ExposureRecord, PoolOptions, Signal, StoreError};
 
 #[derive(Debug)]
 pub struct PgStore {
@@ -97,6 +97,32 @@ const DIALECT: Dialect = Dialect {
     // waits for all of them.
     lock_shared: " FOR KEY SHARE",
     lock_exclusive: " FOR UPDATE",
-    ledger_rows: "json_to_recordset($1::json) AS b(experiment TEXT, phase BIGINT, org_id TEXT, unit_id TEXT, \
-                  treatment TEXT, bucket INTEGER, reason TEXT, first_seen TIMESTAMPTZ)",
+    // One array per column, sent in binary: the server decodes them
+    // several times faster than it parses the same rows from JSON.
+    ledger_rows:
+        "UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::INTEGER[], \
+                  $7::TEXT[], $8::TIMESTAMPTZ[]) \
+                  AS b(experiment, phase, org_id, unit_id, treatment, bucket, reason, first_seen)",
 };
+
+/// Binds a batch of ledger rows as [`Dialect::ledger_rows`] reads them.
+fn bind_ledger_rows<'q, O>(
+    query: sqlx::query::QueryAs<'q, Db, O, sqlx::postgres::PgArguments>,
+    rows: &[&'q ExposureRecord],
+) -> Result<sqlx::query::QueryAs<'q, Db, O, sqlx::postgres::PgArguments>, StoreError> {
+    let column =
+        |f: fn(&'q ExposureRecord) -> &'q str| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+    Ok(query
+        .bind(column(|r| &r.experiment))
+        .bind(rows.iter().map(|r| r.phase).collect::<Vec<_>>())
+        .bind(column(|r| &r.org_id))
+        .bind(column(|r| &r.unit_id))
+        .bind(column(|r| &r.treatment))
+        .bind(
+            rows.iter()
+                .map(|r| r.bucket.map(i32::from))
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|r| r.reason))
+        .bind(rows.iter().map(|r| r.first_seen).collect::<Vec<_>>()))
+}

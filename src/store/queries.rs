@@ -44,42 +44,9 @@ use crate::store::{
 
 type Tx<'t> = sqlx::Transaction<'t, Db>;
 
-/// Ledger rows per `INSERT`: one JSON parameter each, well below either
-/// database's limits, and large enough that a flush is a few statements.
+/// Ledger rows per `INSERT`: well below either database's limits, and
+/// large enough that a flush is a few statements.
 const EXPOSURES_PER_STATEMENT: usize = 5_000;
-
-/// An exposure as the ledger's JSON parameter carries it (see
-/// [`Dialect::ledger_rows`](crate::store::sql::Dialect::ledger_rows)).
-#[derive(serde::Serialize)]
-struct LedgerInput<'a> {
-    experiment: &'a str,
-    phase: i64,
-    org_id: &'a str,
-    unit_id: &'a str,
-    treatment: &'a str,
-    bucket: Option<u16>,
-    reason: &'a str,
-    /// RFC 3339, which both databases read as a timestamp.
-    first_seen: String,
-}
-
-impl<'a> From<&'a ExposureRecord> for LedgerInput<'a> {
-    fn from(r: &'a ExposureRecord) -> Self {
-        Self {
-            experiment: &r.experiment,
-            phase: r.phase,
-            org_id: &r.org_id,
-            unit_id: &r.unit_id,
-            treatment: &r.treatment,
-            bucket: r.bucket,
-            reason: r.reason,
-            first_seen: r
-                .first_seen
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        }
-    }
-}
 
 /// One flag history event, written by the transaction of its change.
 #[allow(clippy::too_many_arguments, reason = "one column each")]
@@ -1064,10 +1031,7 @@ impl Store for Backend {
         }
         let mut tx = self.pool.begin().await?;
         for chunk in sorted.chunks(EXPOSURES_PER_STATEMENT) {
-            let rows: Vec<LedgerInput<'_>> = chunk.iter().map(|r| LedgerInput::from(*r)).collect();
-            let json = serde_json::to_string(&rows)
-                .map_err(|e| StoreError::Other(format!("cannot encode exposures: {e}")))?;
-            let added: Vec<(String, i64, String, String, bool)> = sqlx::query_as(&format!(
+            let added: Vec<(String, i64, String, String, bool)> = super::bind_ledger_rows(sqlx::query_as(&format!(
                 "INSERT INTO exposures (experiment, phase, org_id, unit_id, treatment, bucket, reason, first_seen, moved) \
                  SELECT b.experiment, b.phase, b.org_id, b.unit_id, b.treatment, b.bucket, b.reason, b.first_seen, \
                  COALESCE((SELECT p.treatment <> b.treatment FROM exposures p \
@@ -1076,8 +1040,7 @@ impl Store for Backend {
                  FROM {} WHERE TRUE \
                  ON CONFLICT DO NOTHING RETURNING experiment, phase, treatment, reason, moved",
                 DIALECT.ledger_rows
-            ))
-            .bind(json)
+            )), chunk)?
             .fetch_all(&mut *tx)
             .await?;
             for (experiment, phase, treatment, reason, moved) in added {

@@ -16,10 +16,10 @@ pub(crate) struct Dialect {
     pub lock_shared: &'static str,
     /// Appended to the `SELECT` of an experiment row about to be deleted.
     pub lock_exclusive: &'static str,
-    /// A `FROM` item `b` reading ledger rows from `$1`, a JSON array of
-    /// objects with `experiment`, `phase`, `org_id`, `unit_id`,
-    /// `treatment`, `bucket`, `reason` and `first_seen` (RFC 3339): a whole
-    /// batch in one parameter, whatever its size.
+    /// A `FROM` item `b` reading a batch of ledger rows (`experiment`,
+    /// `phase`, `org_id`, `unit_id`, `treatment`, `bucket`, `reason`,
+    /// `first_seen`) from the parameters its dialect's `bind_ledger_rows`
+    /// binds: a fixed number of them, whatever the batch's size.
     pub ledger_rows: &'static str,
 }
 

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 
 use super::sql::Dialect;
-use super::{ChangeFeed, PoolOptions, StoreError};
+use super::{ChangeFeed, ExposureRecord, PoolOptions, StoreError};
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -81,3 +81,44 @@ const DIALECT: Dialect = Dialect {
                   json_extract(j.value, '$.bucket') AS bucket, json_extract(j.value, '$.reason') AS reason, \
                   json_extract(j.value, '$.first_seen') AS first_seen FROM json_each($1) AS j) AS b",
 };
+
+/// An exposure as the ledger's JSON parameter carries it.
+#[derive(serde::Serialize)]
+struct LedgerInput<'a> {
+    experiment: &'a str,
+    phase: i64,
+    org_id: &'a str,
+    unit_id: &'a str,
+    treatment: &'a str,
+    bucket: Option<u16>,
+    reason: &'a str,
+    /// RFC 3339, which SQLite compares as text.
+    first_seen: String,
+}
+
+/// Binds a batch of ledger rows as [`Dialect::ledger_rows`] reads them: one
+/// JSON array, whatever its size.
+fn bind_ledger_rows<'q, O>(
+    query: sqlx::query::QueryAs<'q, Db, O, sqlx::sqlite::SqliteArguments<'q>>,
+    rows: &[&'q ExposureRecord],
+) -> Result<sqlx::query::QueryAs<'q, Db, O, sqlx::sqlite::SqliteArguments<'q>>, StoreError> {
+    let rows: Vec<LedgerInput<'_>> = rows
+        .iter()
+        .map(|r| LedgerInput {
+            experiment: &r.experiment,
+            phase: r.phase,
+            org_id: &r.org_id,
+            unit_id: &r.unit_id,
+            treatment: &r.treatment,
+            bucket: r.bucket,
+            reason: r.reason,
+            first_seen: r
+                .first_seen
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        })
+        .collect();
+    let json = serde_json::to_string(&rows)
+        .map_err(|e| StoreError::Other(format!("cannot encode exposures: {e}")))?;
+    Ok(query.bind(json))
+}
