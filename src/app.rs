@@ -170,6 +170,7 @@ impl Application {
         let flusher = state
             .engine
             .spawn_exposure_flusher(Duration::from_millis(settings.exposure_flush_ms));
+        let watcher = state.engine.spawn_watcher();
         let router = http::router(state.clone(), &settings);
         if settings.auth.tokens.is_empty() {
             tracing::warn!(
@@ -177,10 +178,13 @@ impl Application {
             );
         }
         let flag = Arc::clone(&state.shutting_down);
+        let engine = Arc::clone(&state.engine);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
             flag.store(true, Ordering::Relaxed);
+            // Requests waiting for a change answer now, with the state as it is.
+            engine.stop_waiting();
             tracing::info!("shutting down: draining in-flight requests");
             let _ = began_tx.send(());
         };
@@ -206,6 +210,7 @@ impl Application {
         listener_task.abort();
         sweeper.abort();
         flusher.abort();
+        watcher.abort();
         // The last exposures answered before shutdown (§8).
         match state.engine.flush_exposures().await {
             Ok(n) => tracing::info!(exposures = n, "exposures written at shutdown"),

@@ -15,6 +15,7 @@ pub mod results;
 pub mod routing;
 pub mod snapshot;
 mod sticky;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +78,8 @@ pub struct Engine {
     confirmed: std::sync::Mutex<Instant>,
     /// The exposure ledger's buffer and counts (§8).
     ledger: exposures::Ledger,
+    /// The participants this replica's requests wait on (§5).
+    watchers: watch::Watchers,
 }
 
 /// The store by its backend and the snapshot by its revision: a whole
@@ -138,6 +141,7 @@ impl Engine {
             lookups: Lookups::default(),
             confirmed: std::sync::Mutex::new(Instant::now()),
             ledger,
+            watchers: watch::Watchers::default(),
         })
     }
 
@@ -321,6 +325,13 @@ impl Engine {
                                     continue;
                                 }
                                 engine.catch_up().await
+                            }
+                            Ok(Signal::Participant {
+                                experiment_id,
+                                participant_id,
+                            }) => {
+                                engine.watchers.wake(&experiment_id, &participant_id);
+                                continue;
                             }
                             Ok(Signal::Connected) => {
                                 tracing::debug!("configuration change feed connected");

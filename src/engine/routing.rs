@@ -110,7 +110,7 @@ fn no_participant(id: &str) -> EngineError {
 }
 
 impl Engine {
-    async fn routable(&self, key: &str) -> Result<Arc<ExperimentEntry>, EngineError> {
+    pub(super) async fn routable(&self, key: &str) -> Result<Arc<ExperimentEntry>, EngineError> {
         let entry = self.experiment_entry(key).await?;
         if let Err(e) = &entry.experiment {
             return Err(Unavailable::BrokenConfig(e.clone()).into());

@@ -17,7 +17,25 @@ use tracing::Instrument;
 
 use super::error::{self, ApiError, REQUEST_ID};
 
+/// The longest a request may ask to wait for a change (`wait_seconds`, §5).
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// The `wait_seconds` a request asks for (at most [`MAX_WAIT_SECONDS`]):
+/// its time limit is that much longer. Whether the value is valid is its
+/// handler's business.
+fn asked_wait(query: Option<&str>) -> Duration {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("wait_seconds="))
+        .filter_map(|v| v.parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(MAX_WAIT_SECONDS)))
+        .max()
+        .unwrap_or_default()
+}
+
 pub async fn edge(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let limit = limit + asked_wait(request.uri().query());
     // A header value clone shares its bytes: the happy path copies nothing.
     let request_id = request.headers().get(REQUEST_ID).cloned();
     let method = static_method(request.method());

@@ -343,12 +343,17 @@ pub enum CatchUp {
 }
 
 /// What a [`ChangeFeed`] says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// A configuration write committed with this revision.
     Changed(i64),
     /// The feed (re)connected: changes may have been missed before.
     Connected,
+    /// A participant's status changed (a routing event was written).
+    Participant {
+        experiment_id: String,
+        participant_id: String,
+    },
 }
 
 /// Configuration changes pushed by the store as they commit.
@@ -647,6 +652,25 @@ pub trait Store: Send + Sync + 'static {
         experiment_id: &str,
         cohort_id: &str,
     ) -> Result<Vec<Participant>, StoreError>;
+    /// The routing events written after event `after` (ids in commit order
+    /// only where one writer commits at a time: SQLite), oldest first, at
+    /// most `limit`: (event id, experiment id, participant id). `None` for
+    /// `after` answers nothing but the newest id, as `(id, "", "")`.
+    async fn events_after(
+        &self,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError>;
+    /// The statuses of these participants, (experiment id, participant id),
+    /// as stored: (experiment id, participant id, status).
+    async fn participant_statuses(
+        &self,
+        participants: &[(String, String)],
+    ) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Whether the store's feed announces participant changes
+    /// ([`Signal::Participant`]); where it does not, replicas read them
+    /// with [`Store::events_after`].
+    fn announces_participants(&self) -> bool;
     /// Audit events, newest first, with ids below `before`.
     async fn routing_events(
         &self,

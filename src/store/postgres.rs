@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
-use super::sql::{Dialect, CHANNEL};
+use super::sql::{Dialect, CHANNEL, PARTICIPANTS_CHANNEL};
 use super::{ChangeFeed, ExposureRecord, PoolOptions, Signal, StoreError};
 
 #[derive(Debug)]
@@ -16,7 +16,8 @@ pub struct PgStore {
 }
 
 /// Notifications on [`CHANNEL`], sent by every configuration write as it
-/// commits (the payload is the new revision).
+/// commits (the payload is the new revision), and on
+/// [`PARTICIPANTS_CHANNEL`], sent by every routing event.
 struct PgFeed {
     listener: PgListener,
     /// Not yet said that the feed is connected.
@@ -32,6 +33,13 @@ impl ChangeFeed for PgFeed {
         // `None`: the connection was lost and made again, and whatever was
         // notified in between is lost.
         Ok(match self.listener.try_recv().await? {
+            Some(n) if n.channel() == PARTICIPANTS_CHANNEL => match n.payload().split_once(' ') {
+                Some((experiment, participant)) => Signal::Participant {
+                    experiment_id: experiment.to_owned(),
+                    participant_id: participant.to_owned(),
+                },
+                None => Signal::Connected,
+            },
             Some(n) => n
                 .payload()
                 .parse()
@@ -61,7 +69,7 @@ impl PgStore {
 
     async fn subscribe_feed(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
         let mut listener = PgListener::connect_with(&self.listen_pool).await?;
-        listener.listen(CHANNEL).await?;
+        listener.listen_all([CHANNEL, PARTICIPANTS_CHANNEL]).await?;
         Ok(Some(Box::new(PgFeed {
             listener,
             announce: true,

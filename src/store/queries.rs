@@ -1583,6 +1583,57 @@ impl Store for Backend {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn events_after(
+        &self,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let Some(after) = after else {
+            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM routing_events")
+                .fetch_one(&self.pool)
+                .await?;
+            return Ok(vec![(newest.unwrap_or(0), String::new(), String::new())]);
+        };
+        Ok(sqlx::query_as(
+            "SELECT id, experiment_id, participant_id FROM routing_events WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn participant_statuses(
+        &self,
+        participants: &[(String, String)],
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        // Two binds a participant, far below either dialect's limit.
+        let mut found = Vec::with_capacity(participants.len());
+        for chunk in participants.chunks(1_000) {
+            let mut q =
+                sqlx::QueryBuilder::<Db>::new("WITH wanted (experiment_id, participant_id) AS (");
+            q.push_values(chunk, |mut row, (experiment, participant)| {
+                row.push_bind(experiment).push_bind(participant);
+            });
+            q.push(
+                ") SELECT p.experiment_id, p.participant_id, p.status FROM participants p \
+                 JOIN wanted w ON p.experiment_id = w.experiment_id AND p.participant_id = w.participant_id",
+            );
+            found.extend(
+                q.build_query_as::<(String, String, String)>()
+                    .fetch_all(&self.pool)
+                    .await?,
+            );
+        }
+        Ok(found)
+    }
+
+    fn announces_participants(&self) -> bool {
+        DIALECT.notify.is_some()
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn routing_events(
         &self,
         experiment_id: &str,

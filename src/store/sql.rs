@@ -33,3 +33,7 @@ pub(crate) const MAX_DELTA: i64 = 256;
 
 /// The channel configuration writes are announced on.
 pub(crate) const CHANNEL: &str = "allot_config";
+
+/// The channel participant status changes are announced on (migration
+/// 0011 on PostgreSQL): payload `<experiment id> <participant id>`.
+pub(crate) const PARTICIPANTS_CHANNEL: &str = "allot_participants";

@@ -1,17 +1,23 @@
 //! `/v1/experiments/{key}/participants`: register, read, route, accept,
 //! decline (§5).
 
+use std::time::Duration;
+
 use crate::domain::ids::ParticipantId;
+use crate::domain::routing::lifecycle::ParticipantStatus;
 use crate::http::requests;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::routes;
 
 use super::write_status;
 use crate::http::auth::{Access, Routes};
+use crate::http::edge::MAX_WAIT_SECONDS;
 use crate::http::error::ApiError;
-use crate::http::extract::{JsonBody, PathParams};
+use crate::http::extract::{JsonBody, PathParams, QueryParams};
 use crate::http::openapi::{ErrorBody, ParticipantInput};
 use crate::http::views::ParticipantView;
 use crate::http::AppState;
@@ -52,17 +58,47 @@ async fn register_participant(
     Ok((write_status(outcome), Json(ParticipantView::from(view))).into_response())
 }
 
-/// A participant's status, cohort and resolved variables.
+/// Waiting for a change (§5).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct Wait {
+    /// 1 to 60: answer as soon as the status is not `status`, or after this
+    /// many seconds with the state then. Absent: answer at once.
+    wait_seconds: Option<i64>,
+    /// The status to wait to change; default: the participant's status now.
+    status: Option<ParticipantStatus>,
+}
+
+/// A participant's status, cohort and resolved variables; with
+/// `wait_seconds`, as soon as its status changes (a long-poll: a front end
+/// holds one open instead of polling).
 #[utoipa::path(get, path = "/v1/experiments/{key}/participants/{participant_id}", tag = "routing",
     security(("bearer" = [])),
-    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
-    responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path), Wait),
+    responses((status = 200, body = ParticipantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn get_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
+    QueryParams(wait): QueryParams<Wait>,
 ) -> Result<Response, ApiError> {
-    let participant = state.engine.get_participant(&key, &id).await?;
+    let participant = match wait.wait_seconds {
+        None => state.engine.get_participant(&key, &id).await?,
+        Some(seconds) => {
+            let within = match u64::try_from(seconds) {
+                Ok(s @ 1..=MAX_WAIT_SECONDS) => Duration::from_secs(s),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "wait_seconds must be from 1 to {MAX_WAIT_SECONDS}"
+                    )))
+                }
+            };
+            state
+                .engine
+                .wait_for_participant(&key, &id, wait.status, within)
+                .await?
+        }
+    };
     Ok(Json(ParticipantView::from(participant)).into_response())
 }
 
