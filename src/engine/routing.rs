@@ -1,5 +1,11 @@
-//! Participant routing (§5): register, route, accept, decline, read,
-//! cohort views, the audit log, and the timeout sweeper.
+//! Participant routing (§5): register, route, accept, decline, complete,
+//! drop, move, heartbeat, read, the experimenter's listing, cohort views,
+//! the audit log, and the timeout sweeper (wait and acceptance timeouts).
+//!
+//! Liveness: every participant call records that the participant was heard
+//! from (`Store::touch`, outside the routing lock). A waiting participant
+//! that was not live is matched again as soon as it is heard from: the call
+//! runs a matching pass.
 //!
 //! Every call that can change state runs as one store transaction under the
 //! experiment's routing lock; the pure plan in `domain::routing::lifecycle`
@@ -24,7 +30,7 @@ use crate::domain::ids::ParticipantId;
 use crate::domain::routing::lifecycle::{
     self, Cohort, Operation, Participant, ParticipantStatus, Refusal, Study,
 };
-use crate::domain::routing::resolve_variables;
+use crate::domain::routing::{is_live, resolve_variables};
 use crate::store::{EventRecord, RouteOutcome, RouteScope, Routed, StaleConfig, StoreError};
 
 /// How many times a call re-plans after finding its configuration stale.
@@ -88,6 +94,8 @@ pub struct RoutedParticipant {
     pub participant: Participant,
     pub cohort: Option<Cohort>,
     pub variables: Map<String, Value>,
+    /// Heard from within the experiment's liveness timeout (always, without one).
+    pub live: bool,
 }
 
 fn with_cohort(p: Participant, cohorts: &[Cohort], experiment: &Experiment) -> RoutedParticipant {
@@ -95,7 +103,12 @@ fn with_cohort(p: Participant, cohorts: &[Cohort], experiment: &Experiment) -> R
         .cohort_id
         .as_ref()
         .and_then(|id| cohorts.iter().find(|c| &c.id == id));
+    let live_cutoff = experiment
+        .routing
+        .as_ref()
+        .and_then(|r| r.config.live_cutoff(OffsetDateTime::now_utc()));
     RoutedParticipant {
+        live: is_live(p.last_seen, live_cutoff),
         cohort: cohort.cloned(),
         variables: resolve_variables(
             &experiment.config.variables,
@@ -144,6 +157,13 @@ impl Engine {
                         .routing
                         .as_ref()
                         .and_then(|r| r.config.wait_timeout_seconds),
+                    cohort_ids: calls
+                        .iter()
+                        .filter_map(|(_, op)| match op {
+                            Operation::Move(cohort) => Some(cohort.clone()),
+                            _ => None,
+                        })
+                        .collect(),
                 };
                 let planner = |version: i64, state: lifecycle::State| {
                     if version != entry.version {
@@ -245,7 +265,7 @@ impl Engine {
             };
             let calls: Vec<(String, Operation)> = batch
                 .iter()
-                .map(|c| (c.participant_id.clone(), c.operation))
+                .map(|c| (c.participant_id.clone(), c.operation.clone()))
                 .collect();
             match self.run_routing(key, &calls).await {
                 Ok((routed, entry)) => {
@@ -256,6 +276,11 @@ impl Engine {
                             (_, Err(Refusal::NotFound)) => {
                                 Err(no_participant(&call.participant_id))
                             }
+                            (_, Err(Refusal::NoCohort(cohort))) => Err(Missing::Cohort {
+                                experiment: key.to_owned(),
+                                cohort,
+                            }
+                            .into()),
                             (_, Err(Refusal::Conflict(m))) => Err(EngineError::Conflict(m)),
                             (Err(e), _) => Err(Unavailable::BrokenConfig(e.clone()).into()),
                         };
@@ -326,6 +351,10 @@ impl Engine {
         key: &str,
         participant_id: &ParticipantId,
     ) -> Result<RoutedParticipant, EngineError> {
+        // Heard from first, so that the matching the route runs sees the
+        // participant live. An unknown one is the route's own 404.
+        let entry = self.routable(key).await?;
+        self.store.touch(&entry.id, participant_id.as_str()).await?;
         self.queue_call(key, participant_id, Operation::Route).await
     }
 
@@ -334,8 +363,7 @@ impl Engine {
         key: &str,
         participant_id: &ParticipantId,
     ) -> Result<RoutedParticipant, EngineError> {
-        self.queue_call(key, participant_id, Operation::Accept)
-            .await
+        self.settle(key, participant_id, Operation::Accept).await
     }
 
     pub async fn decline(
@@ -343,8 +371,131 @@ impl Engine {
         key: &str,
         participant_id: &ParticipantId,
     ) -> Result<RoutedParticipant, EngineError> {
-        self.queue_call(key, participant_id, Operation::Decline)
+        self.settle(key, participant_id, Operation::Decline).await
+    }
+
+    /// `POST …/complete`: assigned → completed (the seat stays taken).
+    pub async fn complete(
+        self: &Arc<Self>,
+        key: &str,
+        participant_id: &ParticipantId,
+    ) -> Result<RoutedParticipant, EngineError> {
+        self.settle(key, participant_id, Operation::Complete).await
+    }
+
+    /// `POST …/drop`: any status but completed → dropped, freeing the seat.
+    pub async fn drop_participant(
+        self: &Arc<Self>,
+        key: &str,
+        participant_id: &ParticipantId,
+        reason: Option<String>,
+    ) -> Result<RoutedParticipant, EngineError> {
+        self.settle(key, participant_id, Operation::Drop(reason))
             .await
+    }
+
+    /// `POST …/move` (admin): places the participant in a cohort as assigned.
+    /// An experimenter's call, not the participant's: it is not a sign of life.
+    pub async fn move_participant(
+        self: &Arc<Self>,
+        key: &str,
+        participant_id: &ParticipantId,
+        cohort_id: &str,
+    ) -> Result<RoutedParticipant, EngineError> {
+        self.queue_call(key, participant_id, Operation::Move(cohort_id.to_owned()))
+            .await
+    }
+
+    /// A participant's own call that changes its status: once it succeeded
+    /// (a refused call changes nothing, `last_seen` included), the
+    /// participant was heard from.
+    async fn settle(
+        self: &Arc<Self>,
+        key: &str,
+        participant_id: &ParticipantId,
+        operation: Operation,
+    ) -> Result<RoutedParticipant, EngineError> {
+        let mut view = self.queue_call(key, participant_id, operation).await?;
+        let entry = self.routable(key).await?;
+        if let Some(touched) = self.store.touch(&entry.id, participant_id.as_str()).await? {
+            view.participant.last_seen = touched.participant.last_seen;
+            view.live = true;
+        }
+        Ok(view)
+    }
+
+    /// `GET …/participants/{id}` and `POST …/heartbeat`: the participant was
+    /// heard from. One waiting and not live until now runs a matching pass
+    /// (it may complete a group); otherwise the stored state answers.
+    pub async fn heard_from(
+        self: &Arc<Self>,
+        key: &str,
+        participant_id: &str,
+    ) -> Result<RoutedParticipant, EngineError> {
+        let entry = self.routable(key).await?;
+        let Ok(experiment) = &entry.experiment else {
+            return Err(EngineError::invariant("checked above"));
+        };
+        let touched = self
+            .store
+            .touch(&entry.id, participant_id)
+            .await?
+            .ok_or_else(|| no_participant(participant_id))?;
+        let cutoff = experiment
+            .routing
+            .as_ref()
+            .and_then(|r| r.config.live_cutoff(OffsetDateTime::now_utc()));
+        let back = touched.participant.status == ParticipantStatus::Waiting
+            && !is_live(touched.previously_seen, cutoff);
+        if back {
+            if let Ok(id) = ParticipantId::parse(participant_id) {
+                return self.queue_call(key, &id, Operation::Sweep).await;
+            }
+        }
+        let cohorts = self.store.cohorts(&entry.id).await?;
+        Ok(with_cohort(touched.participant, &cohorts, experiment))
+    }
+
+    /// `GET /v1/experiments/{key}/participants`: oldest first, of one status
+    /// or all, after the participant `after`.
+    pub async fn list_participants(
+        &self,
+        key: &str,
+        status: Option<ParticipantStatus>,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Page<RoutedParticipant, String>, EngineError> {
+        let entry = self.routable(key).await?;
+        let Ok(experiment) = &entry.experiment else {
+            return Err(EngineError::invariant("checked above"));
+        };
+        let mut listed = self
+            .store
+            .list_participants(
+                &entry.id,
+                status.map(ParticipantStatus::as_str),
+                limit + 1,
+                after,
+            )
+            .await?
+            .ok_or_else(|| {
+                EngineError::validation("", "`after` names no participant of this experiment")
+            })?;
+        let more = listed.len() as i64 > limit;
+        listed.truncate(limit.max(0) as usize);
+        let next = if more {
+            listed.last().map(|p| p.id.clone())
+        } else {
+            None
+        };
+        let cohorts = self.store.cohorts(&entry.id).await?;
+        Ok(Page {
+            items: listed
+                .into_iter()
+                .map(|p| with_cohort(p, &cohorts, experiment))
+                .collect(),
+            next,
+        })
     }
 
     pub async fn get_participant(
@@ -428,12 +579,20 @@ impl Engine {
     pub async fn sweep(self: &Arc<Self>) -> Result<usize, EngineError> {
         let now = OffsetDateTime::now_utc();
         let snapshot = self.snapshot();
-        let cutoffs: Vec<(&str, OffsetDateTime)> = snapshot
+        // Experiments with a wait timeout, or a group with an acceptance
+        // timeout (whose deadlines are stored with the pending participants).
+        let cutoffs: Vec<crate::store::SweepCutoff<'_>> = snapshot
             .experiments
             .values()
             .filter_map(|entry| {
                 let routing = entry.experiment.as_ref().ok()?.routing.as_ref()?;
-                Some((entry.id.as_str(), routing.config.waiting_cutoff(now)?))
+                let cutoff = routing.config.waiting_cutoff(now);
+                let accepts = routing
+                    .config
+                    .groups
+                    .iter()
+                    .any(|g| g.accept_timeout_seconds.is_some());
+                (cutoff.is_some() || accepts).then_some((entry.id.as_str(), cutoff))
             })
             .collect();
         if cutoffs.is_empty() {
@@ -441,7 +600,7 @@ impl Engine {
         }
         let overdue: std::collections::HashSet<String> = self
             .store
-            .overdue_experiments(&cutoffs)
+            .overdue_experiments(&cutoffs, now)
             .await?
             .into_iter()
             .collect();

@@ -62,6 +62,30 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// A JSON body that may be left out (`POST …/drop`): a request with no
+/// content type and no body is `None`; anything else is read as a
+/// [`JsonBody`], with its rejections.
+#[derive(Debug)]
+pub struct OptionalJsonBody(pub Option<Value>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers();
+        let no_body = !headers.contains_key(header::TRANSFER_ENCODING)
+            && headers
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|length| length.as_bytes() == b"0");
+        if no_body && !headers.contains_key(header::CONTENT_TYPE) {
+            return Ok(Self(None));
+        }
+        JsonBody::from_request(req, state)
+            .await
+            .map(|body| Self(Some(body.0)))
+    }
+}
+
 /// `application/json`, or any `application/*+json`, with any parameters.
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers

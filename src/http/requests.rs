@@ -204,3 +204,125 @@ pub(crate) fn registration(body: Value) -> Result<Value, EngineError> {
     }
     Ok(Value::Object(attributes(&mut body, "")?))
 }
+
+/// Most characters of a drop's reason (§5).
+pub(crate) const MAX_DROP_REASON: usize = 200;
+
+/// Parses the optional `{"reason": "…"}` of a drop (no body: no reason).
+pub(crate) fn drop_reason(body: Option<Value>) -> Result<Option<String>, EngineError> {
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    let Value::Object(mut body) = body else {
+        return Err(EngineError::validation(
+            "",
+            "must be an object like {\"reason\": \"failed attention check\"}",
+        ));
+    };
+    let mut problems: Vec<Problem> = Vec::new();
+    let reason = match body.remove("reason") {
+        None | Some(Value::Null) => None,
+        // U+0000 never gets here: the body parser refuses it (§1).
+        Some(Value::String(reason)) if reason.chars().count() <= MAX_DROP_REASON => Some(reason),
+        Some(Value::String(_)) => {
+            problems.push(Problem::new(
+                "/reason",
+                format!("must be at most {MAX_DROP_REASON} characters"),
+            ));
+            None
+        }
+        Some(_) => {
+            problems.push(Problem::new("/reason", "must be a string or null"));
+            None
+        }
+    };
+    problems.extend(unknown_fields(&body, ""));
+    if problems.is_empty() {
+        Ok(reason)
+    } else {
+        Err(EngineError::Validation(problems))
+    }
+}
+
+/// Parses `{"cohort_id": "…"}` of a move.
+pub(crate) fn move_target(body: Value) -> Result<String, EngineError> {
+    let Value::Object(mut body) = body else {
+        return Err(EngineError::validation(
+            "",
+            "must be an object like {\"cohort_id\": \"…\"}",
+        ));
+    };
+    let mut problems: Vec<Problem> = Vec::new();
+    let cohort = match body.remove("cohort_id") {
+        Some(Value::String(id)) if !id.is_empty() => Some(id),
+        None => {
+            problems.push(Problem::new("/cohort_id", "is required"));
+            None
+        }
+        Some(_) => {
+            problems.push(Problem::new(
+                "/cohort_id",
+                "must be a cohort id (a non-empty string)",
+            ));
+            None
+        }
+    };
+    problems.extend(unknown_fields(&body, ""));
+    match cohort {
+        Some(cohort) if problems.is_empty() => Ok(cohort),
+        _ => Err(EngineError::Validation(problems)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn paths(e: EngineError) -> Vec<String> {
+        match e {
+            EngineError::Validation(p) => p.into_iter().map(|p| p.path).collect(),
+            other => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_drop_reason_is_optional_and_at_most_200_characters() {
+        assert_eq!(drop_reason(None).unwrap(), None);
+        assert_eq!(drop_reason(Some(json!({}))).unwrap(), None);
+        assert_eq!(drop_reason(Some(json!({"reason": null}))).unwrap(), None);
+        let longest = "é".repeat(200);
+        assert_eq!(
+            drop_reason(Some(json!({ "reason": longest }))).unwrap(),
+            Some(longest)
+        );
+        let over = "é".repeat(201);
+        assert_eq!(
+            paths(drop_reason(Some(json!({ "reason": over }))).unwrap_err()),
+            ["/reason"]
+        );
+        assert_eq!(
+            paths(drop_reason(Some(json!({"reason": 7}))).unwrap_err()),
+            ["/reason"]
+        );
+        assert_eq!(
+            paths(drop_reason(Some(json!({"why": "x"}))).unwrap_err()),
+            ["/why"]
+        );
+        assert_eq!(paths(drop_reason(Some(json!("x"))).unwrap_err()), [""]);
+    }
+
+    #[test]
+    fn a_move_names_one_cohort_id() {
+        assert_eq!(move_target(json!({"cohort_id": "c-1"})).unwrap(), "c-1");
+        assert_eq!(paths(move_target(json!({})).unwrap_err()), ["/cohort_id"]);
+        assert_eq!(
+            paths(move_target(json!({"cohort_id": ""})).unwrap_err()),
+            ["/cohort_id"]
+        );
+        assert_eq!(
+            paths(move_target(json!({"cohort_id": "c", "x": 1})).unwrap_err()),
+            ["/x"]
+        );
+    }
+}

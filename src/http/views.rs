@@ -321,7 +321,7 @@ pub struct CohortRef {
 
 /// A participant as every routing call answers it.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"participant_id": "p-17", "status": "assigned", "cohort": {"id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b", "alias": "arm-pro-ai", "name": "Pro-AI Study Arm"}, "group": "High Scorers", "entry": "high", "variables": {"persona": "pro_ai"}, "waiting_since": null, "updated_at": "2026-11-22T10:00:00Z"}))]
+#[schema(example = json!({"participant_id": "p-17", "status": "assigned", "cohort": {"id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b", "alias": "arm-pro-ai", "name": "Pro-AI Study Arm"}, "group": "High Scorers", "entry": "high", "variables": {"persona": "pro_ai"}, "waiting_since": null, "last_seen": "2026-11-22T10:00:00Z", "live": true, "updated_at": "2026-11-22T10:00:00Z"}))]
 pub struct ParticipantView {
     pub participant_id: String,
     pub status: ParticipantStatus,
@@ -335,6 +335,13 @@ pub struct ParticipantView {
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(required = true)]
     pub waiting_since: Option<OffsetDateTime>,
+    /// When a participant call (register, route, read, heartbeat, accept,
+    /// decline, complete, drop) last came in.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// Heard from within `routing.liveness_timeout_seconds` (always true
+    /// without one); only live waiting participants are matched.
+    pub live: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
@@ -354,21 +361,25 @@ impl From<RoutedParticipant> for ParticipantView {
             entry: p.entry,
             variables: r.variables,
             waiting_since: p.waiting_since,
+            last_seen: p.last_seen,
+            live: r.live,
             updated_at: p.updated_at,
         }
     }
 }
 
-/// Seats taken in a cohort: `assigned` (completed included) and `pending`.
+/// Seats taken in a cohort, by status: all three count for capacity.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"assigned": 12, "pending": 2, "completed": 5}))]
 pub struct Members {
     pub assigned: u32,
     pub pending: u32,
+    pub completed: u32,
 }
 
 /// A cohort with its members (§5).
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b", "alias": "arm-pro-ai", "name": "Pro-AI Study Arm", "description": "", "capacity": 50, "members": {"assigned": 12, "pending": 2}, "overflow_of": null}))]
+#[schema(example = json!({"id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b", "alias": "arm-pro-ai", "name": "Pro-AI Study Arm", "description": "", "capacity": 50, "members": {"assigned": 12, "pending": 2, "completed": 5}, "overflow_of": null}))]
 pub struct CohortView {
     pub id: String,
     #[schema(required = true)]
@@ -393,6 +404,7 @@ impl From<Cohort> for CohortView {
             members: Members {
                 assigned: c.assigned,
                 pending: c.pending,
+                completed: c.completed,
             },
             overflow_of: c.overflow_of,
         }
@@ -433,6 +445,25 @@ impl From<Page<EventRecord, i64>> for EventPage {
                 })
                 .collect(),
             next_before: page.next,
+        }
+    }
+}
+
+/// A page of an experiment's participants, oldest first (§5).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"participants": [{"participant_id": "p-17", "status": "waiting", "cohort": null, "group": null, "entry": null, "variables": {"persona": "control"}, "waiting_since": "2026-11-22T10:00:00Z", "last_seen": "2026-11-22T10:00:05Z", "live": true, "updated_at": "2026-11-22T10:00:00Z"}], "next": null}))]
+pub struct ParticipantPage {
+    pub participants: Vec<ParticipantView>,
+    /// Pass as `after` for the next page; null on the last page.
+    #[schema(required = true)]
+    pub next: Option<String>,
+}
+
+impl From<Page<RoutedParticipant, String>> for ParticipantPage {
+    fn from(page: Page<RoutedParticipant, String>) -> Self {
+        Self {
+            participants: all(page.items),
+            next: page.next,
         }
     }
 }

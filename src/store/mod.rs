@@ -450,13 +450,29 @@ pub struct OverrideWritten {
 }
 
 /// What a routing transaction must read beyond the subject and the cohorts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RouteScope {
     /// The whole waiting pool (for operations that can form groups);
     /// otherwise only the participants overdue under the timeout.
     pub full_pool: bool,
     pub wait_timeout_seconds: Option<u64>,
+    /// Cohorts the calls name (a move's target), read with the others.
+    pub cohort_ids: Vec<String>,
 }
+
+/// A participant heard from (see [`Store::touch`]).
+#[derive(Debug, Clone)]
+pub struct Touched {
+    /// As stored afterwards.
+    pub participant: Participant,
+    /// Its `last_seen` before this call.
+    pub previously_seen: OffsetDateTime,
+}
+
+/// The experiments the timeout sweeper asks about: (id, the `waiting_since`
+/// at or before which a waiting participant is overdue, if it has a wait
+/// timeout).
+pub type SweepCutoff<'a> = (&'a str, Option<OffsetDateTime>);
 
 /// One stored audit event with its cursor.
 #[derive(Debug, Clone)]
@@ -645,6 +661,24 @@ pub trait Store: Send + Sync + 'static {
         experiment_id: &str,
         participant_id: &str,
     ) -> Result<Option<Participant>, StoreError>;
+    /// Records that a participant was heard from now (`last_seen` only moves
+    /// forward), without the routing lock; `None` if there is no such
+    /// participant.
+    async fn touch(
+        &self,
+        experiment_id: &str,
+        participant_id: &str,
+    ) -> Result<Option<Touched>, StoreError>;
+    /// Participants oldest first (by registration, then id), of one status
+    /// or all, after the participant `after`; `None` when `after` names no
+    /// participant of the experiment.
+    async fn list_participants(
+        &self,
+        experiment_id: &str,
+        status: Option<&str>,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Option<Vec<Participant>>, StoreError>;
     /// Every cohort of the experiment in creation order, with member counts.
     async fn cohorts(&self, experiment_id: &str) -> Result<Vec<Cohort>, StoreError>;
     async fn cohort_participants(
@@ -678,12 +712,14 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
         before: Option<i64>,
     ) -> Result<Vec<EventRecord>, StoreError>;
-    /// Of the experiments in `cutoffs` (id, cutoff), those with a participant
-    /// waiting since `cutoff` or earlier, in one query however many there are
-    /// (the timeout sweeper asks on every tick, on every replica).
+    /// Of the experiments in `cutoffs`, those with a participant waiting
+    /// since its cutoff or earlier, or a pending participant whose
+    /// acceptance deadline is `now` or earlier, in one query however many
+    /// there are (the timeout sweeper asks on every tick, on every replica).
     async fn overdue_experiments(
         &self,
-        cutoffs: &[(&str, OffsetDateTime)],
+        cutoffs: &[SweepCutoff<'_>],
+        now: OffsetDateTime,
     ) -> Result<Vec<String>, StoreError>;
 }
 

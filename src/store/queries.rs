@@ -39,7 +39,7 @@ use crate::store::{
     CatchUp, Change, ChangeFeed, CountIncrement, CountRecord, Delta, EventRecord, ExperimentRecord,
     ExperimentWritten, ExposureRecord, FlagEventRecord, FlagRecord, FlagWritten, Holdings,
     LedgerRow, Loaded, OverrideRecord, Plan, Planner, RoutePlanner, RouteScope, Routed,
-    StaleConfig, Store, StoreError, VersionRecord, DROPPED,
+    StaleConfig, Store, StoreError, SweepCutoff, Touched, VersionRecord, DROPPED,
 };
 
 type Tx<'t> = sqlx::Transaction<'t, Db>;
@@ -139,7 +139,7 @@ async fn sync_cohorts(
     use crate::domain::routing::cohorts::{self, StoredCohort};
     let rows: Vec<DefinedCohortRow> = sqlx::query_as(
         "SELECT c.id, c.alias, c.overflow_of, \
-         (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status IN ('assigned', 'pending')) AS members \
+         (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.status IN ('assigned', 'pending', 'completed')) AS members \
          FROM cohorts c WHERE c.experiment_id = $1 AND c.alias IS NOT NULL",
     )
     .bind(experiment_id)
@@ -194,6 +194,7 @@ async fn sync_cohorts(
             group: None,
             assigned: 0,
             pending: 0,
+            completed: 0,
         };
         insert_cohort(tx, experiment_id, &cohort, seq, now).await?;
         seq += 1;
@@ -1339,14 +1340,16 @@ impl Store for Backend {
                 .map(Participant::try_from)
                 .collect::<Result<Vec<_>, _>>()?;
         }
-        // Every aliased cohort (joins and balance need them) and the
-        // subjects' own cohorts (their answers name them).
+        // Every aliased cohort (joins and balance need them), the
+        // subjects' own cohorts (their answers name them) and those the
+        // calls name (a move's target).
         let mut q =
             sqlx::QueryBuilder::<Db>::new(format!("{COHORT_SELECT} WHERE c.experiment_id = "));
         q.push_bind(experiment_id).push(" AND (c.alias IS NOT NULL");
         let own: Vec<&str> = subjects
             .iter()
             .filter_map(|p| p.cohort_id.as_deref())
+            .chain(scope.cohort_ids.iter().map(String::as_str))
             .collect();
         if !own.is_empty() {
             q.push(" OR c.id IN (");
@@ -1398,6 +1401,19 @@ impl Store for Backend {
             .into_iter()
             .map(Participant::try_from)
             .collect::<Result<Vec<_>, _>>()?;
+        // Pending past their acceptance deadline (on participants_accept_by).
+        let expired_rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'pending' \
+             AND accept_by <= $2 ORDER BY accept_by, participant_id"
+        ))
+        .bind(experiment_id)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let expired = expired_rows
+            .into_iter()
+            .map(Participant::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         let state = State {
             now,
             seq,
@@ -1405,6 +1421,7 @@ impl Store for Backend {
             group_cohorts,
             waiting,
             subjects,
+            expired,
         };
         let changes = match planner(version, state) {
             Ok(changes) => changes,
@@ -1438,32 +1455,38 @@ impl Store for Backend {
                     .push_bind(p.waiting_since)
                     .push_bind(p.wait_seq)
                     .push_bind(p.updated_at)
+                    .push_bind(p.last_seen)
+                    .push_bind(p.accept_by)
                     .push_bind(p.updated_at);
             });
-            // Attributes are the registration's to write, never a
-            // routing transaction's (see `register`).
+            // Attributes are the registration's to write, and `last_seen`
+            // the participant calls' (see `register` and `touch`), never a
+            // routing transaction's.
             q.push(
                 " ON CONFLICT (experiment_id, participant_id) DO UPDATE SET status = excluded.status, \
                  cohort_id = excluded.cohort_id, group_name = excluded.group_name, entry = excluded.entry, \
-                 waiting_since = excluded.waiting_since, wait_seq = excluded.wait_seq, updated_at = excluded.updated_at",
+                 waiting_since = excluded.waiting_since, wait_seq = excluded.wait_seq, updated_at = excluded.updated_at, \
+                 accept_by = excluded.accept_by",
             );
             q.build().execute(&mut *tx).await?;
         }
         // Member counters follow the status changes.
         let deltas = changes.member_deltas();
-        for (cohort, da, dp) in deltas {
+        for (cohort, da, dp, dc) in deltas {
             sqlx::query(
-                "UPDATE cohorts SET assigned_members = assigned_members + $2, pending_members = pending_members + $3 WHERE id = $1",
+                "UPDATE cohorts SET assigned_members = assigned_members + $2, pending_members = pending_members + $3, \
+                 completed_members = completed_members + $4 WHERE id = $1",
             )
             .bind(&cohort)
             .bind(da)
             .bind(dp)
+            .bind(dc)
             .execute(&mut *tx)
             .await?;
         }
         for chunk in changes.events.chunks(200) {
             let mut q = sqlx::QueryBuilder::<Db>::new(
-                "INSERT INTO routing_events (experiment_id, at, participant_id, status, previous, group_name, entry, cohort_id, reason) ",
+                "INSERT INTO routing_events (experiment_id, at, participant_id, status, previous, group_name, entry, cohort_id, reason, detail) ",
             );
             q.push_values(chunk, |mut row, e| {
                 row.push_bind(experiment_id)
@@ -1474,7 +1497,8 @@ impl Store for Backend {
                     .push_bind(e.group.as_deref())
                     .push_bind(e.entry.as_deref())
                     .push_bind(e.cohort_id.as_deref())
-                    .push_bind(e.reason.as_str());
+                    .push_bind(e.reason.as_str())
+                    .push_bind(e.detail.as_deref());
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -1506,8 +1530,8 @@ impl Store for Backend {
         // SQLite's single writer gives the same order).
         let inserted: Option<ParticipantRow> = sqlx::query_as(&format!(
             "WITH live AS (SELECT e.id FROM experiments e WHERE e.id = $1 AND e.deleted_at IS NULL{}) \
-             INSERT INTO participants (experiment_id, participant_id, status, attributes, wait_seq, created_at, updated_at) \
-             SELECT live.id, $2, 'new', $3, 0, $4, $4 FROM live WHERE TRUE \
+             INSERT INTO participants (experiment_id, participant_id, status, attributes, wait_seq, created_at, updated_at, last_seen) \
+             SELECT live.id, $2, 'new', $3, 0, $4, $4, $4 FROM live WHERE TRUE \
              ON CONFLICT (experiment_id, participant_id) DO NOTHING \
              RETURNING {PARTICIPANT_COLUMNS}",
             DIALECT.lock_shared
@@ -1524,7 +1548,7 @@ impl Store for Backend {
         // Only the attributes change; routing transactions never write
         // them, so neither overwrites the other.
         let row: Option<ParticipantRow> = sqlx::query_as(&format!(
-            "UPDATE participants SET attributes = $3, updated_at = $4 \
+            "UPDATE participants SET attributes = $3, updated_at = $4, last_seen = $4 \
              WHERE experiment_id = $1 AND participant_id = $2 AND EXISTS ({LIVE_EXPERIMENT}) \
              RETURNING {PARTICIPANT_COLUMNS}"
         ))
@@ -1553,6 +1577,85 @@ impl Store for Backend {
         .fetch_optional(&self.pool)
         .await?;
         row.map(Participant::try_from).transpose()
+    }
+
+    /// Two statements, not one: neither dialect's `UPDATE … RETURNING`
+    /// gives the value replaced. Two concurrent touches may both see the
+    /// older `last_seen`; the first to read it always does, which is what
+    /// the engine needs (the call that brings a participant back runs
+    /// matching).
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn touch(
+        &self,
+        experiment_id: &str,
+        participant_id: &str,
+    ) -> Result<Option<Touched>, StoreError> {
+        let Some(mut participant) = self.participant(experiment_id, participant_id).await? else {
+            return Ok(None);
+        };
+        let previously_seen = participant.last_seen;
+        let now = now_micros();
+        if now > previously_seen {
+            sqlx::query(
+                "UPDATE participants SET last_seen = $3 \
+                 WHERE experiment_id = $1 AND participant_id = $2 AND (last_seen IS NULL OR last_seen < $3)",
+            )
+            .bind(experiment_id)
+            .bind(participant_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            participant.last_seen = now;
+        }
+        Ok(Some(Touched {
+            participant,
+            previously_seen,
+        }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn list_participants(
+        &self,
+        experiment_id: &str,
+        status: Option<&str>,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Option<Vec<Participant>>, StoreError> {
+        let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = "
+        ));
+        q.push_bind(experiment_id);
+        if let Some(after) = after {
+            let cursor: Option<(OffsetDateTime,)> = sqlx::query_as(
+                "SELECT created_at FROM participants WHERE experiment_id = $1 AND participant_id = $2",
+            )
+            .bind(experiment_id)
+            .bind(after)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some((created_at,)) = cursor else {
+                return Ok(None);
+            };
+            // (created_at, participant_id) after the cursor's, spelt out:
+            // both dialects use participants_by_age for it.
+            q.push(" AND (created_at > ")
+                .push_bind(created_at)
+                .push(" OR (created_at = ")
+                .push_bind(created_at)
+                .push(" AND participant_id > ")
+                .push_bind(after.to_owned())
+                .push("))");
+        }
+        if let Some(status) = status {
+            q.push(" AND status = ").push_bind(status.to_owned());
+        }
+        q.push(" ORDER BY created_at, participant_id LIMIT ")
+            .push_bind(limit);
+        let rows: Vec<ParticipantRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(Participant::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
@@ -1641,7 +1744,7 @@ impl Store for Backend {
         before: Option<i64>,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT id, at, participant_id, status, previous, group_name, entry, cohort_id, reason FROM routing_events \
+            "SELECT id, at, participant_id, status, previous, group_name, entry, cohort_id, reason, detail FROM routing_events \
              WHERE experiment_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(experiment_id)
@@ -1663,7 +1766,8 @@ impl Store for Backend {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn overdue_experiments(
         &self,
-        cutoffs: &[(&str, OffsetDateTime)],
+        cutoffs: &[SweepCutoff<'_>],
+        now: OffsetDateTime,
     ) -> Result<Vec<String>, StoreError> {
         // Two binds a pair: under SQLite's 32 766 and PostgreSQL's
         // 65 535 binds per statement, so one statement up to 10 000
@@ -1676,10 +1780,16 @@ impl Store for Backend {
             q.push_values(chunk, |mut row, (id, cutoff)| {
                 row.push_bind(*id).push_bind(*cutoff);
             });
+            // A null cutoff (no wait timeout) matches no waiting participant.
+            // Acceptance deadlines are stored with each pending participant
+            // (migration 0010), probed on participants_accept_by.
             q.push(
                 ") SELECT d.experiment_id FROM deadlines d WHERE EXISTS (SELECT 1 FROM participants p \
-                 WHERE p.experiment_id = d.experiment_id AND p.status = 'waiting' AND p.waiting_since <= d.cutoff)",
+                 WHERE p.experiment_id = d.experiment_id AND p.status = 'waiting' AND p.waiting_since <= d.cutoff) \
+                 OR EXISTS (SELECT 1 FROM participants p WHERE p.experiment_id = d.experiment_id \
+                 AND p.status = 'pending' AND p.accept_by <= ",
             );
+            q.push_bind(now).push(")");
             let rows: Vec<(String,)> = q.build_query_as().fetch_all(&self.pool).await?;
             overdue.extend(rows.into_iter().map(|(id,)| id));
         }

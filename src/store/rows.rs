@@ -131,7 +131,7 @@ impl ChangeRow {
 
 /// The participant columns every participant query selects.
 pub(super) const PARTICIPANT_COLUMNS: &str = "participant_id, status, attributes, cohort_id, \
-     group_name, entry, waiting_since, wait_seq, updated_at";
+     group_name, entry, waiting_since, wait_seq, updated_at, last_seen, accept_by";
 
 /// A participant, selected with [`PARTICIPANT_COLUMNS`].
 #[derive(Debug, sqlx::FromRow)]
@@ -145,6 +145,8 @@ pub(super) struct ParticipantRow {
     waiting_since: Option<OffsetDateTime>,
     wait_seq: i64,
     updated_at: OffsetDateTime,
+    last_seen: Option<OffsetDateTime>,
+    accept_by: Option<OffsetDateTime>,
 }
 
 impl TryFrom<ParticipantRow> for Participant {
@@ -167,6 +169,10 @@ impl TryFrom<ParticipantRow> for Participant {
             waiting_since: r.waiting_since,
             wait_seq: r.wait_seq,
             updated_at: r.updated_at,
+            // Rows from before migration 0010 were last heard from when
+            // they last changed.
+            last_seen: r.last_seen.unwrap_or(r.updated_at),
+            accept_by: r.accept_by,
         })
     }
 }
@@ -174,7 +180,7 @@ impl TryFrom<ParticipantRow> for Participant {
 /// Cohorts with their member counts (kept by the routing transactions,
 /// see migration 0003); append a `WHERE` clause.
 pub(super) const COHORT_SELECT: &str = "SELECT c.id, c.alias, c.name, c.description, c.capacity, \
-     c.overflow_of, c.group_name, c.assigned_members, c.pending_members FROM cohorts c";
+     c.overflow_of, c.group_name, c.assigned_members, c.pending_members, c.completed_members FROM cohorts c";
 
 /// A cohort, selected with [`COHORT_SELECT`].
 #[derive(Debug, sqlx::FromRow)]
@@ -188,6 +194,7 @@ pub(super) struct CohortRow {
     group_name: Option<String>,
     assigned_members: i64,
     pending_members: i64,
+    completed_members: i64,
 }
 
 impl From<CohortRow> for Cohort {
@@ -202,6 +209,7 @@ impl From<CohortRow> for Cohort {
             group: r.group_name,
             assigned: u32::try_from(r.assigned_members).unwrap_or(u32::MAX),
             pending: u32::try_from(r.pending_members).unwrap_or(u32::MAX),
+            completed: u32::try_from(r.completed_members).unwrap_or(u32::MAX),
         }
     }
 }
@@ -228,6 +236,7 @@ pub(super) struct EventRow {
     entry: Option<String>,
     cohort_id: Option<String>,
     reason: String,
+    detail: Option<String>,
 }
 
 impl TryFrom<EventRow> for EventRecord {
@@ -253,6 +262,7 @@ impl TryFrom<EventRow> for EventRecord {
                 entry: r.entry,
                 cohort_id: r.cohort_id,
                 reason: RoutingReason::parse(&r.reason).ok_or_else(|| bad("reason"))?,
+                detail: r.detail,
             },
         })
     }

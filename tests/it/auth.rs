@@ -23,7 +23,8 @@ enum Needs {
 
 /// §1: the probes and the document are open, `/metrics` too when
 /// `metrics_public`; a client may read, and evaluate, assign, register and
-/// route participants; everything else needs an admin.
+/// route participants (and their heartbeat, accept, decline, complete and
+/// drop); everything else needs an admin, an experimenter's move included.
 fn needs(method: &Method, template: &str, metrics_public: bool) -> Needs {
     match (method.as_str(), template) {
         (_, "/healthz" | "/readyz" | "/openapi.json") => Needs::Nothing,
@@ -36,7 +37,10 @@ fn needs(method: &Method, template: &str, metrics_public: bool) -> Needs {
             | "/v1/assign"
             | "/v1/experiments/{key}/participants/{participant_id}/route"
             | "/v1/experiments/{key}/participants/{participant_id}/accept"
-            | "/v1/experiments/{key}/participants/{participant_id}/decline",
+            | "/v1/experiments/{key}/participants/{participant_id}/decline"
+            | "/v1/experiments/{key}/participants/{participant_id}/heartbeat"
+            | "/v1/experiments/{key}/participants/{participant_id}/complete"
+            | "/v1/experiments/{key}/participants/{participant_id}/drop",
         ) => Needs::AnyToken,
         ("PUT", "/v1/experiments/{key}/participants/{participant_id}") => Needs::AnyToken,
         _ => Needs::Admin,

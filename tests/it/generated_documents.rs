@@ -537,6 +537,8 @@ fn plan_routing(
             .then(|| now - time::Duration::seconds(i as i64 * 30)),
         wait_seq: i as i64,
         updated_at: now,
+        last_seen: now,
+        accept_by: None,
     };
     let cohorts = config
         .cohorts
@@ -551,6 +553,7 @@ fn plan_routing(
             group: None,
             assigned: 0,
             pending: 0,
+            completed: 0,
         })
         .collect();
     let state = State {
@@ -569,6 +572,7 @@ fn plan_routing(
             .map(|a| person(0, a, lifecycle::ParticipantStatus::New))
             .into_iter()
             .collect(),
+        expired: Vec::new(),
     };
     let study = Study {
         routing: Some(routing),

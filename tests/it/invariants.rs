@@ -81,8 +81,10 @@ pub fn check_study(cohorts: &[Value], events: &[Value], participants: &[Value], 
         let id = c["id"].as_str().unwrap();
         let people = members_of.get(id).cloned().unwrap_or_default();
         let members = people.len() as u64;
-        let counted =
-            c["members"]["assigned"].as_u64().unwrap() + c["members"]["pending"].as_u64().unwrap();
+        let counted = ["assigned", "pending", "completed"]
+            .iter()
+            .map(|s| c["members"][s].as_u64().unwrap())
+            .sum::<u64>();
         assert_eq!(members, counted, "cohort {} counts its members", c["name"]);
         if let Some(capacity) = c["capacity"].as_u64() {
             assert!(

@@ -44,6 +44,14 @@ async fn arrive(app: &TestApp, id: &str, score: i64) -> Value {
         .body
 }
 
+/// A participant answer without `last_seen`, which every call moves.
+fn but_last_seen(mut answer: Value) -> Value {
+    if let Some(map) = answer.as_object_mut() {
+        map.remove("last_seen");
+    }
+    answer
+}
+
 async fn cohorts(app: &TestApp) -> Vec<Value> {
     app.get("/v1/experiments/study/cohorts")
         .await
@@ -61,7 +69,10 @@ async fn direct_routing_with_variables(backend: Backend) {
     assert_eq!(listed.len(), 2, "cohorts are created with the experiment");
     let arm = listed[0].clone();
     assert_eq!(arm["alias"], "arm-pro-ai");
-    assert_eq!(arm["members"], json!({"assigned": 0, "pending": 0}));
+    assert_eq!(
+        arm["members"],
+        json!({"assigned": 0, "pending": 0, "completed": 0})
+    );
 
     let registered = app
         .put(&format!("{P}/p-17"), json!({"attributes": {"score": 9}}))
@@ -86,15 +97,21 @@ async fn direct_routing_with_variables(backend: Backend) {
     );
     assert_eq!(routed["variables"], json!({"persona": "pro_ai"}));
     assert_eq!(routed["waiting_since"], json!(null));
-    assert_eq!(app.get(&format!("{P}/p-17")).await.expect(200).body, routed);
+    // Every call is a sign of life: only `last_seen` moves.
+    assert_eq!(
+        but_last_seen(app.get(&format!("{P}/p-17")).await.expect(200).body),
+        but_last_seen(routed.clone())
+    );
 
     // Routing again changes nothing.
     assert_eq!(
-        app.post(&format!("{P}/p-17/route"), json!({}))
-            .await
-            .expect(200)
-            .body,
-        routed
+        but_last_seen(
+            app.post(&format!("{P}/p-17/route"), json!({}))
+                .await
+                .expect(200)
+                .body
+        ),
+        but_last_seen(routed)
     );
     let events = app
         .get("/v1/experiments/study/routing/events")
@@ -112,7 +129,7 @@ async fn direct_routing_with_variables(backend: Backend) {
     assert_eq!(events["events"][0]["cohort_id"], arm["id"]);
     assert_eq!(
         cohorts(&app).await[0]["members"],
-        json!({"assigned": 1, "pending": 0})
+        json!({"assigned": 1, "pending": 0, "completed": 0})
     );
     let members = app
         .get(&format!(
@@ -201,7 +218,7 @@ async fn mixed_group_forms_pending_then_accept_and_decline(backend: Backend) {
         .unwrap();
     assert_eq!(
         group["members"],
-        json!({"assigned": 1, "pending": 2}),
+        json!({"assigned": 1, "pending": 2, "completed": 0}),
         "the declined seat is freed"
     );
     let events = app
@@ -262,7 +279,7 @@ async fn a_full_target_overflows_into_a_new_cohort(backend: Backend) {
     );
     assert_eq!(
         overflows[1]["members"],
-        json!({"assigned": 1, "pending": 0})
+        json!({"assigned": 1, "pending": 0, "completed": 0})
     );
     // Overflows inherit the variables.
     let e = app.get(&format!("{P}/e")).await.body;

@@ -1,6 +1,13 @@
 //! Participant lifecycle (§5): what one routing call changes.
 //!
-//! `new → waiting → (pending → assigned | declined) | assigned | timed_out`.
+//! `new → waiting → (pending → assigned | declined) | assigned | timed_out`;
+//! `assigned → completed`; every status but `completed` → `dropped`.
+//!
+//! Liveness: with `liveness_timeout_seconds`, matching takes only the
+//! waiting participants heard from recently enough ([`super::is_live`]); the
+//! others keep their place in the pool (and their wait timeout runs). Being
+//! heard from (`last_seen`) is written outside the routing lock, so the plan
+//! only reads it.
 //!
 //! [`plan`] is pure: given the experiment's routing state as read under its
 //! lock (cohorts with their member counts, the waiting pool, the participants
@@ -12,14 +19,14 @@
 //! calls in one transaction behave exactly as the same calls one after
 //! another.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::matching::form_all;
-use super::{CohortDef, CompiledRouting};
+use super::{deadline, is_live, CohortDef, CompiledRouting};
 
 /// Where a participant is in the study's lifecycle (§5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -31,6 +38,8 @@ pub enum ParticipantStatus {
     Assigned,
     Declined,
     TimedOut,
+    Completed,
+    Dropped,
 }
 
 impl ParticipantStatus {
@@ -42,6 +51,8 @@ impl ParticipantStatus {
             ParticipantStatus::Assigned => "assigned",
             ParticipantStatus::Declined => "declined",
             ParticipantStatus::TimedOut => "timed_out",
+            ParticipantStatus::Completed => "completed",
+            ParticipantStatus::Dropped => "dropped",
         }
     }
 
@@ -53,6 +64,8 @@ impl ParticipantStatus {
             "assigned" => ParticipantStatus::Assigned,
             "declined" => ParticipantStatus::Declined,
             "timed_out" => ParticipantStatus::TimedOut,
+            "completed" => ParticipantStatus::Completed,
+            "dropped" => ParticipantStatus::Dropped,
             _ => return None,
         })
     }
@@ -68,6 +81,10 @@ pub enum RoutingReason {
     Declined,
     Timeout,
     Fallback,
+    AcceptTimeout,
+    Completed,
+    Dropped,
+    Moved,
 }
 
 impl RoutingReason {
@@ -79,6 +96,10 @@ impl RoutingReason {
             RoutingReason::Declined => "declined",
             RoutingReason::Timeout => "timeout",
             RoutingReason::Fallback => "fallback",
+            RoutingReason::AcceptTimeout => "accept_timeout",
+            RoutingReason::Completed => "completed",
+            RoutingReason::Dropped => "dropped",
+            RoutingReason::Moved => "moved",
         }
     }
 
@@ -90,6 +111,10 @@ impl RoutingReason {
             "declined" => RoutingReason::Declined,
             "timeout" => RoutingReason::Timeout,
             "fallback" => RoutingReason::Fallback,
+            "accept_timeout" => RoutingReason::AcceptTimeout,
+            "completed" => RoutingReason::Completed,
+            "dropped" => RoutingReason::Dropped,
+            "moved" => RoutingReason::Moved,
             _ => return None,
         })
     }
@@ -108,6 +133,24 @@ pub struct Participant {
     /// Arrival order in the waiting pool: oldest first is lowest first.
     pub wait_seq: i64,
     pub updated_at: OffsetDateTime,
+    /// When a participant call last came in (registration, route, read,
+    /// heartbeat…); written outside routing transactions, never by a plan.
+    pub last_seen: OffsetDateTime,
+    /// While `pending` in a group with `accept_timeout_seconds`: when the
+    /// seat is given up unless accepted.
+    pub accept_by: Option<OffsetDateTime>,
+}
+
+impl Participant {
+    /// Heard from at or after `cutoff` ([`super::RoutingConfig::live_cutoff`]).
+    pub fn is_live(&self, cutoff: Option<OffsetDateTime>) -> bool {
+        is_live(self.last_seen, cutoff)
+    }
+
+    /// Pending past its acceptance deadline at `now`.
+    pub fn acceptance_expired(&self, now: OffsetDateTime) -> bool {
+        self.status == ParticipantStatus::Pending && self.accept_by.is_some_and(|t| t <= now)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,20 +167,28 @@ pub struct Cohort {
     pub group: Option<String>,
     pub assigned: u32,
     pub pending: u32,
+    /// Completed members keep their seat: they count for capacity and
+    /// balance like assigned and pending ones.
+    pub completed: u32,
 }
 
 impl Cohort {
-    /// Assigned plus pending. The counts come from the store and a capacity
-    /// may be u32::MAX, so the sum saturates instead of overflowing.
+    /// The seats taken: assigned, pending and completed members. The
+    /// counts come from the store and a capacity may be u32::MAX, so the
+    /// sum saturates instead of overflowing.
     pub fn members(&self) -> u32 {
-        self.assigned.saturating_add(self.pending)
+        u32::try_from(self.seats()).unwrap_or(u32::MAX)
     }
 
-    fn has_room_for(&self, n: u32) -> bool {
+    fn seats(&self) -> u64 {
+        u64::from(self.assigned) + u64::from(self.pending) + u64::from(self.completed)
+    }
+
+    /// Whether `n` more members fit under the capacity.
+    pub fn has_room_for(&self, n: u32) -> bool {
         // In u64: members + n can pass u32::MAX.
-        self.capacity.is_none_or(|c| {
-            u64::from(self.assigned) + u64::from(self.pending) + u64::from(n) <= u64::from(c)
-        })
+        self.capacity
+            .is_none_or(|c| self.seats() + u64::from(n) <= u64::from(c))
     }
 }
 
@@ -156,6 +207,9 @@ pub struct Event {
     #[schema(required = true)]
     pub cohort_id: Option<String>,
     pub reason: RoutingReason,
+    /// A drop's reason, as the caller gave it; null otherwise.
+    #[schema(required = true)]
+    pub detail: Option<String>,
 }
 
 /// An experiment's routing state, read under its lock.
@@ -175,16 +229,27 @@ pub struct State {
     pub waiting: Vec<Participant>,
     /// The participants the calls are about, those that exist.
     pub subjects: Vec<Participant>,
+    /// Pending participants whose acceptance deadline has passed, earliest
+    /// deadline first: all of them, whatever the operation.
+    pub expired: Vec<Participant>,
 }
 
 /// Most calls planned in one transaction; `wait_seq` leaves room for them.
 pub const MAX_CALLS: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     Route,
     Accept,
     Decline,
+    /// `assigned → completed`; the seat stays taken.
+    Complete,
+    /// Any status but `completed` → `dropped`, with the caller's reason;
+    /// the seat is freed.
+    Drop(Option<String>),
+    /// An experimenter places the participant in this cohort (by id) as
+    /// `assigned`, within its capacity.
+    Move(String),
     /// Timeouts and a full matching pass: the background sweeper, and after
     /// a waiting participant's attributes or the routing config changed.
     Sweep,
@@ -196,7 +261,7 @@ impl Operation {
     /// After every routing call no group is ready. A route adds one member,
     /// so a group it makes ready must include it; accepting, declining and
     /// timing out only remove members, which never makes a group ready.
-    pub fn forms_groups(self) -> bool {
+    pub fn forms_groups(&self) -> bool {
         matches!(self, Operation::Route | Operation::Sweep)
     }
 }
@@ -205,6 +270,8 @@ impl Operation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     NotFound,
+    /// A move names no cohort of the experiment.
+    NoCohort(String),
     Conflict(String),
 }
 
@@ -218,46 +285,30 @@ pub struct Changes {
     /// Per call, in order: the participant right after its operation (and
     /// the matching it triggered), or why it was refused.
     pub answers: Vec<Result<Participant, Refusal>>,
+    /// How each cohort's member counts move, in the order first moved.
+    pub deltas: Vec<MemberDelta>,
 }
 
-/// How a cohort's member counts move: (cohort id, assigned, pending).
-pub type MemberDelta = (String, i64, i64);
+/// How a cohort's member counts move: (cohort id, assigned, pending,
+/// completed).
+pub type MemberDelta = (String, i64, i64, i64);
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.new_cohorts.is_empty() && self.participants.is_empty() && self.events.is_empty()
     }
 
-    /// The net change of each cohort's members (assigned, pending) that
-    /// these events make: -1 for the status left, +1 for the status taken,
-    /// on the event's cohort. Cohorts whose counts do not move are left out.
+    /// The net change of each cohort's members (assigned, pending,
+    /// completed) these changes make; cohorts whose counts do not move are
+    /// left out. Kept as the plan moves members, not derived from the
+    /// events: a move leaves one cohort for another, and a seat given up
+    /// may be in a cohort the plan did not read.
     pub fn member_deltas(&self) -> Vec<MemberDelta> {
-        let weight = |s: ParticipantStatus| match s {
-            ParticipantStatus::Assigned => (1, 0),
-            ParticipantStatus::Pending => (0, 1),
-            _ => (0, 0),
-        };
-        let mut deltas: Vec<MemberDelta> = Vec::new();
-        for e in &self.events {
-            let Some(cohort) = e.cohort_id.as_deref() else {
-                continue;
-            };
-            let (a_new, p_new) = weight(e.status);
-            let (a_old, p_old) = e.previous.map_or((0, 0), weight);
-            let (da, dp) = (a_new - a_old, p_new - p_old);
-            if da == 0 && dp == 0 {
-                continue;
-            }
-            match deltas.iter_mut().find(|d| d.0 == cohort) {
-                Some(d) => {
-                    d.1 += da;
-                    d.2 += dp;
-                }
-                None => deltas.push((cohort.to_owned(), da, dp)),
-            }
-        }
-        deltas.retain(|d| d.1 != 0 || d.2 != 0);
-        deltas
+        self.deltas
+            .iter()
+            .filter(|d| d.1 != 0 || d.2 != 0 || d.3 != 0)
+            .cloned()
+            .collect()
     }
 }
 
@@ -276,6 +327,7 @@ struct Work<'a> {
     new_cohorts: Vec<Cohort>,
     changed: Vec<Participant>,
     events: Vec<Event>,
+    deltas: Vec<MemberDelta>,
     new_id: &'a mut dyn FnMut() -> String,
 }
 
@@ -283,15 +335,29 @@ impl Work<'_> {
     /// Records a status change and its event.
     fn change(
         &mut self,
+        p: Participant,
+        status: ParticipantStatus,
+        reason: RoutingReason,
+    ) -> Participant {
+        self.change_with(p, status, reason, None)
+    }
+
+    /// [`Self::change`] with the event's `detail`.
+    fn change_with(
+        &mut self,
         mut p: Participant,
         status: ParticipantStatus,
         reason: RoutingReason,
+        detail: Option<String>,
     ) -> Participant {
         let previous = p.status;
         p.status = status;
         p.updated_at = self.now;
         if status != ParticipantStatus::Waiting {
             p.waiting_since = None;
+        }
+        if status != ParticipantStatus::Pending {
+            p.accept_by = None;
         }
         self.events.push(Event {
             participant_id: p.id.clone(),
@@ -301,6 +367,7 @@ impl Work<'_> {
             entry: p.entry.clone(),
             cohort_id: p.cohort_id.clone(),
             reason,
+            detail,
         });
         self.keep(p.clone());
         p
@@ -313,15 +380,56 @@ impl Work<'_> {
         }
     }
 
+    /// Moves a cohort's count of members in `status` by `delta`: in the
+    /// cohorts read (for capacity) and in the deltas the store applies.
     fn count(&mut self, cohort_id: &str, status: ParticipantStatus, delta: i32) {
+        if !matches!(
+            status,
+            ParticipantStatus::Assigned | ParticipantStatus::Pending | ParticipantStatus::Completed
+        ) {
+            return;
+        }
         if let Some(c) = self.cohorts.iter_mut().find(|c| c.id == cohort_id) {
             let n = match status {
                 ParticipantStatus::Assigned => &mut c.assigned,
                 ParticipantStatus::Pending => &mut c.pending,
-                _ => return,
+                _ => &mut c.completed,
             };
             *n = n.saturating_add_signed(delta);
         }
+        let i = match self.deltas.iter().position(|d| d.0 == cohort_id) {
+            Some(i) => i,
+            None => {
+                self.deltas.push((cohort_id.to_owned(), 0, 0, 0));
+                self.deltas.len() - 1
+            }
+        };
+        let slot = &mut self.deltas[i];
+        let n = match status {
+            ParticipantStatus::Assigned => &mut slot.1,
+            ParticipantStatus::Pending => &mut slot.2,
+            _ => &mut slot.3,
+        };
+        *n += i64::from(delta);
+    }
+
+    /// Gives up the seat `p` holds (assigned or pending) and records the
+    /// change to `status`; the participant then belongs to no cohort, and
+    /// the event names the seat given up.
+    fn leave(
+        &mut self,
+        p: Participant,
+        status: ParticipantStatus,
+        reason: RoutingReason,
+        detail: Option<String>,
+    ) -> Participant {
+        if let Some(c) = p.cohort_id.clone() {
+            self.count(&c, p.status, -1);
+        }
+        let mut left = self.change_with(p, status, reason, detail);
+        left.cohort_id = None;
+        self.keep(left.clone());
+        left
     }
 
     /// The first cohort of `alias` (the defined one, then its overflows in
@@ -370,6 +478,7 @@ impl Work<'_> {
             group: None,
             assigned: 0,
             pending: 0,
+            completed: 0,
         };
         let id = cohort.id.clone();
         self.cohorts.push(cohort.clone());
@@ -394,6 +503,7 @@ impl Work<'_> {
             group: Some(group.to_owned()),
             assigned: 0,
             pending: 0,
+            completed: 0,
         };
         let id = cohort.id.clone();
         self.cohorts.push(cohort.clone());
@@ -417,6 +527,7 @@ pub fn plan(
         group_cohorts,
         waiting,
         subjects,
+        expired,
     } = state;
     let mut work = Work {
         study,
@@ -426,6 +537,7 @@ pub fn plan(
         new_cohorts: Vec::new(),
         changed: Vec::new(),
         events: Vec::new(),
+        deltas: Vec::new(),
         new_id,
     };
     // Everyone this plan knows, as it changes; the pool holds ids, oldest first.
@@ -461,6 +573,29 @@ pub fn plan(
         known.insert(p.id.clone(), p);
     }
 
+    // 1b. Acceptance timeouts: the seat is given up. The store reads every
+    // expired participant; subjects are checked too, so that the rule does
+    // not depend on what was read.
+    let mut late: Vec<Participant> = subjects_expired(&known, now);
+    let mut seen: HashSet<String> = HashSet::new();
+    late.splice(0..0, expired);
+    for p in late {
+        if !seen.insert(p.id.clone()) {
+            continue;
+        }
+        let p = known.get(&p.id).cloned().unwrap_or(p);
+        if !p.acceptance_expired(now) {
+            continue;
+        }
+        let p = work.leave(
+            p,
+            ParticipantStatus::Declined,
+            RoutingReason::AcceptTimeout,
+            None,
+        );
+        known.insert(p.id.clone(), p);
+    }
+
     // 2. Each call: its operation, then matching if it can form a group.
     let mut answers = Vec::with_capacity(calls.len());
     for (index, (id, operation)) in calls.iter().enumerate() {
@@ -490,18 +625,52 @@ pub fn plan(
                 Ok(())
             }
             (Operation::Decline, Some(p)) if p.status == ParticipantStatus::Pending => {
-                if let Some(c) = &p.cohort_id {
-                    work.count(c, ParticipantStatus::Pending, -1);
-                }
-                // The event names the seat given up; the participant then
-                // belongs to no cohort.
-                let mut declined =
-                    work.change(p, ParticipantStatus::Declined, RoutingReason::Declined);
-                declined.cohort_id = None;
-                work.keep(declined.clone());
+                let declined = work.leave(
+                    p,
+                    ParticipantStatus::Declined,
+                    RoutingReason::Declined,
+                    None,
+                );
                 known.insert(declined.id.clone(), declined);
                 Ok(())
             }
+            (Operation::Complete, Some(p)) if p.status == ParticipantStatus::Assigned => {
+                if let Some(c) = p.cohort_id.clone() {
+                    work.count(&c, ParticipantStatus::Assigned, -1);
+                    work.count(&c, ParticipantStatus::Completed, 1);
+                }
+                let p = work.change(p, ParticipantStatus::Completed, RoutingReason::Completed);
+                known.insert(p.id.clone(), p);
+                Ok(())
+            }
+            (Operation::Complete, Some(p)) if p.status != ParticipantStatus::Completed => {
+                Err(Refusal::Conflict(format!(
+                    "participant is {}, not assigned: only an assigned participant can complete",
+                    p.status.as_str()
+                )))
+            }
+            (Operation::Drop(_), Some(p)) if p.status == ParticipantStatus::Completed => {
+                Err(Refusal::Conflict(
+                    "participant is completed: a completed participant cannot be dropped".into(),
+                ))
+            }
+            (Operation::Drop(reason), Some(p)) if p.status != ParticipantStatus::Dropped => {
+                let dropped = work.leave(
+                    p,
+                    ParticipantStatus::Dropped,
+                    RoutingReason::Dropped,
+                    reason.clone(),
+                );
+                known.insert(dropped.id.clone(), dropped);
+                Ok(())
+            }
+            (Operation::Move(cohort), Some(p)) => match move_to(&mut work, p, cohort) {
+                Ok(p) => {
+                    known.insert(p.id.clone(), p);
+                    Ok(())
+                }
+                Err(refusal) => Err(refusal),
+            },
             (Operation::Accept, Some(p)) if p.status != ParticipantStatus::Assigned => {
                 Err(Refusal::Conflict(format!(
                     "participant is {}, not pending: only a pending participant can accept",
@@ -514,8 +683,9 @@ pub fn plan(
                     p.status.as_str()
                 )))
             }
-            // Routing anyone but a new participant, accepting an assigned one
-            // and declining a declined one change nothing.
+            // Routing anyone but a new participant, accepting an assigned
+            // one, declining a declined one, completing a completed one and
+            // dropping a dropped one change nothing.
             _ => Ok(()),
         };
         if result.is_ok() && operation.forms_groups() {
@@ -528,7 +698,61 @@ pub fn plan(
         participants: work.changed,
         events: work.events,
         answers,
+        deltas: work.deltas,
     }
+}
+
+/// The subjects past their acceptance deadline, by id (a stable order).
+fn subjects_expired(known: &HashMap<String, Participant>, now: OffsetDateTime) -> Vec<Participant> {
+    let mut late: Vec<Participant> = known
+        .values()
+        .filter(|p| p.acceptance_expired(now))
+        .cloned()
+        .collect();
+    late.sort_by(|a, b| a.id.cmp(&b.id));
+    late
+}
+
+/// An experimenter's move (§5): a `new`, `waiting`, `pending` or `assigned`
+/// participant becomes `assigned` in the cohort `cohort`, if it has room.
+fn move_to(work: &mut Work<'_>, p: Participant, cohort: &str) -> Result<Participant, Refusal> {
+    let Some(target) = work.cohorts.iter().find(|c| c.id == cohort) else {
+        return Err(Refusal::NoCohort(cohort.to_owned()));
+    };
+    match p.status {
+        ParticipantStatus::New
+        | ParticipantStatus::Waiting
+        | ParticipantStatus::Pending
+        | ParticipantStatus::Assigned => {}
+        other => {
+            return Err(Refusal::Conflict(format!(
+            "participant is {}: only a new, waiting, pending or assigned participant can be moved",
+            other.as_str()
+        )))
+        }
+    }
+    let here = p.cohort_id.as_deref() == Some(cohort);
+    if here && p.status == ParticipantStatus::Assigned {
+        // Already there: nothing to change.
+        return Ok(p);
+    }
+    // A participant pending in this very cohort already holds its seat.
+    if !here && !target.has_room_for(1) {
+        return Err(Refusal::Conflict(format!(
+            "cohort {cohort:?} is full (capacity {})",
+            target.capacity.unwrap_or(u32::MAX)
+        )));
+    }
+    let mut p = p;
+    if let Some(old) = p.cohort_id.clone() {
+        work.count(&old, p.status, -1);
+    }
+    work.count(cohort, ParticipantStatus::Assigned, 1);
+    p.cohort_id = Some(cohort.to_owned());
+    // Placed by hand, not formed by a group.
+    p.group = None;
+    p.entry = None;
+    Ok(work.change(p, ParticipantStatus::Assigned, RoutingReason::Moved))
 }
 
 /// Matching until no group is ready; formed members leave the pool.
@@ -544,14 +768,25 @@ fn form_groups(
     for c in &work.cohorts {
         if let Some(a) = &c.alias {
             let members = alias_members.entry(a.clone()).or_default();
-            *members = members.saturating_add(u64::from(c.assigned) + u64::from(c.pending));
+            *members = members.saturating_add(c.seats());
         }
     }
-    let attributes: Vec<&Value> = pool
+    // Those who left the pool (dropped, moved) go; those not live stay,
+    // in their place, but are not matched.
+    pool.retain(|id| {
+        known
+            .get(id)
+            .is_some_and(|p| p.status == ParticipantStatus::Waiting)
+    });
+    let cutoff = routing.config.live_cutoff(work.now);
+    let live: Vec<(usize, &Participant)> = pool
         .iter()
-        .filter_map(|id| known.get(id))
-        .map(|p| &p.attributes)
+        .enumerate()
+        .filter_map(|(i, id)| known.get(id).map(|p| (i, p)))
+        .filter(|(_, p)| p.is_live(cutoff))
         .collect();
+    let attributes: Vec<&Value> = live.iter().map(|(_, p)| &p.attributes).collect();
+    let live: Vec<usize> = live.iter().map(|(i, _)| *i).collect();
     let formations = form_all(routing, work.study.cohorts, &attributes, &mut alias_members);
     let mut formed = vec![false; pool.len()];
     for formation in formations {
@@ -566,14 +801,22 @@ fn form_groups(
         } else {
             ParticipantStatus::Assigned
         };
+        let accept_by = match status {
+            ParticipantStatus::Pending => deadline(work.now, group.accept_timeout_seconds),
+            _ => None,
+        };
         for seat in &formation.seats {
-            formed[seat.member] = true;
-            let Some(mut p) = known.get(&pool[seat.member]).cloned() else {
+            let Some(&member) = live.get(seat.member) else {
+                continue;
+            };
+            formed[member] = true;
+            let Some(mut p) = known.get(&pool[member]).cloned() else {
                 continue;
             };
             p.cohort_id = Some(cohort.clone());
             p.group = Some(group.name.clone());
             p.entry = Some(group.composition[seat.entry].id.as_str().to_owned());
+            p.accept_by = accept_by;
             work.count(&cohort, status, 1);
             let p = work.change(p, status, RoutingReason::Formed);
             known.insert(p.id.clone(), p);
@@ -589,59 +832,6 @@ fn form_groups(
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn member_deltas_net_each_cohort_s_status_changes() {
-        let event = |cohort: Option<&str>,
-                     previous: Option<ParticipantStatus>,
-                     status: ParticipantStatus| Event {
-            participant_id: "p".into(),
-            status,
-            previous,
-            group: None,
-            entry: None,
-            cohort_id: cohort.map(Into::into),
-            reason: RoutingReason::Formed,
-        };
-        let changes = Changes {
-            events: vec![
-                event(
-                    Some("a"),
-                    Some(ParticipantStatus::Waiting),
-                    ParticipantStatus::Pending,
-                ),
-                event(
-                    Some("a"),
-                    Some(ParticipantStatus::Pending),
-                    ParticipantStatus::Assigned,
-                ),
-                event(
-                    Some("b"),
-                    Some(ParticipantStatus::Waiting),
-                    ParticipantStatus::Pending,
-                ),
-                event(
-                    Some("b"),
-                    Some(ParticipantStatus::Pending),
-                    ParticipantStatus::Declined,
-                ),
-                event(
-                    Some("c"),
-                    Some(ParticipantStatus::Waiting),
-                    ParticipantStatus::Assigned,
-                ),
-                event(
-                    None,
-                    Some(ParticipantStatus::New),
-                    ParticipantStatus::Waiting,
-                ),
-            ],
-            ..Changes::default()
-        };
-        assert_eq!(
-            changes.member_deltas(),
-            vec![("a".to_owned(), 1, 0), ("c".to_owned(), 1, 0)]
-        );
-    }
     use super::super::{parse_cohorts, parse_routing};
     use super::*;
     use serde_json::json;
@@ -680,6 +870,7 @@ mod tests {
                     group: None,
                     assigned: 0,
                     pending: 0,
+                    completed: 0,
                 })
                 .collect();
             Self {
@@ -726,14 +917,26 @@ mod tests {
                     .filter(|p| calls.iter().any(|(id, _)| *id == p.id))
                     .cloned()
                     .collect(),
+                expired: {
+                    let mut late: Vec<Participant> = self
+                        .people
+                        .iter()
+                        .filter(|p| p.acceptance_expired(self.now))
+                        .cloned()
+                        .collect();
+                    late.sort_by_key(|p| p.accept_by);
+                    late
+                },
             };
             let study = Study {
                 routing: Some(&self.routing),
                 cohorts: &self.defs,
             };
             let mut ids = self.ids;
-            let calls: Vec<(String, Operation)> =
-                calls.iter().map(|(id, op)| (id.to_string(), *op)).collect();
+            let calls: Vec<(String, Operation)> = calls
+                .iter()
+                .map(|(id, op)| (id.to_string(), op.clone()))
+                .collect();
             let changes = plan(&study, state, &calls, &mut || {
                 ids += 1;
                 format!("gen-{ids}")
@@ -747,6 +950,16 @@ mod tests {
                 }
             }
             self.events.extend(changes.events);
+            // The store applies the deltas to its counters; they must agree
+            // with a recount from the people.
+            let mut counted = self.cohorts.clone();
+            for (id, a, p, d) in changes.deltas {
+                if let Some(c) = counted.iter_mut().find(|c| c.id == id) {
+                    c.assigned = u32::try_from(i64::from(c.assigned) + a).unwrap();
+                    c.pending = u32::try_from(i64::from(c.pending) + p).unwrap();
+                    c.completed = u32::try_from(i64::from(c.completed) + d).unwrap();
+                }
+            }
             // Recount from the people, as the store's counts would be.
             for c in &mut self.cohorts {
                 c.assigned = self
@@ -765,7 +978,25 @@ mod tests {
                             && p.status == ParticipantStatus::Pending
                     })
                     .count() as u32;
+                c.completed = self
+                    .people
+                    .iter()
+                    .filter(|p| {
+                        p.cohort_id.as_deref() == Some(&c.id)
+                            && p.status == ParticipantStatus::Completed
+                    })
+                    .count() as u32;
             }
+            let view = |cs: &[Cohort]| -> Vec<(String, u32, u32, u32)> {
+                cs.iter()
+                    .map(|c| (c.id.clone(), c.assigned, c.pending, c.completed))
+                    .collect()
+            };
+            assert_eq!(
+                view(&counted),
+                view(&self.cohorts),
+                "deltas disagree with a recount"
+            );
             changes.answers
         }
 
@@ -784,6 +1015,8 @@ mod tests {
                     waiting_since: None,
                     wait_seq: 0,
                     updated_at: self.now,
+                    last_seen: self.now,
+                    accept_by: None,
                 }),
             }
         }
@@ -926,6 +1159,210 @@ mod tests {
         assert_eq!(last.reason, RoutingReason::Fallback);
     }
 
+    fn person<'a>(lab: &'a Lab, id: &str) -> &'a Participant {
+        lab.people.iter().find(|p| p.id == id).unwrap()
+    }
+
+    fn seen(lab: &mut Lab, id: &str, at: OffsetDateTime) {
+        lab.people
+            .iter_mut()
+            .find(|p| p.id == id)
+            .unwrap()
+            .last_seen = at;
+    }
+
+    fn pairs(extra: Value) -> Value {
+        let mut doc = json!({
+            "cohorts": [{"alias": "room", "capacity": 2}],
+            "routing": {"wait_timeout_seconds": 600, "groups": [
+                {"name": "Pair", "target_cohort": "room",
+                 "composition": [{"id": "any", "min_count": 2, "max_count": 2}]}]}});
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                doc["routing"][k] = v;
+            }
+        }
+        doc
+    }
+
+    #[test]
+    fn a_silent_participant_keeps_its_place_and_is_matched_once_heard_from() {
+        let mut lab = Lab::new(pairs(json!({"liveness_timeout_seconds": 30})));
+        lab.arrive("quiet", 1);
+        lab.now = T0 + time::Duration::seconds(31);
+        // Not heard from for 31 s: not live, so a newcomer waits.
+        let newcomer = lab.arrive("new", 1);
+        assert_eq!(newcomer.status, ParticipantStatus::Waiting);
+        let quiet = person(&lab, "quiet");
+        assert_eq!(
+            (quiet.status, quiet.waiting_since),
+            (ParticipantStatus::Waiting, Some(T0))
+        );
+        // Heard from again (the store's `touch`), then a matching pass.
+        let now = lab.now;
+        seen(&mut lab, "quiet", now);
+        let quiet = lab.call("quiet", Operation::Sweep).unwrap();
+        assert_eq!(quiet.status, ParticipantStatus::Assigned);
+        assert_eq!(person(&lab, "new").status, ParticipantStatus::Assigned);
+
+        // Without a liveness timeout everyone is live, however long silent.
+        let mut lab = Lab::new(pairs(json!({})));
+        lab.arrive("quiet", 1);
+        lab.now = T0 + time::Duration::seconds(500);
+        assert_eq!(lab.arrive("new", 1).status, ParticipantStatus::Assigned);
+    }
+
+    #[test]
+    fn the_wait_timeout_runs_for_a_participant_that_is_not_live() {
+        let mut lab = Lab::new(pairs(json!({"liveness_timeout_seconds": 30})));
+        lab.arrive("quiet", 1);
+        lab.now = T0 + time::Duration::seconds(600);
+        assert_eq!(
+            lab.call("quiet", Operation::Sweep).unwrap().status,
+            ParticipantStatus::TimedOut
+        );
+    }
+
+    #[test]
+    fn an_unaccepted_seat_is_given_up_at_the_deadline() {
+        let mut doc = pairs(json!({}));
+        doc["routing"]["groups"][0]["require_acceptance"] = json!(true);
+        doc["routing"]["groups"][0]["accept_timeout_seconds"] = json!(10);
+        let mut lab = Lab::new(doc);
+        lab.arrive("a", 1);
+        let b = lab.arrive("b", 1);
+        assert_eq!(b.status, ParticipantStatus::Pending);
+        assert_eq!(b.accept_by, Some(T0 + time::Duration::seconds(10)));
+        lab.call("a", Operation::Accept).unwrap();
+        assert_eq!(person(&lab, "a").accept_by, None);
+        lab.now = T0 + time::Duration::seconds(9);
+        lab.call("", Operation::Sweep).ok();
+        assert_eq!(person(&lab, "b").status, ParticipantStatus::Pending);
+        lab.now = T0 + time::Duration::seconds(10);
+        lab.call("", Operation::Sweep).ok();
+        let b = person(&lab, "b");
+        assert_eq!(
+            (b.status, b.cohort_id.as_deref(), b.accept_by),
+            (ParticipantStatus::Declined, None, None)
+        );
+        let event = lab.events.last().unwrap();
+        assert_eq!(
+            (event.reason, event.cohort_id.as_deref()),
+            (RoutingReason::AcceptTimeout, Some("def-room"))
+        );
+        assert_eq!((lab.cohorts[0].assigned, lab.cohorts[0].pending), (1, 0));
+        // Accepting after the deadline, before any sweep, is too late too.
+        let mut doc = pairs(json!({}));
+        doc["routing"]["groups"][0]["require_acceptance"] = json!(true);
+        doc["routing"]["groups"][0]["accept_timeout_seconds"] = json!(10);
+        let mut lab = Lab::new(doc);
+        lab.arrive("a", 1);
+        lab.arrive("b", 1);
+        lab.now = T0 + time::Duration::seconds(11);
+        assert!(matches!(
+            lab.call("a", Operation::Accept),
+            Err(Refusal::Conflict(_))
+        ));
+        assert_eq!(person(&lab, "a").status, ParticipantStatus::Declined);
+    }
+
+    #[test]
+    fn a_completed_seat_stays_taken_and_a_dropped_one_is_freed() {
+        let mut lab = Lab::new(pairs(json!({})));
+        lab.arrive("a", 1);
+        lab.arrive("b", 1);
+        assert!(matches!(
+            lab.call("nobody", Operation::Complete),
+            Err(Refusal::NotFound)
+        ));
+        let a = lab.call("a", Operation::Complete).unwrap();
+        assert_eq!(
+            (a.status, a.cohort_id.as_deref()),
+            (ParticipantStatus::Completed, Some("def-room"))
+        );
+        assert_eq!(
+            lab.call("a", Operation::Complete).unwrap().status,
+            ParticipantStatus::Completed
+        );
+        assert!(matches!(
+            lab.call("a", Operation::Drop(None)),
+            Err(Refusal::Conflict(_))
+        ));
+        let room = &lab.cohorts[0];
+        assert_eq!((room.assigned, room.completed, room.members()), (1, 1, 2));
+        // The room is full: the next pair overflows.
+        lab.arrive("c", 1);
+        assert_eq!(
+            lab.arrive("d", 1).cohort_id.as_deref(),
+            Some("gen-1"),
+            "a completed seat is still taken"
+        );
+        let b = lab.call("b", Operation::Drop(Some("left".into()))).unwrap();
+        assert_eq!((b.status, b.cohort_id), (ParticipantStatus::Dropped, None));
+        let event = lab.events.last().unwrap();
+        assert_eq!(
+            (
+                event.reason,
+                event.detail.as_deref(),
+                event.cohort_id.as_deref()
+            ),
+            (RoutingReason::Dropped, Some("left"), Some("def-room"))
+        );
+        assert_eq!(
+            lab.call("b", Operation::Drop(Some("again".into())))
+                .unwrap()
+                .status,
+            ParticipantStatus::Dropped
+        );
+        assert_eq!(lab.events.last().unwrap().detail.as_deref(), Some("left"));
+        assert!(matches!(
+            lab.call("b", Operation::Complete),
+            Err(Refusal::Conflict(_))
+        ));
+        assert_eq!(lab.cohorts[0].members(), 1);
+        // A waiting participant dropped leaves the pool.
+        lab.arrive("w", 1);
+        lab.call("w", Operation::Drop(None)).unwrap();
+        assert_eq!(lab.arrive("x", 1).status, ParticipantStatus::Waiting);
+    }
+
+    #[test]
+    fn a_move_respects_capacity_and_refuses_finished_participants() {
+        let mut lab = Lab::new(pairs(json!({})));
+        lab.arrive("a", 1);
+        lab.arrive("b", 1);
+        lab.register("n", json!({}));
+        assert!(matches!(
+            lab.call("n", Operation::Move("nowhere".into())),
+            Err(Refusal::NoCohort(_))
+        ));
+        assert!(matches!(
+            lab.call("n", Operation::Move("def-room".into())),
+            Err(Refusal::Conflict(_))
+        ));
+        lab.call("b", Operation::Drop(None)).unwrap();
+        let n = lab.call("n", Operation::Move("def-room".into())).unwrap();
+        assert_eq!(
+            (n.status, n.cohort_id.as_deref(), n.group.as_deref()),
+            (ParticipantStatus::Assigned, Some("def-room"), None)
+        );
+        assert_eq!(lab.events.last().unwrap().reason, RoutingReason::Moved);
+        // Moving within its own cohort changes nothing.
+        let before = lab.events.len();
+        lab.call("n", Operation::Move("def-room".into())).unwrap();
+        assert_eq!(lab.events.len(), before);
+        // Dropped: refused.
+        assert!(matches!(
+            lab.call("b", Operation::Move("def-room".into())),
+            Err(Refusal::Conflict(_))
+        ));
+        lab.call("a", Operation::Complete).unwrap();
+        assert!(matches!(
+            lab.call("a", Operation::Move("def-room".into())),
+            Err(Refusal::Conflict(_))
+        ));
+    }
+
     #[test]
     fn new_attributes_of_a_waiting_participant_are_matched_from_then_on() {
         let mut lab = Lab::new(study());
@@ -972,6 +1409,8 @@ mod tests {
             waiting_since: None,
             wait_seq: 0,
             updated_at: T0,
+            last_seen: T0,
+            accept_by: None,
         };
         let state = State {
             now: T0,
@@ -986,6 +1425,7 @@ mod tests {
                 ..person("old")
             }],
             subjects: vec![person("p")],
+            expired: Vec::new(),
         };
         let study = Study {
             routing: Some(&lab.routing),
@@ -1020,6 +1460,9 @@ mod tests {
                 1 => Just(Operation::Accept),
                 1 => Just(Operation::Decline),
                 1 => Just(Operation::Sweep),
+                1 => Just(Operation::Complete),
+                1 => Just(Operation::Drop(Some("left".to_owned()))),
+                1 => Just(Operation::Move("def-arm-pro-ai".to_owned())),
             ],
         )
     }
@@ -1039,17 +1482,17 @@ mod tests {
                 one.register(&format!("p{i}"), json!({"score": score}));
                 many.register(&format!("p{i}"), json!({"score": score}));
             }
-            let calls: Vec<(String, Operation)> = ops.iter().map(|(i, op)| (format!("p{i}"), *op)).collect();
+            let calls: Vec<(String, Operation)> = ops.iter().map(|(i, op)| (format!("p{i}"), op.clone())).collect();
             let mut answers_one = Vec::new();
             for (id, op) in &calls {
-                answers_one.push(one.call(id, *op).map(|p| (p.status, p.cohort_id)));
+                answers_one.push(one.call(id, op.clone()).map(|p| (p.status, p.cohort_id)));
             }
             let mut answers_many = Vec::new();
             let mut rest: &[(String, Operation)] = &calls;
             let mut cut = cuts.iter().cycle();
             while !rest.is_empty() {
                 let n = (*cut.next().unwrap_or(&1)).min(rest.len());
-                let batch: Vec<(&str, Operation)> = rest[..n].iter().map(|(id, op)| (id.as_str(), *op)).collect();
+                let batch: Vec<(&str, Operation)> = rest[..n].iter().map(|(id, op)| (id.as_str(), op.clone())).collect();
                 answers_many.extend(many.call_many(&batch).into_iter().map(|r| r.map(|p| (p.status, p.cohort_id))));
                 rest = &rest[n..];
             }

@@ -46,8 +46,9 @@ pub struct VariableDef {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({
     "groups": [{"name": "High Scorers", "target_cohort": "arm-pro-ai", "require_acceptance": false,
+                "accept_timeout_seconds": null,
                 "composition": [{"id": "high", "condition": {"score": {"$gte": 7}}, "min_count": 1, "max_count": 5}]}],
-    "balance": false, "wait_timeout_seconds": 600, "fallback_cohort": null
+    "balance": false, "wait_timeout_seconds": 600, "liveness_timeout_seconds": 30, "fallback_cohort": null
 }))]
 pub struct RoutingConfig {
     pub groups: Vec<GroupDef>,
@@ -58,6 +59,11 @@ pub struct RoutingConfig {
     /// goes to the fallback cohort, or to `timed_out`; null waits forever.
     #[schema(required = true)]
     pub wait_timeout_seconds: Option<u64>,
+    /// A participant is live while it was heard from within this many
+    /// seconds (1 to 31536000); only live waiting participants are matched.
+    /// Null: everyone is live.
+    #[schema(required = true)]
+    pub liveness_timeout_seconds: Option<u64>,
     #[schema(required = true)]
     pub fallback_cohort: Option<Key>,
 }
@@ -74,6 +80,26 @@ impl RoutingConfig {
     pub fn waiting_cutoff(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         waiting_cutoff(self.wait_timeout_seconds, now)
     }
+
+    /// The `last_seen` at or after which a participant is live at `now`;
+    /// `None` when everyone is (no liveness timeout, or one reaching back
+    /// before the earliest representable time).
+    pub fn live_cutoff(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        waiting_cutoff(self.liveness_timeout_seconds, now)
+    }
+}
+
+/// Whether a participant last heard from at `last_seen` is live under a
+/// [`RoutingConfig::live_cutoff`].
+pub fn is_live(last_seen: OffsetDateTime, cutoff: Option<OffsetDateTime>) -> bool {
+    cutoff.is_none_or(|c| last_seen >= c)
+}
+
+/// The time `seconds` after `from`, or `None` when it is not representable
+/// (checked, like [`waiting_cutoff`]: never panics whatever it is given).
+pub fn deadline(from: OffsetDateTime, seconds: Option<u64>) -> Option<OffsetDateTime> {
+    let seconds = i64::try_from(seconds?).ok()?;
+    from.checked_add(Duration::seconds(seconds))
 }
 
 /// [`RoutingConfig::waiting_cutoff`] for a timeout held on its own (the
@@ -85,11 +111,18 @@ pub fn waiting_cutoff(timeout_seconds: Option<u64>, now: OffsetDateTime) -> Opti
 
 /// A routing group as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "Mixed Group", "target_cohort": null, "require_acceptance": true,
+    "accept_timeout_seconds": 120,
+    "composition": [{"id": "any", "min_count": 2, "max_count": 4}]}))]
 pub struct GroupDef {
     pub name: String,
     #[schema(required = true)]
     pub target_cohort: Option<Key>,
     pub require_acceptance: bool,
+    /// A `pending` member not accepted within this many seconds (1 to
+    /// 31536000) becomes `declined` (reason `accept_timeout`); null: no limit.
+    #[schema(required = true)]
+    pub accept_timeout_seconds: Option<u64>,
     pub composition: Vec<EntryDef>,
 }
 
@@ -276,25 +309,15 @@ pub fn parse_routing(
             "groups",
             "balance",
             "wait_timeout_seconds",
+            "liveness_timeout_seconds",
             "fallback_cohort",
         ],
         at,
         problems,
     );
     let balance = boolean(map, "balance", "/routing", false, problems);
-    let wait_timeout_seconds = match map.get("wait_timeout_seconds") {
-        None | Some(Value::Null) => None,
-        Some(v) => match limits::duration_seconds(v) {
-            Ok(seconds) => Some(seconds),
-            Err(e) => {
-                problems.push(Problem::new(
-                    "/routing/wait_timeout_seconds",
-                    format!("{e}, or null for no timeout"),
-                ));
-                None
-            }
-        },
-    };
+    let wait_timeout_seconds = seconds(map, "wait_timeout_seconds", at, problems);
+    let liveness_timeout_seconds = seconds(map, "liveness_timeout_seconds", at, problems);
     let fallback_cohort = optional_key(map, "fallback_cohort", at, problems);
     if let Some(alias) = &fallback_cohort {
         check_alias(alias, cohorts, "/routing/fallback_cohort".into(), problems);
@@ -303,7 +326,13 @@ pub fn parse_routing(
     for (gat, g) in objects(map.get("groups"), "/routing/groups", "a group", problems) {
         reject_unknown_at(
             g,
-            &["name", "target_cohort", "require_acceptance", "composition"],
+            &[
+                "name",
+                "target_cohort",
+                "require_acceptance",
+                "accept_timeout_seconds",
+                "composition",
+            ],
             &gat,
             problems,
         );
@@ -319,6 +348,7 @@ pub fn parse_routing(
             check_alias(alias, cohorts, pointer(&gat, "target_cohort"), problems);
         }
         let require_acceptance = boolean(g, "require_acceptance", &gat, false, problems);
+        let accept_timeout_seconds = seconds(g, "accept_timeout_seconds", &gat, problems);
         let cat = pointer(&gat, "composition");
         let mut composition: Vec<EntryDef> = Vec::new();
         for (eat, e) in objects(g.get("composition"), &cat, "a composition entry", problems) {
@@ -386,6 +416,7 @@ pub fn parse_routing(
             name,
             target_cohort,
             require_acceptance,
+            accept_timeout_seconds,
             composition,
         });
     }
@@ -405,8 +436,32 @@ pub fn parse_routing(
         groups,
         balance,
         wait_timeout_seconds,
+        liveness_timeout_seconds,
         fallback_cohort,
     })
+}
+
+/// An optional duration field (`*_seconds`): whole seconds within §1's
+/// limits, or null/absent for none.
+fn seconds(
+    map: &Map<String, Value>,
+    field: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<u64> {
+    match map.get(field) {
+        None | Some(Value::Null) => None,
+        Some(v) => match limits::duration_seconds(v) {
+            Ok(seconds) => Some(seconds),
+            Err(e) => {
+                problems.push(Problem::new(
+                    pointer(at, field),
+                    format!("{e}, or null for no timeout"),
+                ));
+                None
+            }
+        },
+    }
 }
 
 #[cfg(test)]
@@ -493,6 +548,53 @@ mod tests {
     }
 
     #[test]
+    fn liveness_and_acceptance_timeouts_are_durations() {
+        let (_, _, routing) = parse(
+            json!({"routing": {"liveness_timeout_seconds": 30, "groups": [
+            {"name": "g", "require_acceptance": true, "accept_timeout_seconds": 120,
+             "composition": [{"id": "e", "min_count": 1, "max_count": 1}]}]}}),
+        )
+        .unwrap();
+        let routing = routing.unwrap();
+        assert_eq!(routing.liveness_timeout_seconds, Some(30));
+        assert_eq!(routing.groups[0].accept_timeout_seconds, Some(120));
+        let (_, _, absent) = parse(one_group(json!({}))).unwrap();
+        let absent = absent.unwrap();
+        assert_eq!(absent.liveness_timeout_seconds, None);
+        assert_eq!(absent.groups[0].accept_timeout_seconds, None);
+        for bad in [json!(0), json!(1.5), json!("30"), json!(31_536_001)] {
+            let problems = parse(
+                json!({"routing": {"liveness_timeout_seconds": bad, "groups": [
+                {"name": "g", "accept_timeout_seconds": bad,
+                 "composition": [{"id": "e", "min_count": 1, "max_count": 1}]}]}}),
+            )
+            .unwrap_err();
+            assert_eq!(
+                problems,
+                vec![
+                    "/routing/liveness_timeout_seconds",
+                    "/routing/groups/0/accept_timeout_seconds"
+                ],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn liveness_and_deadlines_never_overflow() {
+        let now = time::macros::datetime!(2026-01-01 00:00 UTC);
+        assert!(is_live(now, None));
+        let cutoff = Some(now - Duration::seconds(30));
+        assert!(is_live(now - Duration::seconds(30), cutoff));
+        assert!(!is_live(now - Duration::seconds(31), cutoff));
+        assert_eq!(deadline(now, None), None);
+        assert_eq!(deadline(now, Some(10)), Some(now + Duration::seconds(10)));
+        assert_eq!(deadline(now, Some(u64::MAX)), None);
+        let latest = time::PrimitiveDateTime::MAX.assume_utc();
+        assert_eq!(deadline(latest, Some(1)), None);
+    }
+
+    #[test]
     fn counts_reach_u32_max_and_no_further() {
         let doc = |capacity: Value, min: Value, max: Value| {
             json!({"cohorts": [{"alias": "a", "capacity": capacity}],
@@ -537,6 +639,7 @@ mod tests {
             groups: Vec::new(),
             balance: false,
             wait_timeout_seconds: t,
+            liveness_timeout_seconds: None,
             fallback_cohort: None,
         };
         assert_eq!(config(None).waiting_cutoff(now), None);

@@ -287,6 +287,7 @@ fn cohort_values() -> Schema {
         {"id": "low", "condition": {"score": {"$lt": 5}}, "min_count": 2, "max_count": 2}]}],
     "balance": false,
     "wait_timeout_seconds": 600,
+    "liveness_timeout_seconds": 30,
     "fallback_cohort": null
 }))]
 pub struct RoutingInput {
@@ -299,6 +300,11 @@ pub struct RoutingInput {
     /// out; null: wait forever.
     #[schema(minimum = 1, maximum = 31536000)]
     pub wait_timeout_seconds: Option<u64>,
+    /// A participant is live while it was heard from within this many
+    /// seconds; only live waiting participants are matched. Null: everyone
+    /// is live.
+    #[schema(minimum = 1, maximum = 31536000)]
+    pub liveness_timeout_seconds: Option<u64>,
     /// The alias of a defined cohort, or null.
     pub fallback_cohort: Option<Key>,
 }
@@ -318,6 +324,10 @@ pub struct GroupInput {
     /// Members start `pending` and must accept; default false.
     #[schema(default = false)]
     pub require_acceptance: Option<bool>,
+    /// A `pending` member that has not accepted within this many seconds
+    /// becomes `declined` (reason `accept_timeout`); null: no limit.
+    #[schema(minimum = 1, maximum = 31536000)]
+    pub accept_timeout_seconds: Option<u64>,
     /// At least one entry; ids unique within the group.
     #[schema(min_items = 1)]
     pub composition: Vec<EntryInput>,
@@ -400,4 +410,25 @@ pub struct ParticipantInput {
     /// Matched against the composition entries' conditions; default {}.
     #[schema(schema_with = attributes)]
     pub attributes: Option<()>,
+}
+
+/// `POST …/participants/{participant_id}/drop`: why, if the caller says.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "failed attention check"}))]
+pub struct DropInput {
+    /// At most 200 characters; recorded as the event's `detail`.
+    #[schema(max_length = 200, pattern = "^[^\\u0000]*$")]
+    pub reason: Option<String>,
+}
+
+/// `POST …/participants/{participant_id}/move`: the cohort to place the
+/// participant in.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"cohort_id": "0b5e8f7a-3c2d-4e1f-9a8b-7c6d5e4f3a2b"}))]
+pub struct MoveInput {
+    /// The id of one of the experiment's cohorts (as listed by `…/cohorts`).
+    #[schema(min_length = 1, pattern = "^[^\\u0000]*$")]
+    pub cohort_id: String,
 }

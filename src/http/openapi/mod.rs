@@ -10,9 +10,9 @@ mod shared;
 
 pub use complete::complete;
 pub use inputs::{
-    AssignInput, BatchInput, BatchItemInput, CohortInput, EntryInput, EvaluateInput,
-    ExperimentInput, FlagInput, ForcedPinInput, GroupInput, OverrideInput, ParticipantInput,
-    RoutingInput, RuleInput, TreatmentInput, VariableInput,
+    AssignInput, BatchInput, BatchItemInput, CohortInput, DropInput, EntryInput, EvaluateInput,
+    ExperimentInput, FlagInput, ForcedPinInput, GroupInput, MoveInput, OverrideInput,
+    ParticipantInput, RoutingInput, RuleInput, TreatmentInput, VariableInput,
 };
 
 use serde::Serialize;

@@ -1,5 +1,6 @@
 //! `/v1/experiments/{key}/participants`: register, read, route, accept,
-//! decline (§5).
+//! decline, heartbeat, complete, drop; the experimenter's listing and move
+//! (§5).
 
 use std::time::Duration;
 
@@ -17,9 +18,9 @@ use super::write_status;
 use crate::http::auth::{Access, Routes};
 use crate::http::edge::MAX_WAIT_SECONDS;
 use crate::http::error::ApiError;
-use crate::http::extract::{JsonBody, PathParams, QueryParams};
-use crate::http::openapi::{ErrorBody, ParticipantInput};
-use crate::http::views::ParticipantView;
+use crate::http::extract::{JsonBody, OptionalJsonBody, PathParams, QueryParams};
+use crate::http::openapi::{DropInput, ErrorBody, MoveInput, ParticipantInput};
+use crate::http::views::{ParticipantPage, ParticipantView};
 use crate::http::AppState;
 
 pub fn router() -> Routes<AppState> {
@@ -31,6 +32,11 @@ pub fn router() -> Routes<AppState> {
         .routes(Access::Client, routes!(route_participant))
         .routes(Access::Client, routes!(accept_participant))
         .routes(Access::Client, routes!(decline_participant))
+        .routes(Access::Client, routes!(heartbeat))
+        .routes(Access::Client, routes!(complete_participant))
+        .routes(Access::Client, routes!(drop_participant))
+        .routes(Access::Client, routes!(list_participants))
+        .routes(Access::Admin, routes!(move_participant))
 }
 
 type Ids = PathParams<(String, String)>;
@@ -82,17 +88,23 @@ async fn get_participant(
     PathParams((key, id)): Ids,
     QueryParams(wait): QueryParams<Wait>,
 ) -> Result<Response, ApiError> {
-    let participant = match wait.wait_seconds {
-        None => state.engine.get_participant(&key, &id).await?,
-        Some(seconds) => {
-            let within = match u64::try_from(seconds) {
-                Ok(s @ 1..=MAX_WAIT_SECONDS) => Duration::from_secs(s),
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "wait_seconds must be from 1 to {MAX_WAIT_SECONDS}"
-                    )))
-                }
-            };
+    // Checked first: a refused request changes nothing.
+    let within = match wait.wait_seconds {
+        None => None,
+        Some(seconds) => match u64::try_from(seconds) {
+            Ok(s @ 1..=MAX_WAIT_SECONDS) => Some(Duration::from_secs(s)),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "wait_seconds must be from 1 to {MAX_WAIT_SECONDS}"
+                )))
+            }
+        },
+    };
+    // A read is a sign of life (§5 "Liveness").
+    let participant = state.engine.heard_from(&key, &id).await?;
+    let participant = match within {
+        None => participant,
+        Some(within) => {
             state
                 .engine
                 .wait_for_participant(&key, &id, wait.status, within)
@@ -145,5 +157,111 @@ async fn decline_participant(
 ) -> Result<Response, ApiError> {
     let id: ParticipantId = requests::path_id(&id, "participant id")?;
     let participant = state.engine.decline(&key, &id).await?;
+    Ok(Json(ParticipantView::from(participant)).into_response())
+}
+
+/// The participant is still there (§5 "Liveness"): answers its state. A
+/// waiting participant that was not live is matched again at once.
+#[utoipa::path(post, path = "/v1/experiments/{key}/participants/{participant_id}/heartbeat", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn heartbeat(
+    State(state): State<AppState>,
+    PathParams((key, id)): Ids,
+) -> Result<Response, ApiError> {
+    let id: ParticipantId = requests::path_id(&id, "participant id")?;
+    let participant = state.engine.heard_from(&key, id.as_str()).await?;
+    Ok(Json(ParticipantView::from(participant)).into_response())
+}
+
+/// An assigned participant completes the study; its seat stays taken (a
+/// completed one answers as it is, any other status is 409).
+#[utoipa::path(post, path = "/v1/experiments/{key}/participants/{participant_id}/complete", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn complete_participant(
+    State(state): State<AppState>,
+    PathParams((key, id)): Ids,
+) -> Result<Response, ApiError> {
+    let id: ParticipantId = requests::path_id(&id, "participant id")?;
+    let participant = state.engine.complete(&key, &id).await?;
+    Ok(Json(ParticipantView::from(participant)).into_response())
+}
+
+/// The participant leaves the study: any status but `completed` becomes
+/// `dropped` and its seat is freed (a dropped one answers as it is; a
+/// completed one is 409). The body, `{"reason": "…"}`, may be left out.
+#[utoipa::path(post, path = "/v1/experiments/{key}/participants/{participant_id}/drop", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    request_body(content = Option<DropInput>, description = "Optional"),
+    responses((status = 200, body = ParticipantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+async fn drop_participant(
+    State(state): State<AppState>,
+    PathParams((key, id)): Ids,
+    OptionalJsonBody(body): OptionalJsonBody,
+) -> Result<Response, ApiError> {
+    let id: ParticipantId = requests::path_id(&id, "participant id")?;
+    let reason = requests::drop_reason(body)?;
+    let participant = state.engine.drop_participant(&key, &id, reason).await?;
+    Ok(Json(ParticipantView::from(participant)).into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Only participants of this status.
+    #[param(inline)]
+    status: Option<ParticipantStatus>,
+    /// 1 to 1000, default 100.
+    limit: Option<i64>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+}
+
+/// The experiment's participants, oldest first (by registration), of one
+/// status or all, in pages.
+#[utoipa::path(get, path = "/v1/experiments/{key}/participants", tag = "routing", security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ListQuery),
+    responses((status = 200, body = ParticipantPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn list_participants(
+    State(state): State<AppState>,
+    PathParams(key): PathParams<String>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = super::page_limit(query.limit)?;
+    let page = state
+        .engine
+        .list_participants(&key, query.status, limit, query.after.as_deref())
+        .await?;
+    Ok(Json(ParticipantPage::from(page)).into_response())
+}
+
+/// An experimenter places a `new`, `waiting`, `pending` or `assigned`
+/// participant in a cohort as `assigned` (event reason `moved`), within its
+/// capacity (409 when full); `completed`, `dropped`, `declined` and
+/// `timed_out` participants are 409.
+#[utoipa::path(post, path = "/v1/experiments/{key}/participants/{participant_id}/move", tag = "routing",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
+    request_body = MoveInput,
+    responses((status = 200, body = ParticipantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn move_participant(
+    State(state): State<AppState>,
+    PathParams((key, id)): Ids,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let id: ParticipantId = requests::path_id(&id, "participant id")?;
+    let cohort = requests::move_target(body)?;
+    let participant = state.engine.move_participant(&key, &id, &cohort).await?;
     Ok(Json(ParticipantView::from(participant)).into_response())
 }
