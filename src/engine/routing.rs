@@ -457,19 +457,20 @@ impl Engine {
     }
 
     /// `GET /v1/experiments/{key}/participants`: oldest first, of one status
-    /// or all, after the participant `after`.
+    /// or all, after the participant `after`; `None` when `after` names no
+    /// participant of the experiment.
     pub async fn list_participants(
         &self,
         key: &str,
         status: Option<ParticipantStatus>,
         limit: i64,
         after: Option<&str>,
-    ) -> Result<Page<RoutedParticipant, String>, EngineError> {
+    ) -> Result<Option<Page<RoutedParticipant, String>>, EngineError> {
         let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::invariant("checked above"));
         };
-        let mut listed = self
+        let Some(mut listed) = self
             .store
             .list_participants(
                 &entry.id,
@@ -478,9 +479,9 @@ impl Engine {
                 after,
             )
             .await?
-            .ok_or_else(|| {
-                EngineError::validation("", "`after` names no participant of this experiment")
-            })?;
+        else {
+            return Ok(None);
+        };
         let more = listed.len() as i64 > limit;
         listed.truncate(limit.max(0) as usize);
         let next = if more {
@@ -489,13 +490,13 @@ impl Engine {
             None
         };
         let cohorts = self.store.cohorts(&entry.id).await?;
-        Ok(Page {
+        Ok(Some(Page {
             items: listed
                 .into_iter()
                 .map(|p| with_cohort(p, &cohorts, experiment))
                 .collect(),
             next,
-        })
+        }))
     }
 
     pub async fn get_participant(
