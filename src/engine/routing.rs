@@ -570,8 +570,8 @@ impl Engine {
         })
     }
 
-    /// Times out overdue waiting participants (and re-runs matching) in every
-    /// experiment with a wait timeout. One store query finds the experiments
+    /// Times out overdue waiting participants and pending participants past
+    /// their acceptance deadline (and re-runs matching) in every experiment. One store query finds the experiments
     /// that have an overdue participant, however many experiments there are
     /// (an idle replica with a thousand studies used to run a thousand
     /// queries a tick); only those run a routing transaction. Safe on several
@@ -580,20 +580,16 @@ impl Engine {
     pub async fn sweep(self: &Arc<Self>) -> Result<usize, EngineError> {
         let now = OffsetDateTime::now_utc();
         let snapshot = self.snapshot();
-        // Experiments with a wait timeout, or a group with an acceptance
-        // timeout (whose deadlines are stored with the pending participants).
+        // Every experiment with routing: its wait timeout (if any) is applied
+        // here, and acceptance deadlines are stored with the pending
+        // participants, so one given before the group's timeout was changed
+        // or removed still holds.
         let cutoffs: Vec<crate::store::SweepCutoff<'_>> = snapshot
             .experiments
             .values()
             .filter_map(|entry| {
                 let routing = entry.experiment.as_ref().ok()?.routing.as_ref()?;
-                let cutoff = routing.config.waiting_cutoff(now);
-                let accepts = routing
-                    .config
-                    .groups
-                    .iter()
-                    .any(|g| g.accept_timeout_seconds.is_some());
-                (cutoff.is_some() || accepts).then_some((entry.id.as_str(), cutoff))
+                Some((entry.id.as_str(), routing.config.waiting_cutoff(now)))
             })
             .collect();
         if cutoffs.is_empty() {
