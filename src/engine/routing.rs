@@ -457,19 +457,20 @@ impl Engine {
     }
 
     /// `GET /v1/experiments/{key}/participants`: oldest first, of one status
-    /// or all, after the participant `after`.
+    /// or all, after the participant `after`; `None` when `after` names no
+    /// participant of the experiment.
     pub async fn list_participants(
         &self,
         key: &str,
         status: Option<ParticipantStatus>,
         limit: i64,
         after: Option<&str>,
-    ) -> Result<Page<RoutedParticipant, String>, EngineError> {
+    ) -> Result<Option<Page<RoutedParticipant, String>>, EngineError> {
         let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::invariant("checked above"));
         };
-        let mut listed = self
+        let Some(mut listed) = self
             .store
             .list_participants(
                 &entry.id,
@@ -478,9 +479,9 @@ impl Engine {
                 after,
             )
             .await?
-            .ok_or_else(|| {
-                EngineError::validation("", "`after` names no participant of this experiment")
-            })?;
+        else {
+            return Ok(None);
+        };
         let more = listed.len() as i64 > limit;
         listed.truncate(limit.max(0) as usize);
         let next = if more {
@@ -489,13 +490,13 @@ impl Engine {
             None
         };
         let cohorts = self.store.cohorts(&entry.id).await?;
-        Ok(Page {
+        Ok(Some(Page {
             items: listed
                 .into_iter()
                 .map(|p| with_cohort(p, &cohorts, experiment))
                 .collect(),
             next,
-        })
+        }))
     }
 
     pub async fn get_participant(
@@ -569,8 +570,8 @@ impl Engine {
         })
     }
 
-    /// Times out overdue waiting participants (and re-runs matching) in every
-    /// experiment with a wait timeout. One store query finds the experiments
+    /// Times out overdue waiting participants and pending participants past
+    /// their acceptance deadline (and re-runs matching) in every experiment. One store query finds the experiments
     /// that have an overdue participant, however many experiments there are
     /// (an idle replica with a thousand studies used to run a thousand
     /// queries a tick); only those run a routing transaction. Safe on several
@@ -579,20 +580,16 @@ impl Engine {
     pub async fn sweep(self: &Arc<Self>) -> Result<usize, EngineError> {
         let now = OffsetDateTime::now_utc();
         let snapshot = self.snapshot();
-        // Experiments with a wait timeout, or a group with an acceptance
-        // timeout (whose deadlines are stored with the pending participants).
+        // Every experiment with routing: its wait timeout (if any) is applied
+        // here, and acceptance deadlines are stored with the pending
+        // participants, so one given before the group's timeout was changed
+        // or removed still holds.
         let cutoffs: Vec<crate::store::SweepCutoff<'_>> = snapshot
             .experiments
             .values()
             .filter_map(|entry| {
                 let routing = entry.experiment.as_ref().ok()?.routing.as_ref()?;
-                let cutoff = routing.config.waiting_cutoff(now);
-                let accepts = routing
-                    .config
-                    .groups
-                    .iter()
-                    .any(|g| g.accept_timeout_seconds.is_some());
-                (cutoff.is_some() || accepts).then_some((entry.id.as_str(), cutoff))
+                Some((entry.id.as_str(), routing.config.waiting_cutoff(now)))
             })
             .collect();
         if cutoffs.is_empty() {

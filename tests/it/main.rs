@@ -20,6 +20,7 @@ mod flags;
 mod generated_documents;
 mod hardening;
 mod hash_vectors;
+mod lifecycle;
 mod long_poll;
 mod observability;
 mod openapi;

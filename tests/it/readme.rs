@@ -94,6 +94,7 @@ async fn the_readme_tour_runs_as_written(backend: Backend) {
             (412, "PUT", "organizations:code-review-experiments-enabled"),
             (422, "PUT", "bad"),
             (409, "POST", "decline"),
+            (409, "POST", "drop"),
             (
                 409,
                 "DELETE",

@@ -230,7 +230,7 @@ struct ListQuery {
 #[utoipa::path(get, path = "/v1/experiments/{key}/participants", tag = "routing", security(("bearer" = [])),
     params(("key" = String, Path, description = "Experiment key"), ListQuery),
     responses((status = 200, body = ParticipantPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_participants(
     State(state): State<AppState>,
     PathParams(key): PathParams<String>,
@@ -240,7 +240,8 @@ async fn list_participants(
     let page = state
         .engine
         .list_participants(&key, query.status, limit, query.after.as_deref())
-        .await?;
+        .await?
+        .ok_or_else(|| ApiError::bad_request("`after` names no participant of this experiment"))?;
     Ok(Json(ParticipantPage::from(page)).into_response())
 }
 
