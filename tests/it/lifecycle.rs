@@ -122,6 +122,15 @@ async fn a_silent_participant_is_not_grouped_until_it_sends_a_heartbeat(backend:
     call(&app, "nobody", "heartbeat")
         .await
         .expect_error(404, "not_found");
+    // A read is heard from too (a client that only polls its state).
+    helpers::until("the participant is no longer live", async || {
+        listed_one(&app, "newcomer").await["live"] == false
+    })
+    .await;
+    assert_eq!(
+        app.get(&format!("{P}/newcomer")).await.expect(200).body["live"],
+        true
+    );
 }
 
 async fn without_a_liveness_timeout_everyone_is_live(backend: Backend) {
@@ -471,11 +480,15 @@ async fn the_listing_is_oldest_first_paged_and_filtered(backend: Backend) {
         json!([])
     );
 
-    for bad in ["status=sleeping", "limit=0", "limit=1001", "after=nobody"] {
+    for bad in ["status=sleeping", "limit=0", "limit=1001"] {
         app.get(&format!("{P}?{bad}"))
             .await
             .expect_error(400, "bad_request");
     }
+    // The cursor is a participant id: an unknown one is 404.
+    app.get(&format!("{P}?after=nobody"))
+        .await
+        .expect_error(404, "not_found");
     app.get("/v1/experiments/nope/participants")
         .await
         .expect_error(404, "not_found");

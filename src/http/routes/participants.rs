@@ -29,7 +29,7 @@ pub fn router() -> Routes<AppState> {
         .routes(Access::Client, routes!(route_participant))
         .routes(Access::Client, routes!(accept_participant))
         .routes(Access::Client, routes!(decline_participant))
-        .routes(Access::Client, routes!(heartbeat))
+        .routes(Access::Client, routes!(heartbeat_participant))
         .routes(Access::Client, routes!(complete_participant))
         .routes(Access::Client, routes!(drop_participant))
         .routes(Access::Client, routes!(list_participants))
@@ -129,7 +129,7 @@ async fn decline_participant(
     params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
     responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn heartbeat(
+async fn heartbeat_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
@@ -183,7 +183,8 @@ struct ListQuery {
     status: Option<ParticipantStatus>,
     /// 1 to 1000, default 100.
     limit: Option<i64>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page (a participant of the experiment;
+    /// an unknown one is 404).
     after: Option<String>,
 }
 
@@ -202,8 +203,7 @@ async fn list_participants(
     let page = state
         .engine
         .list_participants(&key, query.status, limit, query.after.as_deref())
-        .await?
-        .ok_or_else(|| ApiError::bad_request("`after` names no participant of this experiment"))?;
+        .await?;
     Ok(Json(ParticipantPage::from(page)).into_response())
 }
 
