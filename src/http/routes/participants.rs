@@ -6,14 +6,14 @@ use crate::domain::ids::ParticipantId;
 use crate::http::requests;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::routes;
 
 use super::write_status;
 use crate::domain::routing::lifecycle::ParticipantStatus;
-use crate::http::auth::{Access, Routes};
+use crate::http::auth::{Access, Actor, Routes};
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, OptionalJsonBody, PathParams, QueryParams};
 use crate::http::openapi::{DropInput, ErrorBody, MoveInput, ParticipantInput};
@@ -221,10 +221,16 @@ async fn list_participants(
 async fn move_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
+    actor: Option<Extension<Actor>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let id: ParticipantId = requests::path_id(&id, "participant id")?;
     let cohort = requests::move_target(body)?;
     let participant = state.engine.move_participant(&key, &id, &cohort).await?;
+    // The routing event (reason `moved`) is the audit record of the change;
+    // who made it is logged with it (the event has no actor field).
+    let actor = actor.and_then(|Extension(Actor(name))| name);
+    tracing::info!(experiment = %key, participant = %id.as_str(), cohort = %cohort,
+        actor = actor.as_deref().unwrap_or("-"), "participant moved by hand");
     Ok(Json(ParticipantView::from(participant)).into_response())
 }
