@@ -163,14 +163,16 @@ async fn an_unaccepted_seat_is_freed_by_the_server_at_the_deadline(backend: Back
     let seat = late["cohort"]["id"].clone();
     assert_eq!(room(&app).await["members"]["pending"], 1);
 
-    // Nobody calls: the sweeper declines it, within about a second.
-    helpers::until("the pending participant is declined", async || {
+    // Nobody calls: the sweeper declines it, within about a second of the
+    // deadline (one second after the group formed).
+    let took = helpers::until("the pending participant is declined", async || {
         let page = listed(&app, "status=declined").await;
         page["participants"]
             .as_array()
             .is_some_and(|p| p.len() == 1)
     })
     .await;
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
     let declined = listed_one(&app, "late").await;
     assert_eq!(
         (declined["status"].clone(), declined["cohort"].clone()),
