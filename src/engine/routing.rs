@@ -457,15 +457,15 @@ impl Engine {
     }
 
     /// `GET /v1/experiments/{key}/participants`: oldest first, of one status
-    /// or all, after the participant `after`; `None` when `after` names no
-    /// participant of the experiment.
+    /// or all, after the participant `after` (404 when it names no
+    /// participant of the experiment: the cursor is a participant id).
     pub async fn list_participants(
         &self,
         key: &str,
         status: Option<ParticipantStatus>,
         limit: i64,
         after: Option<&str>,
-    ) -> Result<Option<Page<RoutedParticipant, String>>, EngineError> {
+    ) -> Result<Page<RoutedParticipant, String>, EngineError> {
         let entry = self.routable(key).await?;
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::invariant("checked above"));
@@ -480,7 +480,7 @@ impl Engine {
             )
             .await?
         else {
-            return Ok(None);
+            return Err(no_participant(after.unwrap_or_default()));
         };
         let more = listed.len() as i64 > limit;
         listed.truncate(limit.max(0) as usize);
@@ -490,13 +490,13 @@ impl Engine {
             None
         };
         let cohorts = self.store.cohorts(&entry.id).await?;
-        Ok(Some(Page {
+        Ok(Page {
             items: listed
                 .into_iter()
                 .map(|p| with_cohort(p, &cohorts, experiment))
                 .collect(),
             next,
-        }))
+        })
     }
 
     pub async fn get_participant(

@@ -208,9 +208,10 @@ pub(crate) fn registration(body: Value) -> Result<Value, EngineError> {
 /// Most characters of a drop's reason (§5).
 pub(crate) const MAX_DROP_REASON: usize = 200;
 
-/// Parses the optional `{"reason": "…"}` of a drop (no body: no reason).
+/// Parses the optional `{"reason": "…"}` of a drop (no body, or `null`:
+/// no reason).
 pub(crate) fn drop_reason(body: Option<Value>) -> Result<Option<String>, EngineError> {
-    let Some(body) = body else {
+    let Some(body) = body.filter(|b| !b.is_null()) else {
         return Ok(None);
     };
     let Value::Object(mut body) = body else {
@@ -290,6 +291,7 @@ mod tests {
     fn a_drop_reason_is_optional_and_at_most_200_characters() {
         assert_eq!(drop_reason(None).unwrap(), None);
         assert_eq!(drop_reason(Some(json!({}))).unwrap(), None);
+        assert_eq!(drop_reason(Some(Value::Null)).unwrap(), None);
         assert_eq!(drop_reason(Some(json!({"reason": null}))).unwrap(), None);
         let longest = "é".repeat(200);
         assert_eq!(

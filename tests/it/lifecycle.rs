@@ -122,6 +122,15 @@ async fn a_silent_participant_is_not_grouped_until_it_sends_a_heartbeat(backend:
     call(&app, "nobody", "heartbeat")
         .await
         .expect_error(404, "not_found");
+    // A read is heard from too (a client that only polls its state).
+    helpers::until("the participant is no longer live", async || {
+        listed_one(&app, "newcomer").await["live"] == false
+    })
+    .await;
+    assert_eq!(
+        app.get(&format!("{P}/newcomer")).await.expect(200).body["live"],
+        true
+    );
 }
 
 async fn without_a_liveness_timeout_everyone_is_live(backend: Backend) {
@@ -154,14 +163,16 @@ async fn an_unaccepted_seat_is_freed_by_the_server_at_the_deadline(backend: Back
     let seat = late["cohort"]["id"].clone();
     assert_eq!(room(&app).await["members"]["pending"], 1);
 
-    // Nobody calls: the sweeper declines it, within about a second.
-    helpers::until("the pending participant is declined", async || {
+    // Nobody calls: the sweeper declines it, within about a second of the
+    // deadline (one second after the group formed).
+    let took = helpers::until("the pending participant is declined", async || {
         let page = listed(&app, "status=declined").await;
         page["participants"]
             .as_array()
             .is_some_and(|p| p.len() == 1)
     })
     .await;
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
     let declined = listed_one(&app, "late").await;
     assert_eq!(
         (declined["status"].clone(), declined["cohort"].clone()),
@@ -471,11 +482,15 @@ async fn the_listing_is_oldest_first_paged_and_filtered(backend: Backend) {
         json!([])
     );
 
-    for bad in ["status=sleeping", "limit=0", "limit=1001", "after=nobody"] {
+    for bad in ["status=sleeping", "limit=0", "limit=1001"] {
         app.get(&format!("{P}?{bad}"))
             .await
             .expect_error(400, "bad_request");
     }
+    // The cursor is a participant id: an unknown one is 404.
+    app.get(&format!("{P}?after=nobody"))
+        .await
+        .expect_error(404, "not_found");
     app.get("/v1/experiments/nope/participants")
         .await
         .expect_error(404, "not_found");

@@ -546,6 +546,7 @@ const LINKS: &[(&str, &[&str], Targets)] = &[
             ("list_cohorts", KEY),
             ("list_routing_events", KEY),
             ("register_participant", KEY),
+            ("list_participants", KEY),
         ],
     ),
     (
@@ -556,6 +557,10 @@ const LINKS: &[(&str, &[&str], Targets)] = &[
             ("route_participant", PARTICIPANT),
             ("accept_participant", PARTICIPANT),
             ("decline_participant", PARTICIPANT),
+            ("heartbeat_participant", PARTICIPANT),
+            ("complete_participant", PARTICIPANT),
+            ("drop_participant", PARTICIPANT),
+            ("move_participant", PARTICIPANT),
         ],
     ),
     (

@@ -9,13 +9,13 @@ use crate::domain::routing::lifecycle::ParticipantStatus;
 use crate::http::requests;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::routes;
 
 use super::write_status;
-use crate::http::auth::{Access, Routes};
+use crate::http::auth::{Access, Actor, Routes};
 use crate::http::edge::MAX_WAIT_SECONDS;
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, OptionalJsonBody, PathParams, QueryParams};
@@ -32,7 +32,7 @@ pub fn router() -> Routes<AppState> {
         .routes(Access::Client, routes!(route_participant))
         .routes(Access::Client, routes!(accept_participant))
         .routes(Access::Client, routes!(decline_participant))
-        .routes(Access::Client, routes!(heartbeat))
+        .routes(Access::Client, routes!(heartbeat_participant))
         .routes(Access::Client, routes!(complete_participant))
         .routes(Access::Client, routes!(drop_participant))
         .routes(Access::Client, routes!(list_participants))
@@ -167,7 +167,7 @@ async fn decline_participant(
     params(("key" = String, Path, description = "Experiment key"), ("participant_id" = String, Path)),
     responses((status = 200, body = ParticipantView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn heartbeat(
+async fn heartbeat_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
 ) -> Result<Response, ApiError> {
@@ -221,7 +221,8 @@ struct ListQuery {
     status: Option<ParticipantStatus>,
     /// 1 to 1000, default 100.
     limit: Option<i64>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page (a participant of the experiment;
+    /// an unknown one is 404).
     after: Option<String>,
 }
 
@@ -240,8 +241,7 @@ async fn list_participants(
     let page = state
         .engine
         .list_participants(&key, query.status, limit, query.after.as_deref())
-        .await?
-        .ok_or_else(|| ApiError::bad_request("`after` names no participant of this experiment"))?;
+        .await?;
     Ok(Json(ParticipantPage::from(page)).into_response())
 }
 
@@ -259,10 +259,16 @@ async fn list_participants(
 async fn move_participant(
     State(state): State<AppState>,
     PathParams((key, id)): Ids,
+    actor: Option<Extension<Actor>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let id: ParticipantId = requests::path_id(&id, "participant id")?;
     let cohort = requests::move_target(body)?;
     let participant = state.engine.move_participant(&key, &id, &cohort).await?;
+    // The routing event (reason `moved`) is the audit record of the change;
+    // who made it is logged with it (the event has no actor field).
+    let actor = actor.and_then(|Extension(Actor(name))| name);
+    tracing::info!(experiment = %key, participant = %id.as_str(), cohort = %cohort,
+        actor = actor.as_deref().unwrap_or("-"), "participant moved by hand");
     Ok(Json(ParticipantView::from(participant)).into_response())
 }
