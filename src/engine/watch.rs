@@ -269,11 +269,10 @@ impl Engine {
     /// their participants' requests; answers the newest event id seen.
     async fn poll_events(&self, last: Option<i64>) -> Result<i64, crate::store::StoreError> {
         let Some(mut last) = last else {
-            let newest = self.store.events_after(None, 1).await?;
-            return Ok(newest.first().map_or(0, |(id, _, _)| *id));
+            return self.store.newest_event_id().await;
         };
         loop {
-            let events = self.store.events_after(Some(last), EVENTS_PER_READ).await?;
+            let events = self.store.events_after(last, EVENTS_PER_READ).await?;
             let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= EVENTS_PER_READ;
             for (id, experiment, participant) in events {
                 self.watchers.wake(&experiment, &participant);

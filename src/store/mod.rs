@@ -686,13 +686,14 @@ pub trait Store: Send + Sync + 'static {
         experiment_id: &str,
         cohort_id: &str,
     ) -> Result<Vec<Participant>, StoreError>;
+    /// The id of the newest routing event (0 when there is none).
+    async fn newest_event_id(&self) -> Result<i64, StoreError>;
     /// The routing events written after event `after` (ids in commit order
     /// only where one writer commits at a time: SQLite), oldest first, at
-    /// most `limit`: (event id, experiment id, participant id). `None` for
-    /// `after` answers nothing but the newest id, as `(id, "", "")`.
+    /// most `limit`: (event id, experiment id, participant id).
     async fn events_after(
         &self,
-        after: Option<i64>,
+        after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String, String)>, StoreError>;
     /// The statuses of these participants, (experiment id, participant id),

@@ -1686,17 +1686,19 @@ impl Store for Backend {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn newest_event_id(&self) -> Result<i64, StoreError> {
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM routing_events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(newest.unwrap_or(0))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn events_after(
         &self,
-        after: Option<i64>,
+        after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String, String)>, StoreError> {
-        let Some(after) = after else {
-            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM routing_events")
-                .fetch_one(&self.pool)
-                .await?;
-            return Ok(vec![(newest.unwrap_or(0), String::new(), String::new())]);
-        };
         Ok(sqlx::query_as(
             "SELECT id, experiment_id, participant_id FROM routing_events WHERE id > $1 ORDER BY id LIMIT $2",
         )

@@ -35,6 +35,21 @@ pub(crate) fn write_status(outcome: Outcome) -> StatusCode {
     }
 }
 
+/// A wait from the query string (`wait_seconds`, §5): 1 to
+/// [`MAX_WAIT_SECONDS`](crate::http::edge::MAX_WAIT_SECONDS), or none.
+pub(crate) fn wait_limit(
+    seconds: Option<i64>,
+) -> Result<Option<std::time::Duration>, crate::http::error::ApiError> {
+    use crate::http::edge::MAX_WAIT_SECONDS;
+    match seconds.map(u64::try_from) {
+        None => Ok(None),
+        Some(Ok(s @ 1..=MAX_WAIT_SECONDS)) => Ok(Some(std::time::Duration::from_secs(s))),
+        Some(_) => Err(crate::http::error::ApiError::bad_request(format!(
+            "wait_seconds must be from 1 to {MAX_WAIT_SECONDS}"
+        ))),
+    }
+}
+
 /// A page size from the query string: 1 to 1000, default 100.
 pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, crate::http::error::ApiError> {
     let limit = limit.unwrap_or(100);

@@ -2,8 +2,6 @@
 //! decline, heartbeat, complete, drop; the experimenter's listing and move
 //! (§5).
 
-use std::time::Duration;
-
 use crate::domain::ids::ParticipantId;
 use crate::domain::routing::lifecycle::ParticipantStatus;
 use crate::http::requests;
@@ -16,7 +14,6 @@ use utoipa_axum::routes;
 
 use super::write_status;
 use crate::http::auth::{Access, Actor, Routes};
-use crate::http::edge::MAX_WAIT_SECONDS;
 use crate::http::error::ApiError;
 use crate::http::extract::{JsonBody, OptionalJsonBody, PathParams, QueryParams};
 use crate::http::openapi::{DropInput, ErrorBody, MoveInput, ParticipantInput};
@@ -89,17 +86,7 @@ async fn get_participant(
     QueryParams(wait): QueryParams<Wait>,
 ) -> Result<Response, ApiError> {
     // Checked first: a refused request changes nothing.
-    let within = match wait.wait_seconds {
-        None => None,
-        Some(seconds) => match u64::try_from(seconds) {
-            Ok(s @ 1..=MAX_WAIT_SECONDS) => Some(Duration::from_secs(s)),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "wait_seconds must be from 1 to {MAX_WAIT_SECONDS}"
-                )))
-            }
-        },
-    };
+    let within = super::wait_limit(wait.wait_seconds)?;
     // A read is a sign of life (§5 "Liveness").
     let participant = state.engine.heard_from(&key, &id).await?;
     let participant = match within {
