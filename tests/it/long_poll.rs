@@ -77,6 +77,39 @@ async fn a_poll_answers_when_the_group_forms(backend: Backend) {
     assert_eq!(app.engine.waiting_requests(), 0, "the poll is forgotten");
 }
 
+/// The same poll twice at once (two tabs of one participant), one naming
+/// the status and one not: both are held, both answer the formation, and
+/// neither stays registered.
+async fn two_polls_of_one_participant_both_answer(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put("/v1/experiments/pairs", pairs()).await.expect(201);
+    waiting(&app, "p-1").await;
+    let first = hold(&app, "p-1", "wait_seconds=30&status=waiting").await;
+    let second = hold(&app, "p-1", "wait_seconds=30").await;
+    assert_eq!(app.engine.waiting_requests(), 2);
+    waiting_or_formed(&app, "p-2").await;
+    for poll in [first, second] {
+        let (status, body, took) = poll.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "assigned", "{body}");
+        assert!(
+            took < Duration::from_secs(30),
+            "woken, not timed out: {took:?}"
+        );
+    }
+    assert_eq!(app.engine.waiting_requests(), 0);
+}
+
+/// Registers and routes `id`, whatever it becomes.
+async fn waiting_or_formed(app: &TestApp, id: &str) {
+    app.put(&format!("{P}/{id}"), json!({"attributes": {}}))
+        .await
+        .expect(201);
+    app.post(&format!("{P}/{id}/route"), json!({}))
+        .await
+        .expect(200);
+}
+
 /// Nothing happens: the poll answers after `wait_seconds` with the state
 /// as it is (without `status`, it waits on the status the participant has
 /// now). A participant whose status is not the one named answers at once.
@@ -195,6 +228,7 @@ async fn shutdown_answers_held_polls(backend: Backend) {
 
 on_both_stores!(
     a_poll_answers_when_the_group_forms,
+    two_polls_of_one_participant_both_answer,
     an_idle_poll_answers_after_its_wait,
     bad_waits_are_refused,
     a_poll_on_one_replica_answers_a_change_on_another,
