@@ -27,7 +27,9 @@ use time::OffsetDateTime;
 
 use super::{Backend, Db, BACKEND, DIALECT};
 use crate::domain::precondition::Precondition;
-use crate::domain::routing::lifecycle::{Cohort, Participant, ParticipantStatus, State};
+use crate::domain::routing::lifecycle::{
+    BackfillWindow, Cohort, EntrySeats, Participant, ParticipantStatus, State,
+};
 use crate::domain::routing::CohortDef;
 use crate::store::rows::{
     ChangeRow, CohortRow, CountRow, DefinedCohortRow, EventRow, ExperimentRow, FlagEventRow,
@@ -124,6 +126,70 @@ async fn insert_cohort(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// The cohorts of the experiment whose backfill window is open at `now`
+/// (§5 "Backfill"), in creation order, with their seats per entry: those
+/// they formed with (`cohort_seats`) and the members of the entry they hold
+/// now (counted on `participants_by_cohort`). Read under the routing lock.
+async fn read_backfill_windows(
+    tx: &mut Tx<'_>,
+    experiment_id: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<BackfillWindow>, StoreError> {
+    let rows: Vec<(String, Option<String>, OffsetDateTime, String, i64, i64)> = sqlx::query_as(
+        "SELECT c.id, c.group_name, c.backfill_until, s.entry, s.seats,          (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.entry = s.entry           AND p.status IN ('assigned', 'pending', 'completed'))          FROM cohorts c JOIN cohort_seats s ON s.cohort_id = c.id          WHERE c.experiment_id = $1 AND c.backfill_until IS NOT NULL AND c.backfill_until > $2          ORDER BY c.created_seq, s.position",
+    )
+    .bind(experiment_id)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut windows: Vec<BackfillWindow> = Vec::new();
+    for (cohort_id, group, until, entry, formed, held) in rows {
+        let seat = EntrySeats {
+            entry,
+            // Stored from u32 counts; clamped rather than trusted.
+            formed: u32::try_from(formed.max(0)).unwrap_or(u32::MAX),
+            held: u32::try_from(held.max(0)).unwrap_or(u32::MAX),
+        };
+        match windows.last_mut() {
+            Some(w) if w.cohort_id == cohort_id => w.seats.push(seat),
+            _ => windows.push(BackfillWindow {
+                cohort_id,
+                group: group.unwrap_or_default(),
+                until,
+                seats: vec![seat],
+            }),
+        }
+    }
+    Ok(windows)
+}
+
+/// Stores the backfill windows of cohorts a routing plan created: the end
+/// of each window and the seats per entry it formed with.
+async fn write_backfill_windows(
+    tx: &mut Tx<'_>,
+    windows: &[BackfillWindow],
+) -> Result<(), StoreError> {
+    for w in windows {
+        sqlx::query("UPDATE cohorts SET backfill_until = $2 WHERE id = $1")
+            .bind(&w.cohort_id)
+            .bind(w.until)
+            .execute(&mut **tx)
+            .await?;
+        for (position, seat) in w.seats.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO cohort_seats (cohort_id, position, entry, seats) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&w.cohort_id)
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .bind(&seat.entry)
+            .bind(i64::from(seat.formed))
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -1340,9 +1406,12 @@ impl Store for Backend {
                 .map(Participant::try_from)
                 .collect::<Result<Vec<_>, _>>()?;
         }
+        // Cohorts whose freed seats are refilled now (see `read_backfill_windows`).
+        let backfill = read_backfill_windows(&mut tx, experiment_id, now).await?;
         // Every aliased cohort (joins and balance need them), the
-        // subjects' own cohorts (their answers name them) and those the
-        // calls name (a move's target).
+        // subjects' own cohorts (their answers name them), those the
+        // calls name (a move's target) and those with a backfill window
+        // (a participant backfilled joins one).
         let mut q =
             sqlx::QueryBuilder::<Db>::new(format!("{COHORT_SELECT} WHERE c.experiment_id = "));
         q.push_bind(experiment_id).push(" AND (c.alias IS NOT NULL");
@@ -1350,6 +1419,7 @@ impl Store for Backend {
             .iter()
             .filter_map(|p| p.cohort_id.as_deref())
             .chain(scope.cohort_ids.iter().map(String::as_str))
+            .chain(backfill.iter().map(|w| w.cohort_id.as_str()))
             .collect();
         if !own.is_empty() {
             q.push(" OR c.id IN (");
@@ -1372,7 +1442,10 @@ impl Store for Backend {
             .into_iter()
             .map(|(g, n)| (g.unwrap_or_default(), u32::try_from(n).unwrap_or(u32::MAX)))
             .collect();
-        let cutoff = match (scope.full_pool, scope.wait_timeout_seconds) {
+        // While a backfill window is open, any call may free a seat in it:
+        // the whole pool is read, its candidates.
+        let full_pool = scope.full_pool || !backfill.is_empty();
+        let cutoff = match (full_pool, scope.wait_timeout_seconds) {
             (true, _) => None,
             // A timeout too long to subtract makes nobody overdue.
             (false, Some(t)) => Some(
@@ -1422,6 +1495,7 @@ impl Store for Backend {
             waiting,
             subjects,
             expired,
+            backfill,
         };
         let changes = match planner(version, state) {
             Ok(changes) => changes,
@@ -1439,6 +1513,7 @@ impl Store for Backend {
             insert_cohort(&mut tx, experiment_id, c, cohort_seq, now).await?;
             cohort_seq += 1;
         }
+        write_backfill_windows(&mut tx, &changes.new_windows).await?;
         // Multi-row statements, in chunks well under every bind limit.
         for chunk in changes.participants.chunks(200) {
             let mut q = sqlx::QueryBuilder::<Db>::new(format!(

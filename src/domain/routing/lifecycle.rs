@@ -18,6 +18,13 @@
 //! operation applies, followed by matching until no group is ready. Several
 //! calls in one transaction behave exactly as the same calls one after
 //! another.
+//!
+//! Backfill: a cohort formed by a group with `backfill_seconds` keeps a
+//! window ([`BackfillWindow`]) for that long; after each call's operation
+//! (and so before matching forms new groups) every seat open in a window is
+//! offered to the live waiting participants of its composition entry,
+//! oldest first ([`fill_open_seats`]). A seat opens when its member leaves
+//! the cohort (decline, acceptance timeout, drop, move).
 
 use std::collections::{HashMap, HashSet};
 
@@ -84,6 +91,7 @@ pub enum RoutingReason {
     AcceptTimeout,
     Completed,
     Dropped,
+    Backfilled,
     Moved,
 }
 
@@ -99,6 +107,7 @@ impl RoutingReason {
             RoutingReason::AcceptTimeout => "accept_timeout",
             RoutingReason::Completed => "completed",
             RoutingReason::Dropped => "dropped",
+            RoutingReason::Backfilled => "backfilled",
             RoutingReason::Moved => "moved",
         }
     }
@@ -114,6 +123,7 @@ impl RoutingReason {
             "accept_timeout" => RoutingReason::AcceptTimeout,
             "completed" => RoutingReason::Completed,
             "dropped" => RoutingReason::Dropped,
+            "backfilled" => RoutingReason::Backfilled,
             "moved" => RoutingReason::Moved,
             _ => return None,
         })
@@ -192,6 +202,39 @@ impl Cohort {
     }
 }
 
+/// One composition entry's seats in a cohort with a backfill window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySeats {
+    /// The composition entry's id.
+    pub entry: String,
+    /// The seats the cohort formed with in this entry.
+    pub formed: u32,
+    /// The members of this entry it holds now: assigned, pending and
+    /// completed ones whose entry this is.
+    pub held: u32,
+}
+
+impl EntrySeats {
+    /// Seats freed and not refilled.
+    pub fn open(&self) -> u32 {
+        self.formed.saturating_sub(self.held)
+    }
+}
+
+/// A cohort formed by a group with `backfill_seconds`, while seats freed in
+/// it are refilled (§5 "Backfill").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillWindow {
+    pub cohort_id: String,
+    /// The group that formed it.
+    pub group: String,
+    /// The end of the window (exclusive): formation time plus the group's
+    /// `backfill_seconds`, fixed at formation.
+    pub until: OffsetDateTime,
+    /// Per composition entry, in the group's order.
+    pub seats: Vec<EntrySeats>,
+}
+
 /// An entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[schema(as = RoutingEvent)]
@@ -232,6 +275,12 @@ pub struct State {
     /// Pending participants whose acceptance deadline has passed, earliest
     /// deadline first: all of them, whatever the operation.
     pub expired: Vec<Participant>,
+    /// Every cohort whose backfill window is still open (`until` after
+    /// `now`), in creation order, with its seats per entry: all of them,
+    /// whatever the operation (any call may free a seat, an acceptance
+    /// timeout included). While there is one, `waiting` holds the whole
+    /// pool, the candidates for its open seats.
+    pub backfill: Vec<BackfillWindow>,
 }
 
 /// Most calls planned in one transaction; `wait_seq` leaves room for them.
@@ -287,6 +336,9 @@ pub struct Changes {
     pub answers: Vec<Result<Participant, Refusal>>,
     /// How each cohort's member counts move, in the order first moved.
     pub deltas: Vec<MemberDelta>,
+    /// The backfill windows of cohorts this plan created (in
+    /// `new_cohorts`), with the seats each formed with.
+    pub new_windows: Vec<BackfillWindow>,
 }
 
 /// How a cohort's member counts move: (cohort id, assigned, pending,
@@ -328,6 +380,9 @@ struct Work<'a> {
     changed: Vec<Participant>,
     events: Vec<Event>,
     deltas: Vec<MemberDelta>,
+    /// Open backfill windows, as the plan changes their seats.
+    windows: Vec<BackfillWindow>,
+    new_windows: Vec<BackfillWindow>,
     new_id: &'a mut dyn FnMut() -> String,
 }
 
@@ -423,6 +478,7 @@ impl Work<'_> {
         reason: RoutingReason,
         detail: Option<String>,
     ) -> Participant {
+        self.unseat(&p);
         if let Some(c) = p.cohort_id.clone() {
             self.count(&c, p.status, -1);
         }
@@ -430,6 +486,29 @@ impl Work<'_> {
         left.cohort_id = None;
         self.keep(left.clone());
         left
+    }
+
+    /// `p` gives up the seat of its entry in its cohort: if the cohort has
+    /// an open backfill window, that seat opens.
+    fn unseat(&mut self, p: &Participant) {
+        if !matches!(
+            p.status,
+            ParticipantStatus::Assigned | ParticipantStatus::Pending | ParticipantStatus::Completed
+        ) {
+            return;
+        }
+        let (Some(cohort), Some(entry)) = (&p.cohort_id, &p.entry) else {
+            return;
+        };
+        if let Some(seat) = self
+            .windows
+            .iter_mut()
+            .filter(|w| &w.cohort_id == cohort)
+            .flat_map(|w| w.seats.iter_mut())
+            .find(|s| &s.entry == entry)
+        {
+            seat.held = seat.held.saturating_sub(1);
+        }
     }
 
     /// The first cohort of `alias` (the defined one, then its overflows in
@@ -528,6 +607,7 @@ pub fn plan(
         waiting,
         subjects,
         expired,
+        backfill,
     } = state;
     let mut work = Work {
         study,
@@ -538,6 +618,8 @@ pub fn plan(
         changed: Vec::new(),
         events: Vec::new(),
         deltas: Vec::new(),
+        windows: backfill,
+        new_windows: Vec::new(),
         new_id,
     };
     // Everyone this plan knows, as it changes; the pool holds ids, oldest first.
@@ -688,6 +770,10 @@ pub fn plan(
             // dropping a dropped one change nothing.
             _ => Ok(()),
         };
+        // Seats freed by this call (or by the timeouts before it), and
+        // arrivals who fit a seat open already: refilled before matching
+        // forms new groups.
+        fill_open_seats(&mut work, &mut known, &mut pool);
         if result.is_ok() && operation.forms_groups() {
             form_groups(&mut work, &mut known, &mut pool);
         }
@@ -699,6 +785,7 @@ pub fn plan(
         events: work.events,
         answers,
         deltas: work.deltas,
+        new_windows: work.new_windows,
     }
 }
 
@@ -744,6 +831,8 @@ fn move_to(work: &mut Work<'_>, p: Participant, cohort: &str) -> Result<Particip
         )));
     }
     let mut p = p;
+    // It leaves its entry's seat, whatever cohort it goes to.
+    work.unseat(&p);
     if let Some(old) = p.cohort_id.clone() {
         work.count(&old, p.status, -1);
     }
@@ -753,6 +842,93 @@ fn move_to(work: &mut Work<'_>, p: Participant, cohort: &str) -> Result<Particip
     p.group = None;
     p.entry = None;
     Ok(work.change(p, ParticipantStatus::Assigned, RoutingReason::Moved))
+}
+
+/// Backfill (§5): offers every seat open in a cohort within its backfill
+/// window to the live waiting participants of the seat's composition entry
+/// (the first entry of the group whose condition they match, as in
+/// matching), oldest first; those taken leave the pool and join the cohort,
+/// `pending` or `assigned` as the group says (reason `backfilled`).
+/// Windows are taken in creation order, seats in composition order. A
+/// window whose group or entry is no longer configured refills nothing.
+fn fill_open_seats(
+    work: &mut Work<'_>,
+    known: &mut HashMap<String, Participant>,
+    pool: &mut Vec<String>,
+) {
+    let Some(routing) = work.study.routing else {
+        return;
+    };
+    let now = work.now;
+    if !work
+        .windows
+        .iter()
+        .any(|w| w.until > now && w.seats.iter().any(|s| s.open() > 0))
+    {
+        return;
+    }
+    let cutoff = routing.config.live_cutoff(now);
+    let mut taken: HashSet<String> = HashSet::new();
+    for w in 0..work.windows.len() {
+        let window = work.windows[w].clone();
+        if window.until <= now {
+            continue;
+        }
+        let Some(g) = routing
+            .config
+            .groups
+            .iter()
+            .position(|g| g.name == window.group)
+        else {
+            continue;
+        };
+        let group = &routing.config.groups[g];
+        for (s, seat) in window.seats.iter().enumerate() {
+            let open = seat.open() as usize;
+            if open == 0 {
+                continue;
+            }
+            let Some(e) = group
+                .composition
+                .iter()
+                .position(|x| x.id.as_str() == seat.entry)
+            else {
+                continue;
+            };
+            let takers: Vec<String> = pool
+                .iter()
+                .filter(|id| !taken.contains(*id))
+                .filter_map(|id| known.get(id))
+                .filter(|p| p.status == ParticipantStatus::Waiting && p.is_live(cutoff))
+                .filter(|p| routing.entry_for(g, &p.attributes) == Some(e))
+                .take(open)
+                .map(|p| p.id.clone())
+                .collect();
+            let status = if group.require_acceptance {
+                ParticipantStatus::Pending
+            } else {
+                ParticipantStatus::Assigned
+            };
+            for id in takers {
+                let Some(mut p) = known.get(&id).cloned() else {
+                    continue;
+                };
+                p.cohort_id = Some(window.cohort_id.clone());
+                p.group = Some(group.name.clone());
+                p.entry = Some(seat.entry.clone());
+                p.accept_by = match status {
+                    ParticipantStatus::Pending => deadline(now, group.accept_timeout_seconds),
+                    _ => None,
+                };
+                work.count(&window.cohort_id, status, 1);
+                work.windows[w].seats[s].held = work.windows[w].seats[s].held.saturating_add(1);
+                let p = work.change(p, status, RoutingReason::Backfilled);
+                taken.insert(p.id.clone());
+                known.insert(p.id.clone(), p);
+            }
+        }
+    }
+    pool.retain(|id| !taken.contains(id));
 }
 
 /// Matching until no group is ready; formed members leave the pool.
@@ -796,6 +972,32 @@ fn form_groups(
             Some(alias) => work.join(alias.as_str(), size),
             None => work.create_for_group(&group.name),
         };
+        if let (None, Some(until)) = (
+            &group.target_cohort,
+            deadline(work.now, group.backfill_seconds),
+        ) {
+            let window = BackfillWindow {
+                cohort_id: cohort.clone(),
+                group: group.name.clone(),
+                until,
+                seats: group
+                    .composition
+                    .iter()
+                    .enumerate()
+                    .map(|(e, def)| {
+                        let n = formation.seats.iter().filter(|s| s.entry == e).count();
+                        let n = u32::try_from(n).unwrap_or(u32::MAX);
+                        EntrySeats {
+                            entry: def.id.as_str().to_owned(),
+                            formed: n,
+                            held: n,
+                        }
+                    })
+                    .collect(),
+            };
+            work.windows.push(window.clone());
+            work.new_windows.push(window);
+        }
         let status = if group.require_acceptance {
             ParticipantStatus::Pending
         } else {
@@ -848,6 +1050,9 @@ mod tests {
         seq: i64,
         events: Vec<Event>,
         ids: u32,
+        /// Backfill windows as the store keeps them: `held` is recounted
+        /// from the people at every call.
+        windows: Vec<BackfillWindow>,
     }
 
     impl Lab {
@@ -882,7 +1087,43 @@ mod tests {
                 seq: 0,
                 events: Vec::new(),
                 ids: 0,
+                windows: Vec::new(),
             }
+        }
+
+        /// Every window with `held` recounted from the people, as the store reads it.
+        fn recounted_windows(&self) -> Vec<BackfillWindow> {
+            self.windows
+                .iter()
+                .map(|w| {
+                    let mut w = w.clone();
+                    for seat in &mut w.seats {
+                        seat.held = self
+                            .people
+                            .iter()
+                            .filter(|p| {
+                                p.cohort_id.as_deref() == Some(&w.cohort_id)
+                                    && p.entry.as_deref() == Some(&seat.entry)
+                                    && matches!(
+                                        p.status,
+                                        ParticipantStatus::Assigned
+                                            | ParticipantStatus::Pending
+                                            | ParticipantStatus::Completed
+                                    )
+                            })
+                            .count() as u32;
+                    }
+                    w
+                })
+                .collect()
+        }
+
+        /// The windows still open now, as the store reads them.
+        fn open_windows(&self) -> Vec<BackfillWindow> {
+            self.recounted_windows()
+                .into_iter()
+                .filter(|w| w.until > self.now)
+                .collect()
         }
 
         fn call(&mut self, id: &str, op: Operation) -> Result<Participant, Refusal> {
@@ -927,6 +1168,7 @@ mod tests {
                     late.sort_by_key(|p| p.accept_by);
                     late
                 },
+                backfill: self.open_windows(),
             };
             let study = Study {
                 routing: Some(&self.routing),
@@ -943,6 +1185,7 @@ mod tests {
             });
             self.ids = ids;
             self.cohorts.extend(changes.new_cohorts);
+            self.windows.extend(changes.new_windows);
             for p in changes.participants {
                 match self.people.iter_mut().find(|x| x.id == p.id) {
                     Some(slot) => *slot = p,
@@ -997,6 +1240,12 @@ mod tests {
                 view(&self.cohorts),
                 "deltas disagree with a recount"
             );
+            // No entry of a backfilled cohort ever holds more than it formed with.
+            for w in self.recounted_windows() {
+                for seat in &w.seats {
+                    assert!(seat.held <= seat.formed, "{w:?}");
+                }
+            }
             changes.answers
         }
 
@@ -1426,6 +1675,7 @@ mod tests {
             }],
             subjects: vec![person("p")],
             expired: Vec::new(),
+            backfill: Vec::new(),
         };
         let study = Study {
             routing: Some(&lab.routing),
@@ -1448,6 +1698,199 @@ mod tests {
         assert_eq!(p.wait_seq, i64::MAX);
         let old = changes.participants.iter().find(|x| x.id == "old").unwrap();
         assert_eq!(old.status, ParticipantStatus::TimedOut);
+    }
+
+    /// Mixed Group (two high, two low) without a target, with backfill.
+    fn backfilled(extra: Value) -> Value {
+        let mut doc = study();
+        doc["routing"]["groups"][1]["backfill_seconds"] = json!(300);
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                doc["routing"]["groups"][1][k] = v;
+            }
+        }
+        doc
+    }
+
+    /// Forms the Mixed Group from h1, h2 (score 8) and l1, l2 (score 2) at T0.
+    fn form_mixed(lab: &mut Lab) -> String {
+        for (id, score) in [("h1", 8), ("h2", 8), ("l1", 2), ("l2", 2)] {
+            lab.arrive(id, score);
+        }
+        let cohort = person(lab, "h1").cohort_id.clone().unwrap();
+        for id in ["h1", "h2", "l1", "l2"] {
+            assert_eq!(person(lab, id).cohort_id.as_deref(), Some(cohort.as_str()));
+        }
+        cohort
+    }
+
+    fn members(lab: &Lab, cohort: &str) -> Vec<(String, ParticipantStatus, String)> {
+        let mut m: Vec<_> = lab
+            .people
+            .iter()
+            .filter(|p| p.cohort_id.as_deref() == Some(cohort))
+            .map(|p| (p.id.clone(), p.status, p.entry.clone().unwrap_or_default()))
+            .collect();
+        m.sort_by(|a, b| a.0.cmp(&b.0));
+        m
+    }
+
+    #[test]
+    fn a_freed_seat_goes_to_the_oldest_live_waiting_participant_of_its_entry() {
+        let mut lab = Lab::new(backfilled(json!({"accept_timeout_seconds": 60})));
+        let cohort = form_mixed(&mut lab);
+        assert_eq!(lab.windows.len(), 1);
+        assert_eq!(
+            lab.windows[0].until,
+            T0 + time::Duration::seconds(300),
+            "the window runs from the formation"
+        );
+        // Two highs wait (a group needs two lows too), and one in no entry.
+        lab.now = T0 + time::Duration::seconds(5);
+        lab.arrive("h3", 8);
+        lab.arrive("mid", 6);
+        lab.arrive("h4", 7);
+        // A low seat frees: no low waits, so nobody takes it (the highs sit
+        // in the other entry, the middle one in none).
+        lab.call("l1", Operation::Decline).unwrap();
+        assert_eq!(person(&lab, "h3").status, ParticipantStatus::Waiting);
+        assert_eq!(person(&lab, "mid").status, ParticipantStatus::Waiting);
+        // A high seat frees: the oldest waiting high takes it, pending as the
+        // group says, with the group's acceptance deadline.
+        lab.now = T0 + time::Duration::seconds(10);
+        lab.call("h1", Operation::Drop(None)).unwrap();
+        let h3 = person(&lab, "h3");
+        assert_eq!(
+            (
+                h3.status,
+                h3.cohort_id.as_deref(),
+                h3.group.as_deref(),
+                h3.entry.as_deref()
+            ),
+            (
+                ParticipantStatus::Pending,
+                Some(cohort.as_str()),
+                Some("Mixed Group"),
+                Some("high")
+            )
+        );
+        assert_eq!(h3.accept_by, Some(T0 + time::Duration::seconds(70)));
+        let event = lab.events.last().unwrap();
+        assert_eq!(
+            (
+                event.participant_id.as_str(),
+                event.reason,
+                event.previous,
+                event.cohort_id.as_deref()
+            ),
+            (
+                "h3",
+                RoutingReason::Backfilled,
+                Some(ParticipantStatus::Waiting),
+                Some(cohort.as_str())
+            )
+        );
+        assert_eq!(person(&lab, "h4").status, ParticipantStatus::Waiting);
+        // An arrival that fits the open low seat takes it before any new group forms.
+        let l3 = lab.arrive("l3", 1);
+        assert_eq!(
+            (l3.status, l3.cohort_id.as_deref(), l3.entry.as_deref()),
+            (
+                ParticipantStatus::Pending,
+                Some(cohort.as_str()),
+                Some("low")
+            )
+        );
+        assert_eq!(
+            members(&lab, &cohort),
+            vec![
+                ("h2".into(), ParticipantStatus::Pending, "high".into()),
+                ("h3".into(), ParticipantStatus::Pending, "high".into()),
+                ("l2".into(), ParticipantStatus::Pending, "low".into()),
+                ("l3".into(), ParticipantStatus::Pending, "low".into()),
+            ]
+        );
+        let c = lab.cohorts.iter().find(|c| c.id == cohort).unwrap();
+        assert_eq!((c.pending, c.assigned), (4, 0));
+    }
+
+    #[test]
+    fn an_acceptance_timeout_is_backfilled_in_the_same_sweep_and_a_silent_participant_is_skipped() {
+        let mut doc = backfilled(json!({"accept_timeout_seconds": 10}));
+        doc["routing"]["liveness_timeout_seconds"] = json!(30);
+        doc["routing"]["wait_timeout_seconds"] = json!(600);
+        let mut lab = Lab::new(doc);
+        let cohort = form_mixed(&mut lab);
+        for id in ["h1", "h2", "l1"] {
+            lab.call(id, Operation::Accept).unwrap();
+        }
+        lab.arrive("quiet", 1);
+        lab.now = T0 + time::Duration::seconds(5);
+        lab.arrive("loud", 1);
+        // At the deadline quiet is not live (heard from 40 s ago), loud is.
+        lab.now = T0 + time::Duration::seconds(40);
+        seen(&mut lab, "loud", T0 + time::Duration::seconds(40));
+        lab.call("", Operation::Sweep).ok();
+        assert_eq!(person(&lab, "l2").status, ParticipantStatus::Declined);
+        let loud = person(&lab, "loud");
+        assert_eq!(
+            (loud.status, loud.cohort_id.as_deref()),
+            (ParticipantStatus::Pending, Some(cohort.as_str()))
+        );
+        assert_eq!(loud.accept_by, Some(T0 + time::Duration::seconds(50)));
+        assert_eq!(person(&lab, "quiet").status, ParticipantStatus::Waiting);
+    }
+
+    #[test]
+    fn without_acceptance_the_backfilled_one_is_assigned() {
+        let mut doc = backfilled(json!({}));
+        doc["routing"]["groups"][1]["require_acceptance"] = json!(false);
+        let mut lab = Lab::new(doc);
+        let cohort = form_mixed(&mut lab);
+        lab.arrive("l3", 3);
+        assert_eq!(person(&lab, "l3").status, ParticipantStatus::Waiting);
+        lab.call("l2", Operation::Drop(Some("left".into())))
+            .unwrap();
+        let l3 = person(&lab, "l3");
+        assert_eq!(
+            (l3.status, l3.cohort_id.as_deref()),
+            (ParticipantStatus::Assigned, Some(cohort.as_str()))
+        );
+        let c = lab.cohorts.iter().find(|c| c.id == cohort).unwrap();
+        assert_eq!(c.assigned, 4);
+    }
+
+    #[test]
+    fn a_seat_freed_after_the_window_is_not_refilled() {
+        let mut lab = Lab::new(backfilled(json!({})));
+        lab.now = T0;
+        let cohort = form_mixed(&mut lab);
+        lab.now = T0 + time::Duration::seconds(299);
+        lab.arrive("l3", 1);
+        lab.arrive("l4", 1);
+        lab.call("l1", Operation::Decline).unwrap();
+        assert_eq!(
+            person(&lab, "l3").cohort_id.as_deref(),
+            Some(cohort.as_str())
+        );
+        // The window ends 300 s after the formation (exclusive).
+        lab.now = T0 + time::Duration::seconds(300);
+        lab.call("l2", Operation::Decline).unwrap();
+        assert_eq!(person(&lab, "l4").status, ParticipantStatus::Waiting);
+        assert!(!lab
+            .events
+            .iter()
+            .any(|e| e.participant_id == "l4" && e.reason == RoutingReason::Backfilled));
+    }
+
+    #[test]
+    fn a_group_without_backfill_leaves_freed_seats_empty() {
+        let mut lab = Lab::new(study());
+        form_mixed(&mut lab);
+        assert!(lab.windows.is_empty());
+        lab.arrive("l3", 1);
+        lab.call("l1", Operation::Decline).unwrap();
+        assert_eq!(person(&lab, "l3").status, ParticipantStatus::Waiting);
     }
 
     use proptest::prelude::*;
@@ -1475,9 +1918,11 @@ mod tests {
             scores in prop::collection::vec(0i64..11, 12),
             ops in prop::collection::vec(op_strategy(), 1..40),
             cuts in prop::collection::vec(1usize..6, 40),
+            backfill in any::<bool>(),
         ) {
-            let mut one = Lab::new(study());
-            let mut many = Lab::new(study());
+            let doc = if backfill { backfilled(json!({})) } else { study() };
+            let mut one = Lab::new(doc.clone());
+            let mut many = Lab::new(doc);
             for (i, score) in scores.iter().enumerate() {
                 one.register(&format!("p{i}"), json!({"score": score}));
                 many.register(&format!("p{i}"), json!({"score": score}));

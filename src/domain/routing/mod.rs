@@ -46,7 +46,7 @@ pub struct VariableDef {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({
     "groups": [{"name": "High Scorers", "target_cohort": "arm-pro-ai", "require_acceptance": false,
-                "accept_timeout_seconds": null,
+                "accept_timeout_seconds": null, "backfill_seconds": null,
                 "composition": [{"id": "high", "condition": {"score": {"$gte": 7}}, "min_count": 1, "max_count": 5}]}],
     "balance": false, "wait_timeout_seconds": 600, "liveness_timeout_seconds": 30, "fallback_cohort": null
 }))]
@@ -123,6 +123,13 @@ pub struct GroupDef {
     /// 31536000) becomes `declined` (reason `accept_timeout`); null: no limit.
     #[schema(required = true)]
     pub accept_timeout_seconds: Option<u64>,
+    /// For this many seconds (1 to 31536000) after one of the group's
+    /// cohorts forms, a seat freed in it (decline, acceptance timeout, drop)
+    /// is offered to the live waiting participants of that seat's
+    /// composition entry, oldest first. Only for a group without a
+    /// `target_cohort`; null: freed seats stay empty.
+    #[schema(required = true)]
+    pub backfill_seconds: Option<u64>,
     pub composition: Vec<EntryDef>,
 }
 
@@ -331,6 +338,7 @@ pub fn parse_routing(
                 "target_cohort",
                 "require_acceptance",
                 "accept_timeout_seconds",
+                "backfill_seconds",
                 "composition",
             ],
             &gat,
@@ -349,6 +357,13 @@ pub fn parse_routing(
         }
         let require_acceptance = boolean(g, "require_acceptance", &gat, false, problems);
         let accept_timeout_seconds = seconds(g, "accept_timeout_seconds", &gat, problems);
+        let backfill_seconds = seconds(g, "backfill_seconds", &gat, problems);
+        if backfill_seconds.is_some() && target_cohort.is_some() {
+            problems.push(Problem::new(
+                pointer(&gat, "backfill_seconds"),
+                "only a group without a target_cohort can backfill (its cohorts are the ones it forms)",
+            ));
+        }
         let cat = pointer(&gat, "composition");
         let mut composition: Vec<EntryDef> = Vec::new();
         for (eat, e) in objects(g.get("composition"), &cat, "a composition entry", problems) {
@@ -417,6 +432,7 @@ pub fn parse_routing(
             target_cohort,
             require_acceptance,
             accept_timeout_seconds,
+            backfill_seconds,
             composition,
         });
     }
@@ -578,6 +594,38 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn backfill_is_a_duration_for_a_group_without_a_target() {
+        let doc = |target: Value, backfill: Value| {
+            json!({"cohorts": [{"alias": "a"}], "routing": {"groups": [
+                {"name": "g", "target_cohort": target, "backfill_seconds": backfill,
+                 "composition": [{"id": "e", "min_count": 1, "max_count": 1}]}]}})
+        };
+        let (_, _, routing) = parse(doc(Value::Null, json!(300))).unwrap();
+        assert_eq!(routing.unwrap().groups[0].backfill_seconds, Some(300));
+        let (_, _, routing) = parse(doc(Value::Null, Value::Null)).unwrap();
+        assert_eq!(routing.unwrap().groups[0].backfill_seconds, None);
+        let (_, _, routing) = parse(doc(json!("a"), Value::Null)).unwrap();
+        assert_eq!(routing.unwrap().groups[0].backfill_seconds, None);
+        for bad in [
+            json!(0),
+            json!(1.5),
+            json!("30"),
+            json!(31_536_001),
+            json!(-1),
+        ] {
+            assert_eq!(
+                parse(doc(Value::Null, bad.clone())).unwrap_err(),
+                vec!["/routing/groups/0/backfill_seconds"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse(doc(json!("a"), json!(300))).unwrap_err(),
+            vec!["/routing/groups/0/backfill_seconds"]
+        );
     }
 
     #[test]

@@ -328,6 +328,13 @@ pub struct GroupInput {
     /// becomes `declined` (reason `accept_timeout`); null: no limit.
     #[schema(minimum = 1, maximum = 31536000)]
     pub accept_timeout_seconds: Option<u64>,
+    /// Only without a `target_cohort` (422 otherwise): for this many seconds
+    /// after one of the group's cohorts forms, a seat freed in it (decline,
+    /// acceptance timeout, drop) is offered to the live waiting participants
+    /// of that seat's entry, oldest first (reason `backfilled`); null: no
+    /// backfill.
+    #[schema(minimum = 1, maximum = 31536000)]
+    pub backfill_seconds: Option<u64>,
     /// At least one entry; ids unique within the group.
     #[schema(min_items = 1)]
     pub composition: Vec<EntryInput>,
