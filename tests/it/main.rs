@@ -10,6 +10,7 @@ mod invariants;
 
 mod assign;
 mod auth;
+mod backfill;
 mod binary;
 mod catch_up;
 mod cli;
