@@ -267,8 +267,8 @@ pub struct State {
     /// How many cohorts each group without a target has created so far.
     pub group_cohorts: HashMap<String, u32>,
     /// Waiting participants, oldest first: all of them when the operation
-    /// can form groups ([`Operation::forms_groups`]), else at least every
-    /// overdue one.
+    /// can form groups ([`Operation::forms_groups`]) or a backfill window is
+    /// open (`backfill` is not empty), else at least every overdue one.
     pub waiting: Vec<Participant>,
     /// The participants the calls are about, those that exist.
     pub subjects: Vec<Participant>,
