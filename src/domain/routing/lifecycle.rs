@@ -1884,6 +1884,37 @@ mod tests {
     }
 
     #[test]
+    fn a_member_moved_out_frees_its_seat_and_one_moved_in_takes_none() {
+        let mut lab = Lab::new(backfilled(json!({})));
+        let cohort = form_mixed(&mut lab);
+        lab.arrive("h3", 8);
+        lab.call("h1", Operation::Move("def-arm-pro-ai".into()))
+            .unwrap();
+        let h3 = person(&lab, "h3");
+        assert_eq!(
+            (h3.status, h3.cohort_id.as_deref(), h3.entry.as_deref()),
+            (
+                ParticipantStatus::Pending,
+                Some(cohort.as_str()),
+                Some("high")
+            )
+        );
+        // Someone moved in by hand holds no entry's seat: the seats stay
+        // as formed, and a freed one is still refilled.
+        lab.register("by-hand", json!({"score": 1}));
+        lab.call("by-hand", Operation::Move(cohort.clone()))
+            .unwrap();
+        lab.arrive("l3", 1);
+        assert_eq!(person(&lab, "l3").status, ParticipantStatus::Waiting);
+        lab.call("l1", Operation::Decline).unwrap();
+        assert_eq!(
+            person(&lab, "l3").cohort_id.as_deref(),
+            Some(cohort.as_str())
+        );
+        assert_eq!(members(&lab, &cohort).len(), 5);
+    }
+
+    #[test]
     fn a_group_without_backfill_leaves_freed_seats_empty() {
         let mut lab = Lab::new(study());
         form_mixed(&mut lab);
