@@ -4,11 +4,14 @@
 //! freed it (a decline, a drop, the sweeper's acceptance timeout) or in the
 //! next matching pass, before new groups form.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::helpers::{self, Backend, TestApp};
+use crate::helpers::{self, Backend, TestApp, TestStore};
 use crate::{on_both_stores, start};
 
 const E: &str = "/v1/experiments/backfill";
@@ -313,7 +316,110 @@ async fn backfill_is_refused_on_a_group_with_a_target(backend: Backend) {
     assert_eq!(stored["routing"]["groups"][0]["backfill_seconds"], 600);
 }
 
+/// Seats freed and arrivals at once through two replicas: no entry of a
+/// cohort ever holds more than it formed with, nobody is in two cohorts, the
+/// member counts agree with the members, and afterwards no waiting
+/// participant fits an open seat or a ready group.
+async fn declines_and_arrivals_racing_through_two_replicas_never_overfill_a_seat(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let a = Arc::new(TestApp::spawn(&store).await);
+    let b = Arc::new(TestApp::spawn(&store).await);
+    let mut doc = study(json!({"require_acceptance": true}));
+    for entry in 0..2 {
+        doc["routing"]["groups"][0]["composition"][entry]["min_count"] = json!(2);
+        doc["routing"]["groups"][0]["composition"][entry]["max_count"] = json!(2);
+    }
+    a.put(E, doc).await.expect(201);
+    b.get(E).await.expect(200);
+    let score = |id: &str| if id.starts_with('h') { 8 } else { 2 };
+    // Two groups formed through A.
+    for id in ["h0", "l0", "h1", "l1", "h2", "l2", "h3", "l3"] {
+        arrive(&a, id, score(id)).await;
+    }
+    // Then at once: four leave (declines and drops), twelve arrive.
+    let mut tasks = Vec::new();
+    for (n, id) in ["h0", "l1", "h2", "l3"].into_iter().enumerate() {
+        let app = Arc::clone(if n % 2 == 0 { &a } else { &b });
+        let action = if n < 2 { "decline" } else { "drop" };
+        tasks.push(tokio::spawn(async move {
+            app.post(&format!("{P}/{id}/{action}"), json!({}))
+                .await
+                .expect(200);
+        }));
+    }
+    for n in 0..12 {
+        let app = Arc::clone(if n % 2 == 0 { &b } else { &a });
+        let id = format!("{}{}", if n % 3 == 0 { 'l' } else { 'h' }, n + 10);
+        tasks.push(tokio::spawn(async move {
+            let s = if id.starts_with('h') { 8 } else { 2 };
+            arrive(&app, &id, s).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let people: Vec<Value> = a.get(&format!("{P}?limit=1000")).await.expect(200).body
+        ["participants"]
+        .as_array()
+        .cloned()
+        .unwrap();
+    assert_eq!(people.len(), 20);
+    let seated =
+        |p: &&Value| ["pending", "assigned", "completed"].contains(&p["status"].as_str().unwrap());
+    let cohorts = a.get(&format!("{E}/cohorts")).await.expect(200).body;
+    let cohorts = cohorts.as_array().unwrap();
+    // (A third group may form from arrivals that came before the seats freed.)
+    assert!(cohorts.len() >= 2);
+    let waiting = |kind: char| {
+        people
+            .iter()
+            .filter(|p| p["status"] == "waiting")
+            .filter(|p| p["participant_id"].as_str().unwrap().starts_with(kind))
+            .count()
+    };
+    for c in cohorts {
+        let members: Vec<&Value> = people
+            .iter()
+            .filter(seated)
+            .filter(|p| p["cohort"]["id"] == c["id"])
+            .collect();
+        let mut by_status: HashMap<&str, i64> = HashMap::new();
+        let mut by_entry: HashMap<&str, usize> = HashMap::new();
+        for m in &members {
+            *by_status.entry(m["status"].as_str().unwrap()).or_default() += 1;
+            *by_entry.entry(m["entry"].as_str().unwrap()).or_default() += 1;
+        }
+        for status in ["assigned", "pending", "completed"] {
+            assert_eq!(
+                c["members"][status].as_i64().unwrap(),
+                by_status.get(status).copied().unwrap_or(0),
+                "{c}"
+            );
+        }
+        for (entry, kind) in [("high", 'h'), ("low", 'l')] {
+            let held = by_entry.get(entry).copied().unwrap_or(0);
+            assert!(held <= 2, "{entry} overfilled in {c}");
+            assert!(
+                held == 2 || waiting(kind) == 0,
+                "an open {entry} seat in {c} while one waits"
+            );
+        }
+    }
+    assert!(
+        waiting('h') < 2 || waiting('l') < 2,
+        "a ready group was left waiting"
+    );
+    // Nobody in a cohort without holding a seat, nobody seated without one.
+    for p in &people {
+        assert_eq!(seated(&p), p["cohort"].is_object(), "{p}");
+    }
+}
+
 on_both_stores!(
+    declines_and_arrivals_racing_through_two_replicas_never_overfill_a_seat,
     a_freed_seat_goes_to_the_oldest_waiting_participant_of_its_entry,
     without_acceptance_a_dropped_seat_is_refilled_as_assigned,
     the_sweepers_acceptance_timeout_is_backfilled,
