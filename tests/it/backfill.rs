@@ -338,6 +338,10 @@ async fn declines_and_arrivals_racing_through_two_replicas_never_overfill_a_seat
     for id in ["h0", "l0", "h1", "l1", "h2", "l2", "h3", "l3"] {
         arrive(&a, id, score(id)).await;
     }
+    // Highs wait (no lows to go with them).
+    for id in ["h7", "h8", "h9"] {
+        assert_eq!(arrive(&b, id, 8).await["status"], "waiting");
+    }
     // Then at once: four leave (declines and drops), twelve arrive.
     let mut tasks = Vec::new();
     for (n, id) in ["h0", "l1", "h2", "l3"].into_iter().enumerate() {
@@ -366,7 +370,7 @@ async fn declines_and_arrivals_racing_through_two_replicas_never_overfill_a_seat
         .as_array()
         .cloned()
         .unwrap();
-    assert_eq!(people.len(), 20);
+    assert_eq!(people.len(), 23);
     let seated =
         |p: &&Value| ["pending", "assigned", "completed"].contains(&p["status"].as_str().unwrap());
     let cohorts = a.get(&format!("{E}/cohorts")).await.expect(200).body;
