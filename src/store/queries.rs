@@ -139,7 +139,12 @@ async fn read_backfill_windows(
     now: OffsetDateTime,
 ) -> Result<Vec<BackfillWindow>, StoreError> {
     let rows: Vec<(String, Option<String>, OffsetDateTime, String, i64, i64)> = sqlx::query_as(
-        "SELECT c.id, c.group_name, c.backfill_until, s.entry, s.seats,          (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.entry = s.entry           AND p.status IN ('assigned', 'pending', 'completed'))          FROM cohorts c JOIN cohort_seats s ON s.cohort_id = c.id          WHERE c.experiment_id = $1 AND c.backfill_until IS NOT NULL AND c.backfill_until > $2          ORDER BY c.created_seq, s.position",
+        "SELECT c.id, c.group_name, c.backfill_until, s.entry, s.seats, \
+         (SELECT COUNT(*) FROM participants p WHERE p.cohort_id = c.id AND p.entry = s.entry \
+          AND p.status IN ('assigned', 'pending', 'completed')) \
+         FROM cohorts c JOIN cohort_seats s ON s.cohort_id = c.id \
+         WHERE c.experiment_id = $1 AND c.backfill_until IS NOT NULL AND c.backfill_until > $2 \
+         ORDER BY c.created_seq, s.position",
     )
     .bind(experiment_id)
     .bind(now)
@@ -1495,7 +1500,7 @@ impl Store for Backend {
             waiting,
             subjects,
             expired,
-            backfill,
+            backfill_windows: backfill,
         };
         let changes = match planner(version, state) {
             Ok(changes) => changes,

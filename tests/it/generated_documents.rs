@@ -573,7 +573,7 @@ fn plan_routing(
             .into_iter()
             .collect(),
         expired: Vec::new(),
-        backfill: Vec::new(),
+        backfill_windows: Vec::new(),
     };
     let study = Study {
         routing: Some(routing),

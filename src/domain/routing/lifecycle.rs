@@ -268,7 +268,7 @@ pub struct State {
     pub group_cohorts: HashMap<String, u32>,
     /// Waiting participants, oldest first: all of them when the operation
     /// can form groups ([`Operation::forms_groups`]) or a backfill window is
-    /// open (`backfill` is not empty), else at least every overdue one.
+    /// open (`backfill_windows` is not empty), else at least every overdue one.
     pub waiting: Vec<Participant>,
     /// The participants the calls are about, those that exist.
     pub subjects: Vec<Participant>,
@@ -280,7 +280,7 @@ pub struct State {
     /// whatever the operation (any call may free a seat, an acceptance
     /// timeout included). While there is one, `waiting` holds the whole
     /// pool, the candidates for its open seats.
-    pub backfill: Vec<BackfillWindow>,
+    pub backfill_windows: Vec<BackfillWindow>,
 }
 
 /// Most calls planned in one transaction; `wait_seq` leaves room for them.
@@ -607,7 +607,7 @@ pub fn plan(
         waiting,
         subjects,
         expired,
-        backfill,
+        backfill_windows,
     } = state;
     let mut work = Work {
         study,
@@ -618,7 +618,7 @@ pub fn plan(
         changed: Vec::new(),
         events: Vec::new(),
         deltas: Vec::new(),
-        windows: backfill,
+        windows: backfill_windows,
         new_windows: Vec::new(),
         new_id,
     };
@@ -1168,7 +1168,7 @@ mod tests {
                     late.sort_by_key(|p| p.accept_by);
                     late
                 },
-                backfill: self.open_windows(),
+                backfill_windows: self.open_windows(),
             };
             let study = Study {
                 routing: Some(&self.routing),
@@ -1675,7 +1675,7 @@ mod tests {
             }],
             subjects: vec![person("p")],
             expired: Vec::new(),
-            backfill: Vec::new(),
+            backfill_windows: Vec::new(),
         };
         let study = Study {
             routing: Some(&lab.routing),
