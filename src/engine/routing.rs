@@ -1,6 +1,7 @@
 //! Participant routing (§5): register, route, accept, decline, complete,
 //! drop, move, heartbeat, read, the experimenter's listing, cohort views,
-//! the audit log, and the timeout sweeper (wait and acceptance timeouts).
+//! the audit log, and the timeout sweeper (wait and acceptance timeouts, and
+//! the backfill of the seats they free).
 //!
 //! Liveness: every participant call records that the participant was heard
 //! from (`Store::touch`, outside the routing lock). A waiting participant
