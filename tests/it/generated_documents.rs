@@ -573,6 +573,8 @@ fn plan_routing(
             .into_iter()
             .collect(),
         expired: Vec::new(),
+        stale: Vec::new(),
+        reslot_all: true,
     };
     let study = Study {
         routing: Some(routing),
