@@ -25,6 +25,7 @@ mod long_poll;
 mod observability;
 mod openapi;
 mod operations;
+mod pool;
 mod readme;
 mod replica_races;
 mod replicas;
