@@ -5,11 +5,13 @@
 #
 #   bash bench/routing.sh                # 3000 participants, 32 clients
 #   PARTICIPANTS=10000 CLIENTS=64 bash bench/routing.sh
+#   PRELOAD=4000 CLIENTS=1 PARTICIPANTS=1000 bash bench/routing.sh   # against a large idle pool
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PARTICIPANTS=${PARTICIPANTS:-3000}
 CLIENTS=${CLIENTS:-32}
+PRELOAD=${PRELOAD:-0}
 PG=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 ADDR=127.0.0.1:18183
 
@@ -26,4 +28,4 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); PostgreSQL $(psql "$PG" -Atc 'SHOW server_version')"
-./target/release/examples/route_load "http://$ADDR" "$PARTICIPANTS" "$CLIENTS"
+./target/release/examples/route_load "http://$ADDR" "$PARTICIPANTS" "$CLIENTS" "$PRELOAD"

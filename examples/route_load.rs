@@ -3,8 +3,13 @@
 //! calls per second and latencies (all calls, and the calls that formed a
 //! group: the time from the last member's arrival to its group's formation).
 //!
-//! `cargo run --release --example route_load -- http://127.0.0.1:18183 3000 32`
+//! `cargo run --release --example route_load -- http://127.0.0.1:18183 3000 32 [preload]`
 //! Only ever point it at a server on this machine.
+//!
+//! Scores cycle through ten values, one of which (6) fits no group: one
+//! participant in ten is unmatchable and waits. `preload` participants who
+//! fit no group are routed first, untimed, to measure a route against a
+//! large waiting pool.
 
 // A tool, not the service: a failure stops it with the message given.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -22,6 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "http://127.0.0.1:18183".into());
     let total: usize = args.next().map_or(Ok(3000), |s| s.parse())?;
     let clients: usize = args.next().map_or(Ok(32), |s| s.parse())?;
+    let preload: usize = args.next().map_or(Ok(0), |s| s.parse())?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()?;
@@ -49,6 +55,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let base = Arc::new(format!("{base}/v1/experiments/{key}/participants"));
+    let mut loaders = Vec::new();
+    for c in 0..clients.min(preload.max(1)) {
+        let (client, base) = (client.clone(), Arc::clone(&base));
+        loaders.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < preload {
+                let url = format!("{base}/idle{i}");
+                let ok = client
+                    .put(&url)
+                    .json(&json!({"attributes": {"score": 6}}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                    && client
+                        .post(format!("{url}/route"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                assert!(ok, "preloading participant {i} failed");
+                i += clients;
+            }
+        }));
+    }
+    for l in loaders {
+        l.await?;
+    }
+    if preload > 0 {
+        println!("preloaded {preload} waiting participants who fit no group");
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -60,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut i = c;
             while i < total {
                 let id = format!("p{i}");
-                let score = [10, 8, 2, 6, 7, 1, 9, 3][i % 8];
+                let score = [10, 8, 2, 6, 7, 1, 9, 3, 8, 2][i % 10];
                 let url = format!("{base}/{id}");
                 let ok = client
                     .put(&url)

@@ -31,8 +31,11 @@ use crate::domain::ids::ParticipantId;
 use crate::domain::routing::lifecycle::{
     self, Cohort, Operation, Participant, ParticipantStatus, Refusal, Study,
 };
+use crate::domain::routing::pool::{entry_reads, EntryRead};
 use crate::domain::routing::{is_live, resolve_variables};
-use crate::store::{EventRecord, RouteOutcome, RouteScope, Routed, StaleConfig, StoreError};
+use crate::store::{
+    EventRecord, RouteOutcome, RoutePlanner, RouteScope, Routed, StaleConfig, StoreError,
+};
 
 /// How many times a call re-plans after finding its configuration stale.
 const PLAN_ATTEMPTS: usize = 3;
@@ -119,6 +122,55 @@ fn with_cohort(p: Participant, cohorts: &[Cohort], experiment: &Experiment) -> R
     }
 }
 
+/// Plans a batch of routing calls against the configuration of one version
+/// (see [`crate::store::RoutePlanner`]).
+struct Planner<'a> {
+    version: i64,
+    experiment: &'a Experiment,
+    calls: &'a [(String, Operation)],
+}
+
+impl Planner<'_> {
+    fn check(&self, version: i64) -> Result<(), StaleConfig> {
+        if version == self.version {
+            Ok(())
+        } else {
+            Err(StaleConfig)
+        }
+    }
+}
+
+impl RoutePlanner for Planner<'_> {
+    fn pool(
+        &self,
+        version: i64,
+        subjects: &[Participant],
+        stale: &[Participant],
+    ) -> Result<Vec<EntryRead>, StaleConfig> {
+        self.check(version)?;
+        let Some(routing) = self.experiment.routing.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let arrivals = lifecycle::arrivals(self.calls, subjects, stale);
+        Ok(entry_reads(routing, &arrivals))
+    }
+
+    fn plan(
+        &self,
+        version: i64,
+        state: lifecycle::State,
+    ) -> Result<lifecycle::Changes, StaleConfig> {
+        self.check(version)?;
+        let study = Study {
+            routing: self.experiment.routing.as_ref(),
+            cohorts: &self.experiment.config.cohorts,
+        };
+        Ok(lifecycle::plan(&study, state, self.calls, &mut || {
+            uuid::Uuid::new_v4().to_string()
+        }))
+    }
+}
+
 fn no_participant(id: &str) -> EngineError {
     Missing::Participant(id.to_owned()).into()
 }
@@ -152,12 +204,11 @@ impl Engine {
                 let Ok(experiment) = &entry.experiment else {
                     return Err(EngineError::invariant("checked above"));
                 };
+                let routing = experiment.routing.as_ref();
                 let scope = RouteScope {
-                    full_pool: calls.iter().any(|(_, op)| op.forms_groups()),
-                    wait_timeout_seconds: experiment
-                        .routing
-                        .as_ref()
-                        .and_then(|r| r.config.wait_timeout_seconds),
+                    wait_timeout_seconds: routing.and_then(|r| r.config.wait_timeout_seconds),
+                    liveness_timeout_seconds: routing
+                        .and_then(|r| r.config.liveness_timeout_seconds),
                     cohort_ids: calls
                         .iter()
                         .filter_map(|(_, op)| match op {
@@ -166,17 +217,10 @@ impl Engine {
                         })
                         .collect(),
                 };
-                let planner = |version: i64, state: lifecycle::State| {
-                    if version != entry.version {
-                        return Err(StaleConfig);
-                    }
-                    let study = Study {
-                        routing: experiment.routing.as_ref(),
-                        cohorts: &experiment.config.cohorts,
-                    };
-                    Ok(lifecycle::plan(&study, state, calls, &mut || {
-                        uuid::Uuid::new_v4().to_string()
-                    }))
+                let planner = Planner {
+                    version: entry.version,
+                    experiment,
+                    calls,
                 };
                 self.store.route(&entry.id, &ids, scope, &planner).await
             };

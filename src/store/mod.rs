@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 
 use crate::domain::precondition::Precondition;
 use crate::domain::routing::lifecycle::{Changes, Cohort, Participant, State};
+use crate::domain::routing::pool::EntryRead;
 use crate::domain::routing::CohortDef;
 
 pub use postgres::PgStore;
@@ -419,8 +420,20 @@ pub type Planner<'a, R, T> = &'a (dyn Fn(Option<&R>) -> Plan<T> + Send + Sync);
 pub struct StaleConfig;
 
 /// Plans routing calls from the experiment's stored version and its routing
-/// state, read under the experiment's routing lock.
-pub type RoutePlanner<'a> = &'a (dyn Fn(i64, State) -> Result<Changes, StaleConfig> + Send + Sync);
+/// state, read under the experiment's routing lock, in two steps: which
+/// waiting participants to read, then the changes.
+pub trait RoutePlanner: Send + Sync {
+    /// The entries whose candidates the transaction must read
+    /// ([`crate::domain::routing::pool`]), given the participants the calls
+    /// are about and the waiting ones with stale slots.
+    fn pool(
+        &self,
+        version: i64,
+        subjects: &[Participant],
+        stale: &[Participant],
+    ) -> Result<Vec<EntryRead>, StaleConfig>;
+    fn plan(&self, version: i64, state: State) -> Result<Changes, StaleConfig>;
+}
 
 /// A routing call that was applied: the changes, and the cohorts it read
 /// (every aliased one and the subject's) plus those it created.
@@ -450,12 +463,14 @@ pub struct OverrideWritten {
 }
 
 /// What a routing transaction must read beyond the subject and the cohorts.
+/// The waiting pool is read as the planner's [`RoutePlanner::pool`] says
+/// (the whole pool only when the stored slots are for another version),
+/// with every overdue participant.
 #[derive(Debug, Clone)]
 pub struct RouteScope {
-    /// The whole waiting pool (for operations that can form groups);
-    /// otherwise only the participants overdue under the timeout.
-    pub full_pool: bool,
     pub wait_timeout_seconds: Option<u64>,
+    /// Candidates read for an entry are live ones only.
+    pub liveness_timeout_seconds: Option<u64>,
     /// Cohorts the calls name (a move's target), read with the others.
     pub cohort_ids: Vec<String>,
 }
@@ -645,7 +660,7 @@ pub trait Store: Send + Sync + 'static {
         experiment_id: &str,
         participant_ids: &[String],
         scope: RouteScope,
-        planner: RoutePlanner<'_>,
+        planner: &dyn RoutePlanner,
     ) -> Result<RouteOutcome, StoreError>;
     /// Registers a participant (status `new`) or replaces its attributes,
     /// without the routing lock. Returns it and whether it was created;

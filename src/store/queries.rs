@@ -1380,18 +1380,21 @@ impl Store for Backend {
         experiment_id: &str,
         participant_ids: &[String],
         scope: RouteScope,
-        planner: RoutePlanner<'_>,
+        planner: &dyn RoutePlanner,
     ) -> Result<crate::store::RouteOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The experiment row is the routing lock (see migration 0002).
-        let locked: Option<(i64, i64)> = sqlx::query_as(
+        let locked: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
             "UPDATE experiments SET routing_seq = routing_seq + 1 WHERE id = $1 AND deleted_at IS NULL \
-             RETURNING routing_seq, version",
+             RETURNING routing_seq, version, slots_version",
         )
         .bind(experiment_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let (seq, version) = locked.ok_or(StoreError::NotFound)?;
+        let (seq, version, slots_version) = locked.ok_or(StoreError::NotFound)?;
+        // Slots computed for another config version say nothing: read the
+        // whole pool and compute them all again.
+        let reslot_all = slots_version != Some(version);
         let now = now_micros();
 
         let mut subjects = Vec::new();
@@ -1447,38 +1450,23 @@ impl Store for Backend {
             .into_iter()
             .map(|(g, n)| (g.unwrap_or_default(), u32::try_from(n).unwrap_or(u32::MAX)))
             .collect();
-        // While a backfill window is open, any call may free a seat in it:
-        // the whole pool is read, its candidates.
-        let full_pool = scope.full_pool || !backfill.is_empty();
-        let cutoff = match (full_pool, scope.wait_timeout_seconds) {
-            (true, _) => None,
-            // A timeout too long to subtract makes nobody overdue.
-            (false, Some(t)) => Some(
-                crate::domain::routing::waiting_cutoff(Some(t), now)
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            ),
-            (false, None) => Some(OffsetDateTime::UNIX_EPOCH),
+        let waiting = read_pool(
+            &mut tx,
+            experiment_id,
+            &scope,
+            now,
+            reslot_all,
+            // While a backfill window is open any call may free a seat in
+            // it, and the whole pool holds its candidates.
+            !backfill.is_empty(),
+            version,
+            &subjects,
+            planner,
+        )
+        .await?;
+        let Some((waiting, stale)) = waiting else {
+            return Ok(crate::store::RouteOutcome::Stale);
         };
-        let waiting_rows: Vec<ParticipantRow> = match cutoff {
-            None => sqlx::query_as(&format!(
-                "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' ORDER BY wait_seq"
-            ))
-            .bind(experiment_id)
-            .fetch_all(&mut *tx)
-            .await?,
-            Some(cutoff) => sqlx::query_as(&format!(
-                "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' \
-                 AND waiting_since <= $2 ORDER BY wait_seq"
-            ))
-            .bind(experiment_id)
-            .bind(cutoff)
-            .fetch_all(&mut *tx)
-            .await?,
-        };
-        let waiting = waiting_rows
-            .into_iter()
-            .map(Participant::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
         // Pending past their acceptance deadline (on participants_accept_by).
         let expired_rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
             "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'pending' \
@@ -1501,8 +1489,10 @@ impl Store for Backend {
             subjects,
             expired,
             backfill_windows: backfill,
+            stale,
+            reslot_all,
         };
-        let changes = match planner(version, state) {
+        let changes = match planner.plan(version, state) {
             Ok(changes) => changes,
             Err(StaleConfig) => return Ok(crate::store::RouteOutcome::Stale),
         };
@@ -1582,6 +1572,7 @@ impl Store for Backend {
             });
             q.build().execute(&mut *tx).await?;
         }
+        write_slots(&mut tx, experiment_id, version, &changes).await?;
         tx.commit().await?;
         let mut all = cohorts;
         all.extend(changes.new_cohorts.iter().cloned());
@@ -1628,7 +1619,8 @@ impl Store for Backend {
         // Only the attributes change; routing transactions never write
         // them, so neither overwrites the other.
         let row: Option<ParticipantRow> = sqlx::query_as(&format!(
-            "UPDATE participants SET attributes = $3, updated_at = $4, last_seen = $4 \
+            "UPDATE participants SET attributes = $3, updated_at = $4, last_seen = $4, \
+             slots_stale = (status = 'waiting') \
              WHERE experiment_id = $1 AND participant_id = $2 AND EXISTS ({LIVE_EXPERIMENT}) \
              RETURNING {PARTICIPANT_COLUMNS}"
         ))
@@ -1877,4 +1869,228 @@ impl Store for Backend {
         }
         Ok(overdue)
     }
+}
+
+/// The waiting participants a routing transaction plans with
+/// ([`crate::domain::routing::pool`]), oldest first, and the ids of the stale
+/// ones among them; `None` when the planner finds its config stale.
+///
+/// The whole pool when `reslot_all` or `whole_pool` (a backfill window is
+/// open: its candidates); otherwise the waiting subjects, the
+/// waiting participants with stale slots, every overdue one, and the oldest
+/// live, not overdue candidates of each entry the planner asks for.
+#[allow(clippy::too_many_arguments)]
+async fn read_pool(
+    tx: &mut sqlx::Transaction<'_, Db>,
+    experiment_id: &str,
+    scope: &RouteScope,
+    now: OffsetDateTime,
+    reslot_all: bool,
+    whole_pool: bool,
+    version: i64,
+    subjects: &[Participant],
+    planner: &dyn RoutePlanner,
+) -> Result<Option<(Vec<Participant>, Vec<String>)>, StoreError> {
+    let decode = |rows: Vec<ParticipantRow>| {
+        rows.into_iter()
+            .map(Participant::try_from)
+            .collect::<Result<Vec<_>, _>>()
+    };
+    if reslot_all {
+        let rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' ORDER BY wait_seq"
+        ))
+        .bind(experiment_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        if planner.pool(version, subjects, &[]).is_err() {
+            return Ok(None);
+        }
+        return Ok(Some((decode(rows)?, Vec::new())));
+    }
+    let stale_rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
+        "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' \
+         AND slots_stale ORDER BY wait_seq"
+    ))
+    .bind(experiment_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let stale = decode(stale_rows)?;
+    let Ok(reads) = planner.pool(version, subjects, &stale) else {
+        return Ok(None);
+    };
+    if whole_pool {
+        let rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' ORDER BY wait_seq"
+        ))
+        .bind(experiment_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let stale_ids = stale.iter().map(|p| p.id.clone()).collect();
+        return Ok(Some((decode(rows)?, stale_ids)));
+    }
+    // A timeout too long to subtract makes nobody overdue (and nobody
+    // silent): the earliest time there is.
+    let cutoff = |seconds: Option<u64>| {
+        seconds.map(|t| {
+            crate::domain::routing::waiting_cutoff(Some(t), now)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        })
+    };
+    let overdue_cutoff = cutoff(scope.wait_timeout_seconds);
+    let live_cutoff = cutoff(scope.liveness_timeout_seconds);
+    let overdue_rows: Vec<ParticipantRow> = match overdue_cutoff {
+        Some(overdue) => {
+            sqlx::query_as(&format!(
+                "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' \
+                 AND waiting_since <= $2 ORDER BY wait_seq"
+            ))
+            .bind(experiment_id)
+            .bind(overdue)
+            .fetch_all(&mut **tx)
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let mut pool: BTreeMap<(i64, String), Participant> = BTreeMap::new();
+    let mut add = |p: Participant| {
+        pool.insert((p.wait_seq, p.id.clone()), p);
+    };
+    for p in subjects
+        .iter()
+        .filter(|p| p.status == ParticipantStatus::Waiting)
+    {
+        add(p.clone());
+    }
+    let stale_ids = stale.iter().map(|p| p.id.clone()).collect();
+    for p in stale {
+        add(p);
+    }
+    for p in decode(overdue_rows)? {
+        add(p);
+    }
+    let columns = PARTICIPANT_COLUMNS
+        .split(", ")
+        .map(|c| format!("p.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for read in reads {
+        // On participant_slots' primary key: the entry's rows in pool order,
+        // each joined to its participant to skip the silent and the overdue.
+        let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+            "SELECT {columns} FROM participant_slots s JOIN participants p \
+             ON p.experiment_id = s.experiment_id AND p.participant_id = s.participant_id \
+             WHERE s.experiment_id = "
+        ));
+        q.push_bind(experiment_id)
+            .push(" AND s.grp = ")
+            .push_bind(i64::try_from(read.slot.group).unwrap_or(i64::MAX))
+            .push(" AND s.entry = ")
+            .push_bind(i64::try_from(read.slot.entry).unwrap_or(i64::MAX))
+            .push(" AND p.status = 'waiting'");
+        if let Some(live) = live_cutoff {
+            q.push(" AND COALESCE(p.last_seen, p.updated_at) >= ")
+                .push_bind(live);
+        }
+        if let Some(overdue) = overdue_cutoff {
+            q.push(" AND p.waiting_since > ").push_bind(overdue);
+        }
+        q.push(" ORDER BY s.wait_seq");
+        if let Some(limit) = read.limit {
+            q.push(" LIMIT ")
+                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        let rows: Vec<ParticipantRow> = q.build_query_as().fetch_all(&mut **tx).await?;
+        for p in decode(rows)? {
+            add(p);
+        }
+    }
+    Ok(Some((pool.into_values().collect(), stale_ids)))
+}
+
+/// Keeps `participant_slots` in step with the pool: a participant that left
+/// it loses its slots, one (re)placed in it gets `slotted`'s; after a config
+/// change all are replaced and stamped with the version.
+async fn write_slots(
+    tx: &mut sqlx::Transaction<'_, Db>,
+    experiment_id: &str,
+    version: i64,
+    changes: &crate::domain::routing::lifecycle::Changes,
+) -> Result<(), StoreError> {
+    if changes.reslot_all {
+        sqlx::query("DELETE FROM participant_slots WHERE experiment_id = $1")
+            .bind(experiment_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE experiments SET slots_version = $2 WHERE id = $1")
+            .bind(experiment_id)
+            .bind(version)
+            .execute(&mut **tx)
+            .await?;
+    } else {
+        let gone: Vec<&str> = changes
+            .participants
+            .iter()
+            .map(|p| p.id.as_str())
+            .chain(changes.slotted.iter().map(|s| s.participant_id.as_str()))
+            .collect();
+        for chunk in gone.chunks(200) {
+            let mut q = sqlx::QueryBuilder::<Db>::new(
+                "DELETE FROM participant_slots WHERE experiment_id = ",
+            );
+            q.push_bind(experiment_id).push(" AND participant_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&mut **tx).await?;
+        }
+    }
+    let rows: Vec<(&str, i64, i64, i64)> = changes
+        .slotted
+        .iter()
+        .flat_map(|s| {
+            s.slots.iter().map(move |slot| {
+                (
+                    s.participant_id.as_str(),
+                    s.wait_seq,
+                    i64::try_from(slot.group).unwrap_or(i64::MAX),
+                    i64::try_from(slot.entry).unwrap_or(i64::MAX),
+                )
+            })
+        })
+        .collect();
+    for chunk in rows.chunks(200) {
+        let mut q = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO participant_slots (experiment_id, grp, entry, wait_seq, participant_id) ",
+        );
+        q.push_values(chunk, |mut row, (id, seq, group, entry)| {
+            row.push_bind(experiment_id)
+                .push_bind(*group)
+                .push_bind(*entry)
+                .push_bind(*seq)
+                .push_bind(*id);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    // Slotted on the attributes this transaction read.
+    let restamped: Vec<&str> = changes
+        .slotted
+        .iter()
+        .map(|s| s.participant_id.as_str())
+        .collect();
+    for chunk in restamped.chunks(200) {
+        let mut q = sqlx::QueryBuilder::<Db>::new(
+            "UPDATE participants SET slots_stale = FALSE WHERE slots_stale AND experiment_id = ",
+        );
+        q.push_bind(experiment_id).push(" AND participant_id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }

@@ -574,6 +574,8 @@ fn plan_routing(
             .collect(),
         expired: Vec::new(),
         backfill_windows: Vec::new(),
+        stale: Vec::new(),
+        reslot_all: true,
     };
     let study = Study {
         routing: Some(routing),

@@ -26,6 +26,7 @@ mod long_poll;
 mod observability;
 mod openapi;
 mod operations;
+mod pool;
 mod readme;
 mod replica_races;
 mod replicas;

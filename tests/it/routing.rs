@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{Backend, TestApp, TestStore};
+use crate::helpers::{self, Backend, TestApp, TestStore};
 use crate::invariants;
 use crate::{on_both_stores, start};
 
@@ -531,7 +531,173 @@ async fn cohort_changes_that_would_strand_members_are_refused(backend: Backend) 
     );
 }
 
+/// Every participant of the study through the experimenter's listing,
+/// which (unlike a participant's own read) is not a sign of life.
+async fn listed(app: &TestApp) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = match &after {
+            Some(a) => format!("{P}?limit=500&after={a}"),
+            None => format!("{P}?limit=500"),
+        };
+        let body = app.get(&page).await.expect(200).body;
+        all.extend(body["participants"].as_array().cloned().unwrap_or_default());
+        match body["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return all,
+        }
+    }
+}
+
+/// A burst with liveness on, through two servers: a quarter of the first
+/// wave closes its tabs after routing (never heard from again) while the
+/// others send heartbeats; once the silent ones are no longer live a second
+/// wave arrives. No silent participant is grouped after it stopped being
+/// live, none still waiting then is grouped at all, every invariant of the
+/// plain burst holds, and nothing formable is left among the live.
+async fn a_burst_with_liveness_never_groups_the_silent(backend: Backend) {
+    const LIVENESS: i64 = 3;
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let a = Arc::new(TestApp::spawn(&store).await);
+    let b = Arc::new(TestApp::spawn(&store).await);
+    let doc = json!({
+        "cohorts": [{"alias": "arm-pro-ai", "name": "Pro-AI", "capacity": 7}],
+        "routing": {"liveness_timeout_seconds": LIVENESS, "groups": [
+            {"name": "High Scorers", "target_cohort": "arm-pro-ai",
+             "composition": [{"id": "high", "condition": {"score": {"$gte": 9}}, "min_count": 1, "max_count": 3}]},
+            {"name": "Mixed Group", "require_acceptance": true,
+             "composition": [{"id": "high", "condition": {"score": {"$gte": 7}}, "min_count": 2, "max_count": 2},
+                             {"id": "low", "condition": {"score": {"$lt": 5}}, "min_count": 2, "max_count": 2}]}]}});
+    a.put("/v1/experiments/study", doc).await.expect(201);
+    b.engine.refresh().await.expect("refresh");
+    let quitter = |i: usize| i < 100 && i % 4 == 1;
+    let active: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The open tabs: a heartbeat for each every 300 ms, through either server.
+    let beating = {
+        let (a, b, active, stop) = (a.clone(), b.clone(), active.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(300));
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let ids = active.lock().unwrap().clone();
+                for id in ids {
+                    n += 1;
+                    let app = if n % 2 == 0 { &a } else { &b };
+                    app.post(&format!("{P}/{id}/heartbeat"), json!({}))
+                        .await
+                        .expect(200);
+                }
+            }
+        })
+    };
+    let wave = |from: usize, to: usize| {
+        let mut tasks = Vec::new();
+        for client in 0..16 {
+            let (a, b, active) = (a.clone(), b.clone(), active.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = from + client;
+                while i < to {
+                    let app = if i % 2 == 0 { &a } else { &b };
+                    let id = format!("p{i:03}");
+                    let score = invariants::SCORES[i % 8];
+                    app.put(
+                        &format!("{P}/{id}"),
+                        json!({"attributes": {"score": score}}),
+                    )
+                    .await
+                    .expect(201);
+                    app.post(&format!("{P}/{id}/route"), json!({}))
+                        .await
+                        .expect(200);
+                    if !quitter(i) {
+                        active.lock().unwrap().push(id);
+                    }
+                    i += 16;
+                }
+            }));
+        }
+        tasks
+    };
+    for t in wave(0, 100) {
+        t.await.expect("client");
+    }
+    // Wait until every silent participant still waiting is no longer live.
+    let mut silent: Vec<String> = Vec::new();
+    helpers::until("the silent participants are no longer live", async || {
+        let all = listed(&a).await;
+        let waiting: Vec<&Value> = all
+            .iter()
+            .filter(|p| {
+                p["status"] == "waiting"
+                    && quitter(p["participant_id"].as_str().unwrap()[1..].parse().unwrap())
+            })
+            .collect();
+        silent = waiting
+            .iter()
+            .map(|p| p["participant_id"].as_str().unwrap().to_owned())
+            .collect();
+        waiting.iter().all(|p| p["live"] == false)
+    })
+    .await;
+    for t in wave(100, 200) {
+        t.await.expect("client");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    beating.await.expect("heartbeats");
+    // A last heartbeat from every open tab still waiting.
+    for p in listed(&a).await {
+        let id = p["participant_id"].as_str().unwrap();
+        if p["status"] == "waiting" && !quitter(id[1..].parse().unwrap()) {
+            b.post(&format!("{P}/{id}/heartbeat"), json!({}))
+                .await
+                .expect(200);
+        }
+    }
+
+    let participants = listed(&b).await;
+    assert_eq!(participants.len(), 200, "nobody lost");
+    let (cohorts, events) = invariants::observe(&a, "/v1/experiments/study").await;
+    let quitter_id = |id: &str| quitter(id[1..].parse().unwrap());
+    invariants::check_study_among(&cohorts, &events, &participants, false, &|id| {
+        !quitter_id(id)
+    });
+    let rfc3339 = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    for p in &participants {
+        let id = p["participant_id"].as_str().unwrap();
+        if !quitter_id(id) {
+            continue;
+        }
+        if silent.iter().any(|s| s == id) {
+            assert_eq!(p["status"], "waiting", "{id} was grouped while silent");
+        }
+        // Never formed once it was no longer live.
+        let last_seen = rfc3339(&p["last_seen"]);
+        for e in events
+            .iter()
+            .filter(|e| e["participant_id"] == id && e["reason"] == "formed")
+        {
+            assert!(
+                rfc3339(&e["at"]) <= last_seen + time::Duration::seconds(LIVENESS),
+                "{id} formed at {} though last seen {last_seen}",
+                e["at"]
+            );
+        }
+    }
+}
+
 on_both_stores!(
+    a_burst_with_liveness_never_groups_the_silent,
     direct_routing_with_variables,
     mixed_group_forms_pending_then_accept_and_decline,
     a_full_target_overflows_into_a_new_cohort,

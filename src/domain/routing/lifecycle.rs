@@ -33,6 +33,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::matching::form_all;
+use super::pool::Slot;
 use super::{deadline, is_live, CohortDef, CompiledRouting};
 
 /// Where a participant is in the study's lifecycle (§5).
@@ -266,9 +267,10 @@ pub struct State {
     pub cohorts: Vec<Cohort>,
     /// How many cohorts each group without a target has created so far.
     pub group_cohorts: HashMap<String, u32>,
-    /// Waiting participants, oldest first: all of them when the operation
-    /// can form groups ([`Operation::forms_groups`]) or a backfill window is
-    /// open (`backfill_windows` is not empty), else at least every overdue one.
+    /// Waiting participants, oldest first: at least those that can matter
+    /// ([`super::pool`]); the whole pool after a config change
+    /// (`reslot_all`) or while a backfill window is open (`backfill_windows`
+    /// is not empty: its candidates).
     pub waiting: Vec<Participant>,
     /// The participants the calls are about, those that exist.
     pub subjects: Vec<Participant>,
@@ -281,6 +283,13 @@ pub struct State {
     /// timeout included). While there is one, `waiting` holds the whole
     /// pool, the candidates for its open seats.
     pub backfill_windows: Vec<BackfillWindow>,
+    /// Waiting participants (in `waiting`) whose attributes changed since
+    /// their slots were computed ([`super::pool`]): matched again and
+    /// slotted anew.
+    pub stale: Vec<String>,
+    /// The stored slots were computed for another config version: `waiting`
+    /// is the whole pool, every member is slotted anew and matched.
+    pub reslot_all: bool,
 }
 
 /// Most calls planned in one transaction; `wait_seq` leaves room for them.
@@ -339,6 +348,20 @@ pub struct Changes {
     /// The backfill windows of cohorts this plan created (in
     /// `new_cohorts`), with the seats each formed with.
     pub new_windows: Vec<BackfillWindow>,
+    /// Waiting participants whose stored slots are replaced by these (a
+    /// participant that left the pool, any in `participants` not waiting,
+    /// loses its slots).
+    pub slotted: Vec<Slotted>,
+    /// Every stored slot of the experiment is replaced by `slotted`.
+    pub reslot_all: bool,
+}
+
+/// A waiting participant's slots ([`super::pool`]), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slotted {
+    pub participant_id: String,
+    pub wait_seq: i64,
+    pub slots: Vec<Slot>,
 }
 
 /// How a cohort's member counts move: (cohort id, assigned, pending,
@@ -347,7 +370,11 @@ pub type MemberDelta = (String, i64, i64, i64);
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.new_cohorts.is_empty() && self.participants.is_empty() && self.events.is_empty()
+        self.new_cohorts.is_empty()
+            && self.participants.is_empty()
+            && self.events.is_empty()
+            && self.slotted.is_empty()
+            && !self.reslot_all
     }
 
     /// The net change of each cohort's members (assigned, pending,
@@ -608,6 +635,8 @@ pub fn plan(
         subjects,
         expired,
         backfill_windows,
+        stale,
+        reslot_all,
     } = state;
     let mut work = Work {
         study,
@@ -676,6 +705,15 @@ pub fn plan(
             None,
         );
         known.insert(p.id.clone(), p);
+    }
+
+    // 1c. Participants matched on what the stored slots do not know yet
+    // (new attributes, a new config version) are matched now, whatever the
+    // calls, so that after this transaction no group is ready.
+    // Open backfill seats first, as in every matching pass.
+    if reslot_all || !stale.is_empty() {
+        fill_open_seats(&mut work, &mut known, &mut pool);
+        form_groups(&mut work, &mut known, &mut pool);
     }
 
     // 2. Each call: its operation, then matching if it can form a group.
@@ -779,6 +817,38 @@ pub fn plan(
         }
         answers.push(result.and_then(|()| known.get(id).cloned().ok_or(Refusal::NotFound)));
     }
+
+    // 3. Slots for the waiting participants this transaction (re)placed in
+    // the pool: every one after a config change, else the new arrivals,
+    // those heard from again or with new attributes, and the stale ones.
+    let mut slotted = Vec::new();
+    if let Some(routing) = study.routing {
+        let mut fresh: HashSet<&str> = HashSet::new();
+        if !reslot_all {
+            fresh.extend(work.changed.iter().map(|p| p.id.as_str()));
+            fresh.extend(
+                calls
+                    .iter()
+                    .filter(|(_, op)| op.forms_groups())
+                    .map(|(id, _)| id.as_str()),
+            );
+            fresh.extend(stale.iter().map(String::as_str));
+        }
+        for id in &pool {
+            if !reslot_all && !fresh.contains(id.as_str()) {
+                continue;
+            }
+            if let Some(p) = known.get(id) {
+                if p.status == ParticipantStatus::Waiting {
+                    slotted.push(Slotted {
+                        participant_id: p.id.clone(),
+                        wait_seq: p.wait_seq,
+                        slots: routing.slots_of(&p.attributes),
+                    });
+                }
+            }
+        }
+    }
     Changes {
         new_cohorts: work.new_cohorts,
         participants: work.changed,
@@ -786,7 +856,35 @@ pub fn plan(
         answers,
         deltas: work.deltas,
         new_windows: work.new_windows,
+        slotted,
+        reslot_all,
     }
+}
+
+/// The participants a transaction with these calls adds to what matching
+/// sees ([`super::pool`]): a new participant routed, a waiting one a sweep
+/// names (heard from again, or with new attributes), and the stale ones.
+pub fn arrivals<'a>(
+    calls: &[(String, Operation)],
+    subjects: &'a [Participant],
+    stale: &'a [Participant],
+) -> Vec<&'a Value> {
+    let arriving = |p: &Participant| {
+        calls.iter().any(|(id, op)| {
+            *id == p.id
+                && match op {
+                    Operation::Route => p.status == ParticipantStatus::New,
+                    Operation::Sweep => p.status == ParticipantStatus::Waiting,
+                    _ => false,
+                }
+        })
+    };
+    subjects
+        .iter()
+        .filter(|p| arriving(p))
+        .chain(stale)
+        .map(|p| &p.attributes)
+        .collect()
 }
 
 /// The subjects past their acceptance deadline, by id (a stable order).
@@ -1169,6 +1267,8 @@ mod tests {
                     late
                 },
                 backfill_windows: self.open_windows(),
+                stale: Vec::new(),
+                reslot_all: false,
             };
             let study = Study {
                 routing: Some(&self.routing),
@@ -1676,6 +1776,8 @@ mod tests {
             subjects: vec![person("p")],
             expired: Vec::new(),
             backfill_windows: Vec::new(),
+            stale: Vec::new(),
+            reslot_all: false,
         };
         let study = Study {
             routing: Some(&lab.routing),

@@ -4,11 +4,14 @@
 //!   validation;
 //! * [`matching`]: the pure matcher: a waiting pool in, formations out;
 //! * [`lifecycle`]: participant statuses, timeouts and the audit events a
-//!   routing call produces, as a pure plan the store then applies.
+//!   routing call produces, as a pure plan the store then applies;
+//! * [`pool`]: which waiting participants a routing transaction must read,
+//!   so that its cost does not grow with the pool.
 
 pub mod cohorts;
 pub mod lifecycle;
 pub mod matching;
+pub mod pool;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -178,6 +181,17 @@ impl CompiledRouting {
             .get(group)?
             .iter()
             .position(|c| c.matches(attributes))
+    }
+
+    /// Every seat the attributes can take: per group, the entry they sit in
+    /// (if any), in config order.
+    pub fn slots_of(&self, attributes: &Value) -> Vec<pool::Slot> {
+        (0..self.conditions.len())
+            .filter_map(|group| {
+                self.entry_for(group, attributes)
+                    .map(|entry| pool::Slot { group, entry })
+            })
+            .collect()
     }
 }
 
