@@ -501,6 +501,18 @@ impl Engine {
         Ok(with_cohort(touched.participant, &cohorts, experiment))
     }
 
+    /// A waiting participant heard from again after going silent: a
+    /// matching pass with it in the pool.
+    pub(super) async fn rematch_participant(
+        self: &Arc<Self>,
+        key: &str,
+        participant_id: &ParticipantId,
+    ) -> Result<(), EngineError> {
+        self.queue_call(key, participant_id, Operation::Sweep)
+            .await
+            .map(|_| ())
+    }
+
     /// `GET /v1/experiments/{key}/participants`: oldest first, of one status
     /// or all, after the participant `after` (404 when it names no
     /// participant of the experiment: the cursor is a participant id).

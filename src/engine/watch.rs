@@ -10,6 +10,13 @@
 //! [`RECHECK_EVERY`] in case a notification was lost. On SQLite, where one
 //! process writes and events are numbered in commit order, a task reads the
 //! events written since its last look every [`POLL_EVERY`].
+//!
+//! A held long-poll is a sign of life (§5 "Liveness"): the participant's tab
+//! is open and waiting for the answer. With a liveness timeout, the replica
+//! holding it marks its participant heard from again every third of that
+//! timeout ([`KEEP_ALIVE_EVERY`] at most often), in one statement per
+//! experiment, so a front end may wait longer than the timeout without
+//! going silent; one that had gone silent meanwhile is matched again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +39,10 @@ pub const POLL_EVERY: Duration = Duration::from_millis(50);
 /// Events read per query by the poll.
 const EVENTS_PER_READ: i64 = 5_000;
 
+/// How often a replica looks for held long-polls whose participants are
+/// due to be marked heard from again.
+pub const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(500);
+
 /// (experiment id, participant id).
 type Key = (String, String);
 
@@ -47,6 +58,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Slot {
     wake: watch::Sender<()>,
     awaited: HashMap<&'static str, usize>,
+    /// When this replica last marked the participant heard from (a
+    /// long-poll begins with that).
+    heard: tokio::time::Instant,
 }
 
 /// The participants this replica's requests wait on.
@@ -107,6 +121,7 @@ impl Watchers {
         let slot = slots.entry(key.clone()).or_insert_with(|| Slot {
             wake: watch::channel(()).0,
             awaited: HashMap::new(),
+            heard: tokio::time::Instant::now(),
         });
         *slot.awaited.entry(status).or_default() += 1;
         let mut woken = slot.wake.subscribe();
@@ -152,6 +167,21 @@ impl Watchers {
         lock(&self.slots).keys().cloned().collect()
     }
 
+    /// The held participants not marked heard from for `every(experiment
+    /// id)` (`None`: never due), marked as heard from now.
+    fn due(&self, every: impl Fn(&str) -> Option<Duration>) -> Vec<Key> {
+        let now = tokio::time::Instant::now();
+        let mut slots = lock(&self.slots);
+        let mut due = Vec::new();
+        for (key, slot) in slots.iter_mut() {
+            if every(&key.0).is_some_and(|e| now.duration_since(slot.heard) >= e) {
+                slot.heard = now;
+                due.push(key.clone());
+            }
+        }
+        due
+    }
+
     /// Wakes the requests whose participant's stored status is not the one
     /// they wait on (a missed notification), and those whose participant
     /// is gone.
@@ -176,7 +206,19 @@ impl Engine {
     /// re-reads statuses every [`RECHECK_EVERY`] while requests wait.
     pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let engine = Arc::clone(self);
-        tokio::spawn(async move {
+        let keeper = Arc::clone(self);
+        let keep_alive = async move {
+            let mut ticker = tokio::time::interval(KEEP_ALIVE_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(e) = keeper.keep_alive_held().await {
+                    e.count();
+                    tracing::warn!(error = %e, "marking held long-polls heard from failed");
+                }
+            }
+        };
+        let watch = async move {
             if engine.store.announces_participants() {
                 loop {
                     tokio::time::sleep(RECHECK_EVERY).await;
@@ -197,7 +239,60 @@ impl Engine {
                 }
                 tokio::time::sleep(POLL_EVERY).await;
             }
+        };
+        tokio::spawn(async move {
+            tokio::join!(watch, keep_alive);
         })
+    }
+
+    /// Marks the participants of held long-polls heard from again, every
+    /// third of their experiment's liveness timeout; matches again those
+    /// that had gone silent.
+    async fn keep_alive_held(self: &Arc<Self>) -> Result<(), EngineError> {
+        let snapshot = self.snapshot();
+        // Experiment id → (key, liveness timeout).
+        let studies: HashMap<&str, (&str, Duration)> = snapshot
+            .experiments
+            .values()
+            .filter_map(|entry| {
+                let routing = entry.experiment.as_ref().ok()?.routing.as_ref()?;
+                let timeout = Duration::from_secs(routing.config.liveness_timeout_seconds?);
+                Some((entry.id.as_str(), (entry.key.as_str(), timeout)))
+            })
+            .collect();
+        if studies.is_empty() {
+            return Ok(());
+        }
+        let due = self
+            .watchers
+            .due(|id| studies.get(id).map(|(_, timeout)| *timeout / 3));
+        let mut by_experiment: HashMap<String, Vec<String>> = HashMap::new();
+        for (experiment, participant) in due {
+            by_experiment
+                .entry(experiment)
+                .or_default()
+                .push(participant);
+        }
+        for (experiment, participants) in by_experiment {
+            let Some((key, timeout)) = studies.get(experiment.as_str()) else {
+                continue;
+            };
+            let now = time::OffsetDateTime::now_utc();
+            let cutoff = time::Duration::try_from(*timeout)
+                .ok()
+                .and_then(|t| now.checked_sub(t))
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let back = self
+                .store
+                .keep_alive(&experiment, &participants, cutoff)
+                .await?;
+            for id in back {
+                if let Ok(id) = crate::domain::ids::ParticipantId::parse(&id) {
+                    self.rematch_participant(key, &id).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `GET …/participants/{id}?wait_seconds=…&status=…`: the participant

@@ -717,6 +717,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         participants: &[(String, String)],
     ) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Participants of one experiment whose long-polls this replica holds
+    /// are still there: their `last_seen` becomes now. Answers those that
+    /// were waiting and not live (heard from before `live_cutoff`), whom
+    /// matching must see again.
+    async fn keep_alive(
+        &self,
+        experiment_id: &str,
+        participant_ids: &[String],
+        live_cutoff: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError>;
     /// Whether the store's feed announces participant changes
     /// ([`Signal::Participant`]); where it does not, replicas read them
     /// with [`Store::events_after`].

@@ -1806,6 +1806,52 @@ impl Store for Backend {
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn keep_alive(
+        &self,
+        experiment_id: &str,
+        participant_ids: &[String],
+        live_cutoff: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = now_micros();
+        let mut back = Vec::new();
+        for chunk in participant_ids.chunks(1_000) {
+            let mut q = sqlx::QueryBuilder::<Db>::new(
+                "SELECT participant_id FROM participants WHERE status = 'waiting' AND COALESCE(last_seen, updated_at) < ",
+            );
+            q.push_bind(live_cutoff)
+                .push(" AND experiment_id = ")
+                .push_bind(experiment_id)
+                .push(" AND participant_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            q.push(")");
+            back.extend(
+                q.build_query_as::<(String,)>()
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .map(|(id,)| id),
+            );
+            let mut q = sqlx::QueryBuilder::<Db>::new("UPDATE participants SET last_seen = ");
+            q.push_bind(now)
+                .push(" WHERE (last_seen IS NULL OR last_seen < ")
+                .push_bind(now)
+                .push(") AND experiment_id = ")
+                .push_bind(experiment_id)
+                .push(" AND participant_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            q.push(")");
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(back)
+    }
+
     fn announces_participants(&self) -> bool {
         DIALECT.notify.is_some()
     }

@@ -226,7 +226,52 @@ async fn shutdown_answers_held_polls(backend: Backend) {
     );
 }
 
+/// A held poll is a sign of life: with a liveness timeout of one second, a
+/// participant whose front end holds a five-second poll stays live (its
+/// `last_seen` moves on while the poll is held) and is grouped by the next
+/// arrival, which answers the poll.
+async fn a_held_poll_keeps_its_participant_live(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let mut doc = pairs();
+    doc["routing"]["liveness_timeout_seconds"] = json!(1);
+    app.put("/v1/experiments/pairs", doc).await.expect(201);
+    waiting(&app, "p-1").await;
+    let listed = async || {
+        app.get(&format!("{P}?status=waiting"))
+            .await
+            .expect(200)
+            .body["participants"][0]
+            .clone()
+    };
+    let first_seen = listed().await["last_seen"].clone();
+    let poll = hold(&app, "p-1", "wait_seconds=5&status=waiting").await;
+    let started = Instant::now();
+    // Read through the experimenter's listing, which is no sign of life.
+    until(
+        "the held poll marks its participant heard from again",
+        async || {
+            let p = listed().await;
+            p["last_seen"] != first_seen
+                && p["live"] == true
+                && started.elapsed() > Duration::from_millis(1500)
+        },
+    )
+    .await;
+    assert_eq!(listed().await["live"], true, "still live after the timeout");
+    app.put(&format!("{P}/p-2"), json!({"attributes": {}}))
+        .await
+        .expect(201);
+    let partner = app
+        .post(&format!("{P}/p-2/route"), json!({}))
+        .await
+        .expect(200);
+    assert_eq!(partner.body["status"], "assigned", "{}", partner.body);
+    let (status, body, _) = poll.await.unwrap();
+    assert_eq!((status, body["status"].clone()), (200, json!("assigned")));
+}
+
 on_both_stores!(
+    a_held_poll_keeps_its_participant_live,
     a_poll_answers_when_the_group_forms,
     two_polls_of_one_participant_both_answer,
     an_idle_poll_answers_after_its_wait,
