@@ -31,7 +31,7 @@ use crate::domain::ids::ParticipantId;
 use crate::domain::routing::lifecycle::{
     self, Cohort, Operation, Participant, ParticipantStatus, Refusal, Study,
 };
-use crate::domain::routing::pool::{entry_reads, EntryRead};
+use crate::domain::routing::pool::{entry_reads, EntryRead, Slot};
 use crate::domain::routing::{is_live, resolve_variables};
 use crate::store::{
     EventRecord, RouteOutcome, RoutePlanner, RouteScope, Routed, StaleConfig, StoreError,
@@ -146,13 +146,33 @@ impl RoutePlanner for Planner<'_> {
         version: i64,
         subjects: &[Participant],
         stale: &[Participant],
+        backfill: &[lifecycle::BackfillWindow],
     ) -> Result<Vec<EntryRead>, StaleConfig> {
         self.check(version)?;
         let Some(routing) = self.experiment.routing.as_ref() else {
             return Ok(Vec::new());
         };
         let arrivals = lifecycle::arrivals(self.calls, subjects, stale);
-        Ok(entry_reads(routing, &arrivals))
+        // Each open window's entries, by position in this version's config
+        // (a group or entry removed since refills nothing).
+        let groups = &routing.config.groups;
+        let seats: Vec<(Slot, u32)> = backfill
+            .iter()
+            .filter_map(|w| {
+                let group = groups.iter().position(|g| g.name == w.group)?;
+                Some((group, w))
+            })
+            .flat_map(|(group, w)| {
+                w.seats.iter().filter_map(move |seat| {
+                    let entry = groups[group]
+                        .composition
+                        .iter()
+                        .position(|e| e.id.as_str() == seat.entry)?;
+                    Some((Slot { group, entry }, seat.formed))
+                })
+            })
+            .collect();
+        Ok(entry_reads(routing, &arrivals, &seats))
     }
 
     fn plan(

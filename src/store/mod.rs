@@ -23,7 +23,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::domain::precondition::Precondition;
-use crate::domain::routing::lifecycle::{Changes, Cohort, Participant, State};
+use crate::domain::routing::lifecycle::{BackfillWindow, Changes, Cohort, Participant, State};
 use crate::domain::routing::pool::EntryRead;
 use crate::domain::routing::CohortDef;
 
@@ -431,6 +431,7 @@ pub trait RoutePlanner: Send + Sync {
         version: i64,
         subjects: &[Participant],
         stale: &[Participant],
+        backfill: &[BackfillWindow],
     ) -> Result<Vec<EntryRead>, StaleConfig>;
     fn plan(&self, version: i64, state: State) -> Result<Changes, StaleConfig>;
 }

@@ -1456,9 +1456,7 @@ impl Store for Backend {
             &scope,
             now,
             reslot_all,
-            // While a backfill window is open any call may free a seat in
-            // it, and the whole pool holds its candidates.
-            !backfill.is_empty(),
+            &backfill,
             version,
             &subjects,
             planner,
@@ -1921,10 +1919,10 @@ impl Store for Backend {
 /// ([`crate::domain::routing::pool`]), oldest first, and the ids of the stale
 /// ones among them; `None` when the planner finds its config stale.
 ///
-/// The whole pool when `reslot_all` or `whole_pool` (a backfill window is
-/// open: its candidates); otherwise the waiting subjects, the
+/// The whole pool when `reslot_all`; otherwise the waiting subjects, the
 /// waiting participants with stale slots, every overdue one, and the oldest
-/// live, not overdue candidates of each entry the planner asks for.
+/// live, not overdue candidates of each entry the planner asks for (given
+/// the arrivals and the open backfill windows).
 #[allow(clippy::too_many_arguments)]
 async fn read_pool(
     tx: &mut sqlx::Transaction<'_, Db>,
@@ -1932,7 +1930,7 @@ async fn read_pool(
     scope: &RouteScope,
     now: OffsetDateTime,
     reslot_all: bool,
-    whole_pool: bool,
+    backfill: &[BackfillWindow],
     version: i64,
     subjects: &[Participant],
     planner: &dyn RoutePlanner,
@@ -1949,7 +1947,7 @@ async fn read_pool(
         .bind(experiment_id)
         .fetch_all(&mut **tx)
         .await?;
-        if planner.pool(version, subjects, &[]).is_err() {
+        if planner.pool(version, subjects, &[], backfill).is_err() {
             return Ok(None);
         }
         return Ok(Some((decode(rows)?, Vec::new())));
@@ -1962,19 +1960,9 @@ async fn read_pool(
     .fetch_all(&mut **tx)
     .await?;
     let stale = decode(stale_rows)?;
-    let Ok(reads) = planner.pool(version, subjects, &stale) else {
+    let Ok(reads) = planner.pool(version, subjects, &stale, backfill) else {
         return Ok(None);
     };
-    if whole_pool {
-        let rows: Vec<ParticipantRow> = sqlx::query_as(&format!(
-            "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = $1 AND status = 'waiting' ORDER BY wait_seq"
-        ))
-        .bind(experiment_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        let stale_ids = stale.iter().map(|p| p.id.clone()).collect();
-        return Ok(Some((decode(rows)?, stale_ids)));
-    }
     // A timeout too long to subtract makes nobody overdue (and nobody
     // silent): the earliest time there is.
     let cutoff = |seconds: Option<u64>| {

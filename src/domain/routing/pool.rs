@@ -22,6 +22,12 @@
 //! candidates (read through the stored [`Slot`]s), the arrivals themselves
 //! and the overdue participants make the pool a transaction plans with.
 //! The property test below checks the result against the whole pool.
+//!
+//! Backfill (§5) takes, for each open seat of a cohort's window, the oldest
+//! live candidate of the seat's entry. A transaction fills at most `B`
+//! seats, the seats its open windows formed with; so the entries of those
+//! windows are read too, and every read allows `2B` more candidates (the
+//! fills themselves, and members other fills and formations took first).
 
 use serde_json::Value;
 
@@ -47,9 +53,14 @@ pub struct EntryRead {
 /// formations it allows would place that many participants anyway.
 pub const MAX_ENTRY_READ: usize = 10_000;
 
-/// The entries a transaction with these arrivals (their attributes) must
-/// read, in config order.
-pub fn entry_reads(routing: &CompiledRouting, arrivals: &[&Value]) -> Vec<EntryRead> {
+/// The entries a transaction with these arrivals (their attributes) and
+/// these backfill seats (each entry of an open window with the seats it
+/// formed with) must read, in config order.
+pub fn entry_reads(
+    routing: &CompiledRouting,
+    arrivals: &[&Value],
+    backfill: &[(Slot, u32)],
+) -> Vec<EntryRead> {
     let groups = &routing.config.groups;
     let mut relevant = vec![false; groups.len()];
     for attributes in arrivals {
@@ -57,6 +68,19 @@ pub fn entry_reads(routing: &CompiledRouting, arrivals: &[&Value]) -> Vec<EntryR
             relevant[slot.group] = true;
         }
     }
+    let mut filled: Vec<Slot> = backfill
+        .iter()
+        .map(|(slot, _)| *slot)
+        .filter(|slot| {
+            groups
+                .get(slot.group)
+                .is_some_and(|g| slot.entry < g.composition.len())
+        })
+        .collect();
+    let fills = backfill
+        .iter()
+        .map(|(_, seats)| u64::from(*seats))
+        .fold(0u64, u64::saturating_add);
     let seats = |g: usize| -> u64 {
         groups[g]
             .composition
@@ -65,25 +89,30 @@ pub fn entry_reads(routing: &CompiledRouting, arrivals: &[&Value]) -> Vec<EntryR
             .fold(0u64, u64::saturating_add)
     };
     let most = (0..groups.len())
-        .filter(|&g| relevant[g])
+        .filter(|&g| relevant[g] || filled.iter().any(|s| s.group == g))
         .map(seats)
         .max()
         .unwrap_or(0);
     let arrivals = u64::try_from(arrivals.len()).unwrap_or(u64::MAX);
-    let needed = arrivals.saturating_add(1).saturating_mul(most);
+    let needed = arrivals
+        .saturating_add(1)
+        .saturating_mul(most)
+        .saturating_add(fills.saturating_mul(2));
     let limit = usize::try_from(needed)
         .ok()
         .filter(|&n| n <= MAX_ENTRY_READ);
-    groups
+    let mut slots: Vec<Slot> = groups
         .iter()
         .enumerate()
         .filter(|(g, _)| relevant[*g])
-        .flat_map(|(group, def)| {
-            (0..def.composition.len()).map(move |entry| EntryRead {
-                slot: Slot { group, entry },
-                limit,
-            })
-        })
+        .flat_map(|(group, def)| (0..def.composition.len()).map(move |entry| Slot { group, entry }))
+        .collect();
+    slots.append(&mut filled);
+    slots.sort();
+    slots.dedup();
+    slots
+        .into_iter()
+        .map(|slot| EntryRead { slot, limit })
         .collect()
 }
 
@@ -155,7 +184,7 @@ mod tests {
                 {"id": "h", "condition": {"s": {"$gte": 7}}, "min_count": 1, "max_count": 1},
                 {"id": "l", "condition": {"s": {"$lt": 5}}, "min_count": 1, "max_count": 2}]}]}}));
         let low = json!({"s": 1});
-        let reads = entry_reads(&routing, &[&low]);
+        let reads = entry_reads(&routing, &[&low], &[]);
         let slots: Vec<Slot> = reads.iter().map(|r| r.slot).collect();
         assert_eq!(
             slots,
@@ -164,7 +193,28 @@ mod tests {
         // One arrival: two formations' worth of the larger group (3 seats).
         assert!(reads.iter().all(|r| r.limit == Some(6)));
         let middle = json!({"s": 6});
-        assert!(entry_reads(&routing, &[&middle]).is_empty());
+        assert!(entry_reads(&routing, &[&middle], &[]).is_empty());
+    }
+
+    #[test]
+    fn the_entries_of_open_backfill_windows_are_read_with_room_for_their_fills() {
+        let (routing, _) = setup(&json!({"routing": {"groups": [
+            {"name": "high", "target_cohort": null, "composition": [{"id": "h", "condition": {"s": {"$gte": 7}}, "min_count": 2, "max_count": 3}]},
+            {"name": "mixed", "composition": [
+                {"id": "h", "condition": {"s": {"$gte": 7}}, "min_count": 1, "max_count": 1},
+                {"id": "l", "condition": {"s": {"$lt": 5}}, "min_count": 1, "max_count": 2}]}]}}));
+        // No arrival: only the window's entry, with room for two fills twice
+        // over and one formation of the largest group read.
+        let reads = entry_reads(&routing, &[], &[(Slot { group: 1, entry: 1 }, 2)]);
+        assert_eq!(
+            reads,
+            vec![EntryRead {
+                slot: Slot { group: 1, entry: 1 },
+                limit: Some(3 + 4)
+            }]
+        );
+        // A window naming an entry the config no longer has reads nothing.
+        assert!(entry_reads(&routing, &[], &[(Slot { group: 1, entry: 5 }, 2)]).is_empty());
     }
 
     #[test]
@@ -172,7 +222,7 @@ mod tests {
         let (routing, _) = setup(&json!({"routing": {"groups": [
             {"name": "all", "composition": [{"id": "a", "min_count": 1, "max_count": u32::MAX}]}]}}));
         let any = json!({});
-        assert_eq!(entry_reads(&routing, &[&any])[0].limit, None);
+        assert_eq!(entry_reads(&routing, &[&any], &[])[0].limit, None);
     }
 
     /// A random config like the matcher's property test: up to three groups
@@ -252,7 +302,7 @@ mod tests {
             let expected = formed(&routing, &cohorts, &pool, &whole);
 
             let attrs: Vec<&Value> = arrivals.iter().map(|&i| &pool[i]).collect();
-            let reads = entry_reads(&routing, &attrs);
+            let reads = entry_reads(&routing, &attrs, &[]);
             let part = read(&routing, &pool, &reads, &arrivals);
             let got = formed(&routing, &cohorts, &pool, &part);
             prop_assert_eq!(got, expected);
