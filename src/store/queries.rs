@@ -1487,9 +1487,10 @@ impl Store for Backend {
             subjects,
             expired,
             backfill_windows: backfill,
-            stale,
+            stale: stale.clone(),
             reslot_all,
         };
+        let stale_ids = stale;
         let changes = match planner.plan(version, state) {
             Ok(changes) => changes,
             Err(StaleConfig) => return Ok(crate::store::RouteOutcome::Stale),
@@ -1570,7 +1571,7 @@ impl Store for Backend {
             });
             q.build().execute(&mut *tx).await?;
         }
-        write_slots(&mut tx, experiment_id, version, &changes).await?;
+        write_slots(&mut tx, experiment_id, version, &changes, &stale_ids).await?;
         tx.commit().await?;
         let mut all = cohorts;
         all.extend(changes.new_cohorts.iter().cloned());
@@ -2008,31 +2009,41 @@ async fn read_pool(
         .map(|c| format!("p.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ");
-    for read in reads {
-        // On participant_slots' primary key: the entry's rows in pool order,
-        // each joined to its participant to skip the silent and the overdue.
-        let mut q = sqlx::QueryBuilder::<Db>::new(format!(
-            "SELECT {columns} FROM participant_slots s JOIN participants p \
-             ON p.experiment_id = s.experiment_id AND p.participant_id = s.participant_id \
-             WHERE s.experiment_id = "
-        ));
-        q.push_bind(experiment_id)
-            .push(" AND s.grp = ")
-            .push_bind(i64::try_from(read.slot.group).unwrap_or(i64::MAX))
-            .push(" AND s.entry = ")
-            .push_bind(i64::try_from(read.slot.entry).unwrap_or(i64::MAX))
-            .push(" AND p.status = 'waiting'");
-        if let Some(live) = live_cutoff {
-            q.push(" AND COALESCE(p.last_seen, p.updated_at) >= ")
-                .push_bind(live);
-        }
-        if let Some(overdue) = overdue_cutoff {
-            q.push(" AND p.waiting_since > ").push_bind(overdue);
-        }
-        q.push(" ORDER BY s.wait_seq");
-        if let Some(limit) = read.limit {
-            q.push(" LIMIT ")
-                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    // One statement for the entry reads: on participant_slots' primary
+    // key, each entry's rows in pool order, joined to their participants to
+    // skip the silent and the overdue.
+    // (In chunks: six binds a read stay far below either dialect's limit
+    // however many entries a config has.)
+    for chunk in reads.chunks(100) {
+        let mut q = sqlx::QueryBuilder::<Db>::new("");
+        for (i, read) in chunk.iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push(format!(
+                "SELECT * FROM (SELECT {columns} FROM participant_slots s JOIN participants p \
+                 ON p.experiment_id = s.experiment_id AND p.participant_id = s.participant_id \
+                 WHERE s.experiment_id = "
+            ));
+            q.push_bind(experiment_id)
+                .push(" AND s.grp = ")
+                .push_bind(i64::try_from(read.slot.group).unwrap_or(i64::MAX))
+                .push(" AND s.entry = ")
+                .push_bind(i64::try_from(read.slot.entry).unwrap_or(i64::MAX))
+                .push(" AND p.status = 'waiting'");
+            if let Some(live) = live_cutoff {
+                q.push(" AND COALESCE(p.last_seen, p.updated_at) >= ")
+                    .push_bind(live);
+            }
+            if let Some(overdue) = overdue_cutoff {
+                q.push(" AND p.waiting_since > ").push_bind(overdue);
+            }
+            q.push(" ORDER BY s.wait_seq");
+            if let Some(limit) = read.limit {
+                q.push(" LIMIT ")
+                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+            }
+            q.push(format!(") r{i}"));
         }
         let rows: Vec<ParticipantRow> = q.build_query_as().fetch_all(&mut **tx).await?;
         for p in decode(rows)? {
@@ -2050,6 +2061,7 @@ async fn write_slots(
     experiment_id: &str,
     version: i64,
     changes: &crate::domain::routing::lifecycle::Changes,
+    stale: &[String],
 ) -> Result<(), StoreError> {
     if changes.reslot_all {
         sqlx::query("DELETE FROM participant_slots WHERE experiment_id = $1")
@@ -2062,11 +2074,27 @@ async fn write_slots(
             .execute(&mut **tx)
             .await?;
     } else {
-        let gone: Vec<&str> = changes
-            .participants
+        // Those that were waiting before this transaction have slots: the
+        // ones that left the pool, and the ones slotted again without
+        // having just started to wait.
+        let started: std::collections::HashSet<&str> = changes
+            .events
             .iter()
-            .map(|p| p.id.as_str())
-            .chain(changes.slotted.iter().map(|s| s.participant_id.as_str()))
+            .filter(|e| e.status == ParticipantStatus::Waiting)
+            .map(|e| e.participant_id.as_str())
+            .collect();
+        let gone: Vec<&str> = changes
+            .events
+            .iter()
+            .filter(|e| e.previous == Some(ParticipantStatus::Waiting))
+            .map(|e| e.participant_id.as_str())
+            .chain(
+                changes
+                    .slotted
+                    .iter()
+                    .map(|s| s.participant_id.as_str())
+                    .filter(|id| !started.contains(id)),
+            )
             .collect();
         for chunk in gone.chunks(200) {
             let mut q = sqlx::QueryBuilder::<Db>::new(
@@ -2109,19 +2137,23 @@ async fn write_slots(
         q.build().execute(&mut **tx).await?;
     }
     // Slotted on the attributes this transaction read.
-    let restamped: Vec<&str> = changes
-        .slotted
-        .iter()
-        .map(|s| s.participant_id.as_str())
-        .collect();
-    for chunk in restamped.chunks(200) {
+    if changes.reslot_all {
+        sqlx::query(
+            "UPDATE participants SET slots_stale = FALSE WHERE experiment_id = $1 AND slots_stale",
+        )
+        .bind(experiment_id)
+        .execute(&mut **tx)
+        .await?;
+        return Ok(());
+    }
+    for chunk in stale.chunks(200) {
         let mut q = sqlx::QueryBuilder::<Db>::new(
             "UPDATE participants SET slots_stale = FALSE WHERE slots_stale AND experiment_id = ",
         );
         q.push_bind(experiment_id).push(" AND participant_id IN (");
         let mut list = q.separated(", ");
         for id in chunk {
-            list.push_bind(*id);
+            list.push_bind(id.as_str());
         }
         q.push(")");
         q.build().execute(&mut **tx).await?;

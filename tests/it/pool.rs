@@ -130,7 +130,32 @@ async fn a_config_change_slots_the_pool_again_and_matches_it(backend: Backend) {
     assert_eq!(status(&app, "l2").await, "assigned");
 }
 
+/// A group of 250 entries: an arrival that sits in it reads every entry
+/// (in several statements), and the result is still right.
+async fn a_group_with_hundreds_of_entries_is_read_in_full(backend: Backend) {
+    let (_store, app) = start!(backend);
+    let wide: Vec<Value> = (0..250)
+        .map(|i| json!({"id": format!("e{i}"), "condition": {"k": i}, "min_count": 1, "max_count": 1}))
+        .collect();
+    let doc = json!({"routing": {"groups": [
+        {"name": "Wide", "composition": wide},
+        {"name": "Twins", "composition": [{"id": "last", "condition": {"k": 249}, "min_count": 2, "max_count": 2}]}]}});
+    app.put("/v1/experiments/pairs", doc).await.expect(201);
+    for (id, status) in [("a", "waiting"), ("b", "assigned")] {
+        app.put(&format!("{P}/{id}"), json!({"attributes": {"k": 249}}))
+            .await
+            .expect(201);
+        let routed = app
+            .post(&format!("{P}/{id}/route"), json!({}))
+            .await
+            .expect(200);
+        assert_eq!(routed.body["status"], status, "{}", routed.body);
+    }
+    assert_eq!(status(&app, "a").await, "assigned");
+}
+
 on_both_stores!(
+    a_group_with_hundreds_of_entries_is_read_in_full,
     new_attributes_whose_matching_never_ran_are_matched_by_the_next_arrival,
     slots_are_kept_for_waiting_participants_only,
     a_config_change_slots_the_pool_again_and_matches_it,
