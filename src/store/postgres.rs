@@ -111,6 +111,10 @@ const DIALECT: Dialect = Dialect {
         "UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::INTEGER[], \
                   $7::TEXT[], $8::TIMESTAMPTZ[]) \
                   AS b(experiment, phase, org_id, unit_id, treatment, bucket, reason, first_seen)",
+    // OFFSET 0 keeps the lateral subquery from being merged into a join the
+    // planner would reorder: each slot row looks its participant up by key.
+    slot_candidates: "participant_slots s CROSS JOIN LATERAL (SELECT * FROM participants q \
+                      WHERE q.experiment_id = s.experiment_id AND q.participant_id = s.participant_id OFFSET 0) p",
 };
 
 /// Binds a batch of ledger rows as [`Dialect::ledger_rows`] reads them.

@@ -2021,9 +2021,8 @@ async fn read_pool(
                 q.push(" UNION ALL ");
             }
             q.push(format!(
-                "SELECT * FROM (SELECT {columns} FROM participant_slots s JOIN participants p \
-                 ON p.experiment_id = s.experiment_id AND p.participant_id = s.participant_id \
-                 WHERE s.experiment_id = "
+                "SELECT * FROM (SELECT {columns} FROM {} WHERE s.experiment_id = ",
+                DIALECT.slot_candidates
             ));
             q.push_bind(experiment_id)
                 .push(" AND s.grp = ")

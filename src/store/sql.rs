@@ -21,6 +21,13 @@ pub(crate) struct Dialect {
     /// `first_seen`) from the parameters its dialect's `bind_ledger_rows`
     /// binds: a fixed number of them, whatever the batch's size.
     pub ledger_rows: &'static str,
+    /// The `FROM` items `s` (a `participant_slots` row) and `p` (its
+    /// participant), walked in slot order with one primary-key lookup of the
+    /// participant per slot row: the candidate reads stop after a few rows
+    /// only if the planner cannot pick another way, whatever its statistics
+    /// say (on a freshly loaded table they say "one row", and a scan of
+    /// every waiting participant per slot row then looks cheap).
+    pub slot_candidates: &'static str,
 }
 
 /// Configuration changes kept in `config_changes`; a replica further behind

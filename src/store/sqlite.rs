@@ -80,6 +80,9 @@ const DIALECT: Dialect = Dialect {
                   json_extract(j.value, '$.unit_id') AS unit_id, json_extract(j.value, '$.treatment') AS treatment, \
                   json_extract(j.value, '$.bucket') AS bucket, json_extract(j.value, '$.reason') AS reason, \
                   json_extract(j.value, '$.first_seen') AS first_seen FROM json_each($1) AS j) AS b",
+    // SQLite never reorders the tables of a CROSS JOIN: slots outside.
+    slot_candidates: "participant_slots s CROSS JOIN participants p \
+                      ON p.experiment_id = s.experiment_id AND p.participant_id = s.participant_id",
 };
 
 /// An exposure as the ledger's JSON parameter carries it.
