@@ -268,9 +268,8 @@ pub struct State {
     /// How many cohorts each group without a target has created so far.
     pub group_cohorts: HashMap<String, u32>,
     /// Waiting participants, oldest first: at least those that can matter
-    /// ([`super::pool`]); the whole pool after a config change
-    /// (`reslot_all`) or while a backfill window is open (`backfill_windows`
-    /// is not empty: its candidates).
+    /// ([`super::pool`]: for the arrivals and the open backfill windows);
+    /// the whole pool after a config change (`reslot_all`).
     pub waiting: Vec<Participant>,
     /// The participants the calls are about, those that exist.
     pub subjects: Vec<Participant>,
@@ -280,8 +279,8 @@ pub struct State {
     /// Every cohort whose backfill window is still open (`until` after
     /// `now`), in creation order, with its seats per entry: all of them,
     /// whatever the operation (any call may free a seat, an acceptance
-    /// timeout included). While there is one, `waiting` holds the whole
-    /// pool, the candidates for its open seats.
+    /// timeout included). `waiting` holds the oldest candidates of each of
+    /// its entries, enough for every seat it could refill.
     pub backfill_windows: Vec<BackfillWindow>,
     /// Waiting participants (in `waiting`) whose attributes changed since
     /// their slots were computed ([`super::pool`]): matched again and
@@ -314,7 +313,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// Whether the operation can form groups, and so needs the whole pool.
+    /// Whether the operation can form groups (a matching pass follows it).
     ///
     /// After every routing call no group is ready. A route adds one member,
     /// so a group it makes ready must include it; accepting, declining and
