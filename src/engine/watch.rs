@@ -63,10 +63,18 @@ struct Slot {
     heard: tokio::time::Instant,
 }
 
+/// Woken requests re-reading their participant at once, at most: a group
+/// of ten thousand forming wakes ten thousand polls, whose reads would
+/// otherwise all wait for the store's few connections and fail when the
+/// wait for one runs out. In turn, they answer within about a second.
+const CONCURRENT_REREADS: usize = 8;
+
 /// The participants this replica's requests wait on.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Watchers {
     slots: Mutex<HashMap<Key, Slot>>,
+    /// Permits to re-read a woken participant ([`CONCURRENT_REREADS`]).
+    rereads: tokio::sync::Semaphore,
     /// Shutdown began: nobody waits any more.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -102,6 +110,16 @@ impl Drop for Waiter<'_> {
             if slot.awaited.is_empty() {
                 slots.remove(&self.key);
             }
+        }
+    }
+}
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Self {
+            slots: Mutex::default(),
+            rereads: tokio::sync::Semaphore::new(CONCURRENT_REREADS),
+            closed: std::sync::atomic::AtomicBool::default(),
         }
     }
 }
@@ -320,7 +338,11 @@ impl Engine {
             .watchers
             .register(&experiment_id, participant_id, status.as_str());
         loop {
-            let now = self.get_participant(key, participant_id).await?;
+            let now = {
+                // Never closed, so a permit always comes.
+                let _permit = self.watchers.rereads.acquire().await;
+                self.get_participant(key, participant_id).await?
+            };
             if now.participant.status != status || self.watchers.closed() {
                 return Ok(now);
             }
