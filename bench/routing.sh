@@ -15,12 +15,15 @@ PRELOAD=${PRELOAD:-0}
 PG=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 ADDR=127.0.0.1:18183
 
+# ALLOT_BIN runs another build of the server (e.g. an older commit's, for a
+# comparison on the same machine at the same time).
+ALLOT_BIN=${ALLOT_BIN:-./target/release/allot}
 cargo build --release --quiet --bin allot --example route_load
 schema="bench_$$"
 psql "$PG" -q -c "CREATE SCHEMA $schema"
 work=$(mktemp -d)
 ALLOT_LISTEN=$ADDR ALLOT_LOG_LEVEL=warn ALLOT_DATABASE_URL="$PG?options=-c%20search_path%3D$schema" \
-    ./target/release/allot >"$work/allot.log" 2>&1 &
+    "$ALLOT_BIN" >"$work/allot.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait 2>/dev/null || true; psql "$PG" -q -c "DROP SCHEMA $schema CASCADE"; rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do

@@ -191,6 +191,27 @@ impl RoutePlanner for Planner<'_> {
     }
 }
 
+impl Engine {
+    /// The cohorts these participants are in (only those: a study may have
+    /// formed thousands).
+    async fn cohorts_of(
+        &self,
+        experiment_id: &str,
+        participants: &[&Participant],
+    ) -> Result<Vec<Cohort>, EngineError> {
+        let mut ids: Vec<&str> = participants
+            .iter()
+            .filter_map(|p| p.cohort_id.as_deref())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store.cohorts_named(experiment_id, &ids).await?)
+    }
+}
+
 fn no_participant(id: &str) -> EngineError {
     Missing::Participant(id.to_owned()).into()
 }
@@ -517,7 +538,9 @@ impl Engine {
                 return self.queue_call(key, &id, Operation::Sweep).await;
             }
         }
-        let cohorts = self.store.cohorts(&entry.id).await?;
+        let cohorts = self
+            .cohorts_of(&entry.id, &[&touched.participant])
+            .await?;
         Ok(with_cohort(touched.participant, &cohorts, experiment))
     }
 
@@ -566,7 +589,9 @@ impl Engine {
         } else {
             None
         };
-        let cohorts = self.store.cohorts(&entry.id).await?;
+        let cohorts = self
+            .cohorts_of(&entry.id, &listed.iter().collect::<Vec<_>>())
+            .await?;
         Ok(Page {
             items: listed
                 .into_iter()
@@ -590,7 +615,7 @@ impl Engine {
             .participant(&entry.id, participant_id)
             .await?
             .ok_or_else(|| no_participant(participant_id))?;
-        let cohorts = self.store.cohorts(&entry.id).await?;
+        let cohorts = self.cohorts_of(&entry.id, &[&p]).await?;
         Ok(with_cohort(p, &cohorts, experiment))
     }
 
@@ -608,7 +633,7 @@ impl Engine {
         let Ok(experiment) = &entry.experiment else {
             return Err(EngineError::invariant("checked above"));
         };
-        let cohorts = self.store.cohorts(&entry.id).await?;
+        let cohorts = self.store.cohorts_named(&entry.id, &[cohort_id]).await?;
         if !cohorts.iter().any(|c| c.id == cohort_id) {
             return Err(Missing::Cohort {
                 experiment: key.to_owned(),

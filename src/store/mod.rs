@@ -697,6 +697,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Vec<Participant>>, StoreError>;
     /// Every cohort of the experiment in creation order, with member counts.
     async fn cohorts(&self, experiment_id: &str) -> Result<Vec<Cohort>, StoreError>;
+    /// The experiment's cohorts among `ids` (a participant answer names its
+    /// own: reading every cohort for it would cost more the more groups formed).
+    async fn cohorts_named(
+        &self,
+        experiment_id: &str,
+        ids: &[&str],
+    ) -> Result<Vec<Cohort>, StoreError>;
     async fn cohort_participants(
         &self,
         experiment_id: &str,

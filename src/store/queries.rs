@@ -1741,6 +1741,28 @@ impl Store for Backend {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn cohorts_named(
+        &self,
+        experiment_id: &str,
+        ids: &[&str],
+    ) -> Result<Vec<Cohort>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(500) {
+            let mut q =
+                sqlx::QueryBuilder::<Db>::new(format!("{COHORT_SELECT} WHERE c.experiment_id = "));
+            q.push_bind(experiment_id).push(" AND c.id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            let rows: Vec<CohortRow> = q.build_query_as().fetch_all(&self.pool).await?;
+            found.extend(rows.into_iter().map(Cohort::from));
+        }
+        Ok(found)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
     async fn cohort_participants(
         &self,
         experiment_id: &str,
