@@ -538,9 +538,7 @@ impl Engine {
                 return self.queue_call(key, &id, Operation::Sweep).await;
             }
         }
-        let cohorts = self
-            .cohorts_of(&entry.id, &[&touched.participant])
-            .await?;
+        let cohorts = self.cohorts_of(&entry.id, &[&touched.participant]).await?;
         Ok(with_cohort(touched.participant, &cohorts, experiment))
     }
 

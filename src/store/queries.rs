@@ -126,6 +126,16 @@ async fn insert_cohort(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    if c.alias.is_none() {
+        sqlx::query(
+            "INSERT INTO group_cohort_counts (experiment_id, group_name, made) VALUES ($1, $2, 1) \
+             ON CONFLICT (experiment_id, group_name) DO UPDATE SET made = group_cohort_counts.made + 1",
+        )
+        .bind(experiment_id)
+        .bind(c.group.as_deref().unwrap_or_default())
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -1441,7 +1451,7 @@ impl Store for Backend {
         let cohort_rows: Vec<CohortRow> = q.build_query_as().fetch_all(&mut *tx).await?;
         let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(Cohort::from).collect();
         let made: Vec<(Option<String>, i64)> = sqlx::query_as(
-            "SELECT group_name, COUNT(*) FROM cohorts WHERE experiment_id = $1 AND alias IS NULL GROUP BY group_name",
+            "SELECT group_name, made FROM group_cohort_counts WHERE experiment_id = $1",
         )
         .bind(experiment_id)
         .fetch_all(&mut *tx)

@@ -154,7 +154,20 @@ async fn a_group_with_hundreds_of_entries_is_read_in_full(backend: Backend) {
     assert_eq!(status(&app, "a").await, "assigned");
 }
 
+/// A group without a target names its cohorts "<group> #<n>" in order,
+/// from a count kept per group rather than counted each time.
+async fn a_group_s_cohorts_are_numbered_in_order(backend: Backend) {
+    let (_store, app) = start!(backend);
+    app.put("/v1/experiments/pairs", pairs(1)).await.expect(201);
+    for n in 0..3 {
+        arrive(&app, &format!("h{n}"), 9).await;
+        let low = arrive(&app, &format!("l{n}"), 1).await;
+        assert_eq!(low["cohort"]["name"], format!("Pair #{}", n + 1), "{low}");
+    }
+}
+
 on_both_stores!(
+    a_group_s_cohorts_are_numbered_in_order,
     a_group_with_hundreds_of_entries_is_read_in_full,
     new_attributes_whose_matching_never_ran_are_matched_by_the_next_arrival,
     slots_are_kept_for_waiting_participants_only,
