@@ -1430,9 +1430,15 @@ impl Store for Backend {
         // subjects' own cohorts (their answers name them), those the
         // calls name (a move's target) and those with a backfill window
         // (a participant backfilled joins one).
-        let mut q =
-            sqlx::QueryBuilder::<Db>::new(format!("{COHORT_SELECT} WHERE c.experiment_id = "));
-        q.push_bind(experiment_id).push(" AND (c.alias IS NOT NULL");
+        // The aliased ones in creation order (on cohorts_aliased: a study
+        // may have formed thousands of cohorts without an alias), then the
+        // others named.
+        let mut cohort_rows: Vec<CohortRow> = sqlx::query_as(&format!(
+            "{COHORT_SELECT} WHERE c.experiment_id = $1 AND c.alias IS NOT NULL ORDER BY c.created_seq"
+        ))
+        .bind(experiment_id)
+        .fetch_all(&mut *tx)
+        .await?;
         let own: Vec<&str> = subjects
             .iter()
             .filter_map(|p| p.cohort_id.as_deref())
@@ -1440,15 +1446,17 @@ impl Store for Backend {
             .chain(backfill.iter().map(|w| w.cohort_id.as_str()))
             .collect();
         if !own.is_empty() {
-            q.push(" OR c.id IN (");
+            let mut q =
+                sqlx::QueryBuilder::<Db>::new(format!("{COHORT_SELECT} WHERE c.experiment_id = "));
+            q.push_bind(experiment_id)
+                .push(" AND c.alias IS NULL AND c.id IN (");
             let mut list = q.separated(", ");
             for id in &own {
                 list.push_bind(*id);
             }
-            q.push(")");
+            q.push(") ORDER BY c.created_seq");
+            cohort_rows.extend(q.build_query_as::<CohortRow>().fetch_all(&mut *tx).await?);
         }
-        q.push(") ORDER BY c.created_seq");
-        let cohort_rows: Vec<CohortRow> = q.build_query_as().fetch_all(&mut *tx).await?;
         let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(Cohort::from).collect();
         let made: Vec<(Option<String>, i64)> = sqlx::query_as(
             "SELECT group_name, made FROM group_cohort_counts WHERE experiment_id = $1",
