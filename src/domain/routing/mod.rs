@@ -115,7 +115,7 @@ pub fn waiting_cutoff(timeout_seconds: Option<u64>, now: OffsetDateTime) -> Opti
 /// A routing group as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"name": "Mixed Group", "target_cohort": null, "require_acceptance": true,
-    "accept_timeout_seconds": 120,
+    "accept_timeout_seconds": 120, "backfill_seconds": 300,
     "composition": [{"id": "any", "min_count": 2, "max_count": 4}]}))]
 pub struct GroupDef {
     pub name: String,
