@@ -71,7 +71,14 @@ async function reviewPipeline(): Promise<void> {
     // PUT replaces the whole document: change a rule by sending them all.
     const widened = await client.PUT("/v1/flags/{key}", {
         params: { path: { key: flag }, header: { "If-Match": `"${read.version}"` } },
-        body: { ...read, rules: read.rules.map((r) => (r.name === "everyone else" ? { ...r, rollout: 5 } : r)) },
+        // (Widening "everyone else" to a partial rollout would make the free
+        // org below eligible or not by the bucket of this run's random key.)
+        body: {
+            ...read,
+            rules: read.rules.map((r) =>
+                r.name === "business plans" ? { ...r, condition: { plan: { $in: ["business", "enterprise", "team"] } } } : r,
+            ),
+        },
     });
     check(ok("put_flag (update)", widened).version === 2, "an update under If-Match makes version 2");
 
