@@ -2,7 +2,8 @@
 
 JSON Schema cannot state every rule of the contract: some relate one field
 to another (a forced pin names a listed treatment, `target_cohort` names a
-defined alias, an eligibility flag must exist), some are about bytes rather
+defined alias, only a group without one may backfill, an eligibility flag
+must exist), some are about bytes rather
 than characters (ids are 1 to 256 *bytes*), and some need the server's regex
 engine. The document states them in its descriptions, and the server answers
 422 naming the field. A schema-valid request rejected for exactly those
@@ -67,6 +68,7 @@ RULES_BEYOND_THE_SCHEMA = [
     (r"pins the same org and unit as /forced/\d+", _anything),
     (r"duplicate (treatment name|cohort alias|variable|group name|composition id) .*", _anything),
     (r"names no defined cohort \(no alias .*\)", _anything),
+    (r"only a group without a target_cohort can backfill \(its cohorts are the ones it forms\)", _anything),
     (r"must be >= min_count", _anything),
     (r"the min_counts add up to \d+, more than the target cohort's capacity \d+", _anything),
     (r"no flag .*", _anything),
