@@ -383,6 +383,16 @@ fn in_list(sql: String, keys: &[String]) -> sqlx::QueryBuilder<'static, Db> {
     q
 }
 
+/// Appends `(item, item, …)`, each bound: the list after an `IN`.
+fn push_list<'q>(q: &mut sqlx::QueryBuilder<'q, Db>, items: impl IntoIterator<Item = &'q str>) {
+    q.push("(");
+    let mut list = q.separated(", ");
+    for item in items {
+        list.push_bind(item);
+    }
+    q.push(")");
+}
+
 /// Rows as records, by their key.
 fn by_key<R, T: From<R>>(
     rows: Vec<R>,
@@ -1412,12 +1422,8 @@ impl Store for Backend {
             let mut q = sqlx::QueryBuilder::<Db>::new(format!(
                 "SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE experiment_id = "
             ));
-            q.push_bind(experiment_id).push(" AND participant_id IN (");
-            let mut list = q.separated(", ");
-            for id in participant_ids {
-                list.push_bind(id.as_str());
-            }
-            q.push(")");
+            q.push_bind(experiment_id).push(" AND participant_id IN ");
+            push_list(&mut q, participant_ids.iter().map(String::as_str));
             let rows: Vec<ParticipantRow> = q.build_query_as().fetch_all(&mut *tx).await?;
             subjects = rows
                 .into_iter()
@@ -1449,12 +1455,9 @@ impl Store for Backend {
             let mut q =
                 sqlx::QueryBuilder::<Db>::new(format!("{COHORT_SELECT} WHERE c.experiment_id = "));
             q.push_bind(experiment_id)
-                .push(" AND c.alias IS NULL AND c.id IN (");
-            let mut list = q.separated(", ");
-            for id in &own {
-                list.push_bind(*id);
-            }
-            q.push(") ORDER BY c.created_seq");
+                .push(" AND c.alias IS NULL AND c.id IN ");
+            push_list(&mut q, own.iter().copied());
+            q.push(" ORDER BY c.created_seq");
             cohort_rows.extend(q.build_query_as::<CohortRow>().fetch_all(&mut *tx).await?);
         }
         let cohorts: Vec<Cohort> = cohort_rows.into_iter().map(Cohort::from).collect();
@@ -1768,12 +1771,8 @@ impl Store for Backend {
         for chunk in ids.chunks(500) {
             let mut q =
                 sqlx::QueryBuilder::<Db>::new(format!("{COHORT_SELECT} WHERE c.experiment_id = "));
-            q.push_bind(experiment_id).push(" AND c.id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
+            q.push_bind(experiment_id).push(" AND c.id IN ");
+            push_list(&mut q, chunk.iter().copied());
             let rows: Vec<CohortRow> = q.build_query_as().fetch_all(&self.pool).await?;
             found.extend(rows.into_iter().map(Cohort::from));
         }
@@ -1861,12 +1860,8 @@ impl Store for Backend {
             q.push_bind(live_cutoff)
                 .push(" AND experiment_id = ")
                 .push_bind(experiment_id)
-                .push(" AND participant_id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_str());
-            }
-            q.push(")");
+                .push(" AND participant_id IN ");
+            push_list(&mut q, chunk.iter().map(String::as_str));
             back.extend(
                 q.build_query_as::<(String,)>()
                     .fetch_all(&self.pool)
@@ -1880,12 +1875,8 @@ impl Store for Backend {
                 .push_bind(now)
                 .push(") AND experiment_id = ")
                 .push_bind(experiment_id)
-                .push(" AND participant_id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_str());
-            }
-            q.push(")");
+                .push(" AND participant_id IN ");
+            push_list(&mut q, chunk.iter().map(String::as_str));
             q.build().execute(&self.pool).await?;
         }
         Ok(back)
@@ -2139,12 +2130,8 @@ async fn write_slots(
             let mut q = sqlx::QueryBuilder::<Db>::new(
                 "DELETE FROM participant_slots WHERE experiment_id = ",
             );
-            q.push_bind(experiment_id).push(" AND participant_id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
+            q.push_bind(experiment_id).push(" AND participant_id IN ");
+            push_list(&mut q, chunk.iter().copied());
             q.build().execute(&mut **tx).await?;
         }
     }
@@ -2189,12 +2176,8 @@ async fn write_slots(
         let mut q = sqlx::QueryBuilder::<Db>::new(
             "UPDATE participants SET slots_stale = FALSE WHERE slots_stale AND experiment_id = ",
         );
-        q.push_bind(experiment_id).push(" AND participant_id IN (");
-        let mut list = q.separated(", ");
-        for id in chunk {
-            list.push_bind(id.as_str());
-        }
-        q.push(")");
+        q.push_bind(experiment_id).push(" AND participant_id IN ");
+        push_list(&mut q, chunk.iter().map(String::as_str));
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
